@@ -1,0 +1,55 @@
+/*
+ * tally -- the command: reads what libtally and its peers wrote and answers
+ * questions about it.  One function per subcommand; this file dispatches.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "tally.h"
+
+static const struct {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *summary;
+} commands[] = {
+    {NULL, NULL, NULL},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: tally [--version] [--help] <command> [args]\n"
+            "\n"
+            "tally records what ML programs do (requests, training steps, errors)\n"
+            "through libtally, and this command answers questions about it.\n"
+            "\n"
+            "commands:\n");
+    for (size_t i = 0; commands[i].name; i++) fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out,
+            "\n"
+            "Run 'tally <command> --help' for a command's options.\n"
+            "Environment for programs linked with libtally:\n"
+            "  TALLY_PATH=FILE   write events to FILE (overrides the program's setting)\n"
+            "  TALLY_DISABLE=1   record nothing\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
+        printf("tally %s\n", tally_version());
+        return 0;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; commands[i].name; i++)
+        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "tally: unknown command '%s' (try 'tally --help')\n", argv[1]);
+    return 2;
+}

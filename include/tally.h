@@ -1,0 +1,269 @@
+/*
+ * tally.h -- the whole public API of libtally.
+ *
+ * tally records what a machine-learning program does (inference requests,
+ * training steps, epochs, evals, errors, notes) as toy/v1 JSON Lines and
+ * hands every event to the sinks it was opened with.
+ *
+ * Promises (see docs/api.md for the long form):
+ *   - Every function accepts a NULL handle and does nothing with it.
+ *   - Every function is thread-safe, except tally_close(), which must not
+ *     race with other calls on the same handle (as fclose()).
+ *   - No recording call blocks without bound, allocates after the calling
+ *     thread's first event, raises a signal or returns an error the caller
+ *     must handle.  A full queue drops the event and counts it.
+ *   - Sink failures (bad path, disk full) are counted and reported once
+ *     through the log callback; they never reach the caller.
+ */
+#ifndef TALLY_H
+#define TALLY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
+#define TALLY_VERSION_MAJOR 0
+#define TALLY_VERSION_MINOR 1
+#define TALLY_VERSION_PATCH 0
+#define TALLY_VERSION_STRING "0.1.0"
+
+typedef struct tally tally_t;
+
+/* Log levels given to the log callback. */
+enum { TALLY_LOG_INFO = 0, TALLY_LOG_WARN = 1, TALLY_LOG_ERROR = 2 };
+
+/* The library's own warnings ("cannot open runs/x/events.jsonl: ..."). Called
+ * from whatever thread noticed the problem, at most once per distinct
+ * problem.  Must not call back into tally. */
+typedef void (*tally_log_fn)(void *ud, int level, const char *msg);
+
+/* Subscriber: called on the writer thread with every encoded event line
+ * (without the trailing newline).  Must not call back into tally. */
+typedef void (*tally_event_fn)(void *ud, const char *line, size_t len);
+
+typedef struct tally_config {
+    /* Output.  `path` is a JSONL file.  When NULL or "", and `run_dir` is set,
+     * events go to <run_dir>/<run_id>/events.jsonl.  With no file, no memory
+     * sink and no subscriber, the handle is disabled: no I/O and no
+     * allocation after tally_open().  Environment: TALLY_PATH overrides
+     * `path`; TALLY_DISABLE=1 disables whatever the config says. */
+    const char *path;
+    const char *run_dir;
+
+    /* Flush policy: the writer writes after `flush_events` events are
+     * queued on one thread or `flush_ms` milliseconds, whichever is first.
+     * 0 means the default (1000 events, 1000 ms). */
+    uint32_t flush_events;
+    uint32_t flush_ms;
+    int fsync_on_flush;          /* fsync(2) the file after each flush */
+
+    /* Queue: one ring per recording thread, `queue_bytes` each (rounded up
+     * to a power of two; 0 = 1 MiB).  At most `max_threads` rings (0 =
+     * 1024); events from further threads are dropped and counted. */
+    size_t queue_bytes;
+    uint32_t max_threads;
+
+    int capture_text;            /* store request text; off by default */
+    size_t max_string;           /* longest string kept, bytes (0 = 64 KiB) */
+
+    /* Run identity, written in run_start.  run_id is generated when NULL
+     * ("serve-20261123-001", "train-..." when phase is "train"). */
+    const char *run_id;
+    const char *phase;           /* "serve" (default) or "train" */
+    const char *host;            /* default: gethostname() */
+    const char *backend;         /* backend.kind, e.g. "cuda", "cpu" */
+    const char *backend_device;  /* backend.device, optional */
+    const char *model;           /* model.name */
+    const char *model_path;      /* model.path, optional */
+    const char *config_json;     /* caller's JSON object, optional */
+    const char *git_sha, *git_branch; /* optional */
+    int git_dirty;
+
+    tally_log_fn log;
+    void *log_ud;
+
+    /* In-process sinks. */
+    tally_event_fn subscriber;
+    void *subscriber_ud;
+    int memory_sink;             /* keep events in memory (tests) */
+    size_t memory_max_events;    /* 0 = 1,000,000; older events are kept,
+                                    newer ones counted as sink failures */
+} tally_config;
+
+/* Fills `cfg` with the defaults above (everything zero / NULL). */
+void tally_config_init(tally_config *cfg);
+
+/* Opens a handle.  Never returns NULL unless memory is exhausted; a handle
+ * whose output cannot be opened still works and counts its failures. */
+tally_t *tally_open(const tally_config *cfg);
+
+/* 1 when events go anywhere, 0 when disabled (or h is NULL). */
+int tally_enabled(const tally_t *h);
+
+/* The run id in use ("" for NULL). */
+const char *tally_run_id(const tally_t *h);
+
+/* Writes run_start (once).  Any other event recorded first writes it
+ * implicitly; t is measured from this moment. */
+void tally_run_start(tally_t *h);
+
+/* ---- requests --------------------------------------------------------- */
+
+/* Request flags, written only when set. */
+#define TALLY_ESCALATED    (1u << 0)
+#define TALLY_FALLBACK     (1u << 1)
+#define TALLY_CACHE_HIT    (1u << 2)
+#define TALLY_CEILING_HIT  (1u << 3)
+#define TALLY_USER_CAP_HIT (1u << 4)
+/* Presence bits for fields where zero is a real value. */
+#define TALLY_HAS_COST     (1u << 8)   /* cost_* fields are given */
+#define TALLY_HAS_ENERGY   (1u << 9)   /* energy_j is given */
+#define TALLY_HAS_GPU_UTIL (1u << 10)  /* gpu_util_pct is given */
+#define TALLY_FAILED       (1u << 11)  /* ok:false even without `error` */
+
+typedef struct tally_stage {
+    const char *name;
+    int64_t us;
+} tally_stage;
+
+typedef struct tally_request {
+    const char *model;                 /* required */
+    int64_t prompt_tokens;             /* includes cached and cache-write */
+    int64_t completion_tokens;         /* includes reasoning */
+    int64_t latency_us;
+
+    const char *engine, *route, *request_id, *principal_id;
+    const char *provider_request_id, *prompt_version;
+
+    int64_t cached_tokens;             /* written when > 0 */
+    int64_t cache_write_tokens;        /* written when > 0 */
+    int64_t reasoning_tokens;          /* written when > 0 */
+    int64_t ttft_us;                   /* streaming only; 0 = not measured */
+
+    const tally_stage *stages;         /* stage_us{name:us} */
+    size_t n_stages;
+
+    /* Cost in integer nano-USD, with TALLY_HAS_COST. */
+    int64_t cost_nusd;
+    int64_t cost_input_nusd, cost_cached_nusd, cost_cache_write_nusd;
+    int64_t cost_output_nusd, cost_reasoning_nusd;
+
+    double energy_j;                   /* with TALLY_HAS_ENERGY */
+    double gpu_util_pct;               /* with TALLY_HAS_GPU_UTIL */
+
+    const char *error;                 /* set => ok:false */
+    const char *degraded;              /* a stable token, e.g. "web_failed" */
+    unsigned flags;
+
+    const char *sampling_json;         /* JSON object, optional */
+    const char *text;                  /* kept only with capture_text */
+    const char *extra_json;            /* caller's own fields, JSON object */
+} tally_request;
+
+/* Records one inference request (kind "eval", phase "serve", name "request"). */
+void tally_request_record(tally_t *h, const tally_request *req);
+
+/* ---- training --------------------------------------------------------- */
+
+typedef struct tally_step_info {
+    double loss, lr, grad_norm;        /* NaN = absent */
+    int64_t tokens;                    /* < 0 = absent */
+    const char *metrics_json;          /* JSON object, optional */
+} tally_step_info;
+
+/* Initialises `info` to "everything absent". */
+void tally_step_info_init(tally_step_info *info);
+
+/* Spans: tally times begin..end and writes one `step` / `epoch` event with
+ * wall_us.  A span begun and never ended is written at close with
+ * "unfinished":true. */
+void tally_step_begin(tally_t *h, int64_t step);
+void tally_step_end(tally_t *h, int64_t step, const tally_step_info *info);
+void tally_epoch_begin(tally_t *h, int64_t epoch);
+void tally_epoch_end(tally_t *h, int64_t epoch, const char *metrics_json);
+
+/* A training-time eval (phase "eval").  NaN loss/ppl and samples < 0 are
+ * left out. */
+void tally_eval(tally_t *h, const char *name, double loss, double ppl,
+                int64_t samples, const char *extra_json);
+
+/* ---- errors, notes, anything else ------------------------------------- */
+
+/* An `error` event; also counted in run_end.stats.errors. */
+void tally_error(tally_t *h, const char *type, const char *message);
+/* The same with context: phase (NULL = none), step (< 0 = none),
+ * request_id (NULL = none). */
+void tally_error_at(tally_t *h, const char *type, const char *message,
+                    const char *phase, int64_t step, const char *request_id);
+
+void tally_note(tally_t *h, const char *text);
+
+/* A generic event: kind plus typed fields. */
+enum { TALLY_FIELD_INT = 1, TALLY_FIELD_DOUBLE, TALLY_FIELD_STRING,
+       TALLY_FIELD_BOOL, TALLY_FIELD_JSON };
+
+typedef struct tally_field {
+    const char *key;
+    int type;
+    int64_t i;          /* INT; BOOL (0/1) */
+    double d;           /* DOUBLE */
+    const char *s;      /* STRING; JSON (a JSON value, checked) */
+} tally_field;
+
+void tally_event(tally_t *h, const char *kind, const tally_field *fields,
+                 size_t n);
+
+/* ---- flushing, counters, closing -------------------------------------- */
+
+/* Asks the writer to write everything queued so far and waits for it, at
+ * most `timeout_ms` (0 = 5000).  Returns 0 when done, 1 on time-out. */
+int tally_flush(tally_t *h, uint32_t timeout_ms);
+
+typedef struct tally_counters {
+    uint64_t offered;        /* events handed to tally */
+    uint64_t written;        /* events the writer encoded and gave to sinks */
+    uint64_t dropped;        /* events dropped: queue full, too large */
+    uint64_t sink_failures;  /* events a sink failed to store */
+    uint64_t requests;       /* request events recorded */
+    uint64_t errors;         /* error events (tally_error, tally_error_at) */
+    uint64_t tokens_out;     /* completion tokens of requests */
+} tally_counters;
+
+/* This process's counters.  offered == written + dropped once flushed. */
+void tally_get_counters(const tally_t *h, tally_counters *out);
+
+/* Memory sink (tally_config.memory_sink): the number of events kept, and a
+ * walk over them under the sink's lock.  fn returns non-zero to stop. */
+size_t tally_memory_count(tally_t *h);
+void tally_memory_foreach(tally_t *h,
+                          int (*fn)(void *ud, const char *line, size_t len),
+                          void *ud);
+
+/* Writes everything queued, then run_end, and frees the handle.
+ * `reason`: "completed" (NULL), "interrupted", "aborted" or "errored".
+ * In the process that opened the handle, run_end.stats sums this process
+ * and every forked child that recorded on it (call it after the children
+ * have exited).  In a forked child it only writes what is queued: the
+ * children of a prefork server never write run_end. */
+void tally_close(tally_t *h, const char *reason);
+/* The same, with exit_code in run_end. */
+void tally_close_with_code(tally_t *h, const char *reason, int exit_code);
+
+/* "0.1.0" */
+const char *tally_version(void);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,151 @@
+/*
+ * internal -- the handle, shared by the library's modules (never installed).
+ *
+ * Data flows one way: caller -> ring -> writer -> sinks.  Fields are grouped
+ * by who writes them: the opener (read-only afterwards), callers (rings,
+ * spans), the writer thread (everything under "writer-owned").
+ */
+#ifndef TALLY_INTERNAL_H
+#define TALLY_INTERNAL_H
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "buf.h"
+#include "json.h"
+#include "ring.h"
+#include "tally.h"
+
+/* Events a sink is given: a ring record, or one of the two the writer
+ * makes itself. */
+enum { WEV_RUN_START = 100, WEV_RUN_END = 101 };
+
+typedef struct wev {
+    int type;                 /* REC_* or WEV_* */
+    const void *payload;      /* the record's fixed part (NULL for WEV_*) */
+    int64_t t_us, ts_us;
+} wev;
+
+typedef struct sink sink;
+typedef struct sink_ops {
+    const char *name;
+    /* One event; returns -1 when it could not be kept (counted). */
+    int (*write)(sink *s, const wev *ev, const char *line, size_t len);
+    /* End of a batch; returns how many events of the batch were lost. */
+    uint64_t (*commit)(sink *s);
+    /* In a forked child, before its writer starts: drop the parent's state. */
+    void (*after_fork)(sink *s);
+    void (*close)(sink *s);
+} sink_ops;
+
+struct sink {
+    const sink_ops *ops;
+    struct tally *h;
+    void *state;
+};
+
+#define TALLY_MAX_SINKS 6
+
+/* Totals of every process sharing the run (MAP_SHARED), for run_end. */
+typedef struct shared_totals {
+    _Atomic uint64_t requests, errors, tokens_out, written, dropped, processes;
+} shared_totals;
+
+/* Counter snapshot of one process. */
+typedef struct counts {
+    uint64_t offered, dropped, requests, errors, tokens_out;
+} counts;
+
+struct tally {
+    uint64_t id;              /* unique for the process's life: TLS key */
+    int enabled;
+    unsigned fork_gen;        /* tally__fork_gen when the writer started */
+    int is_child;             /* this process did not open the handle */
+
+    /* Settings. */
+    size_t max_string, queue_bytes, memory_max_events;
+    uint32_t flush_events, flush_ms, max_threads;
+    int capture_text, fsync_on_flush;
+    char *path;
+    tally_log_fn log;
+    void *log_ud;
+    tally_event_fn subscriber;
+    void *subscriber_ud;
+
+    /* Identity (owned copies). */
+    char *run_id, *phase, *host, *os, *arch, *backend, *backend_device;
+    char *model, *model_path, *config_json, *git_sha, *git_branch;
+    int git_dirty;
+    int pid;
+
+    /* Run clock, fixed by the first event or tally_run_start(). */
+    _Atomic int run_started;
+    int64_t origin_mono_ns, origin_real_us;
+    time_t started_at;
+
+    /* Rings: pushed at the head under `mu`, unlinked by the writer only. */
+    pthread_mutex_t mu;
+    pthread_cond_t wake_cv, done_cv;
+    _Atomic(ring *) rings;
+    uint32_t n_rings;
+    _Atomic uint64_t lost_no_ring;   /* events from threads with no ring */
+
+    /* Writer control (under mu). */
+    _Atomic int writer_sleeping;
+    int stop, wake;
+    uint64_t flush_req, flush_done;
+    pthread_t writer;
+    int writer_running;
+
+    /* Spans (under span_mu). */
+    pthread_mutex_t span_mu;
+    int step_open, epoch_open;
+    int64_t step_no, step_begin_ns, epoch_no, epoch_begin_ns;
+
+    /* Writer-owned. */
+    buf line;
+    json_arena arena;         /* for checking callers' JSON */
+    sink sinks[TALLY_MAX_SINKS];
+    int n_sinks;
+    sink *memory;             /* the memory sink, when configured */
+    int64_t last_t_us;
+    int run_start_written;
+    int has_final;
+    int64_t final_step;
+    double final_loss;
+    counts retired;           /* counters of rings already freed */
+    counts published;         /* what was added to `shared` so far */
+    uint64_t published_written;
+    _Atomic uint64_t written, sink_failures;
+    shared_totals *shared;
+    int warned_drop, warned_sink;
+};
+
+/* Logging, at most once per flag. */
+void tally__log(struct tally *h, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void tally__warn_once(struct tally *h, int *flag, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+int64_t tally__mono_ns(void);
+int64_t tally__real_us(void);
+
+/* Sums every ring's counters with the retired ones. */
+void tally__count(struct tally *h, counts *c);
+
+/* writer.c */
+int writer_start(struct tally *h);
+void writer_stop(struct tally *h);          /* drains everything, joins */
+void writer_finish(struct tally *h, const char *reason, int has_code, int code);
+
+/* sinks */
+int sink_jsonl_open(struct tally *h, sink *s, const char *path);
+int sink_memory_open(struct tally *h, sink *s, size_t max_events);
+int sink_callback_open(struct tally *h, sink *s, tally_event_fn fn, void *ud);
+size_t sink_memory_count(sink *s);
+void sink_memory_foreach(sink *s, int (*fn)(void *, const char *, size_t), void *ud);
+
+#endif

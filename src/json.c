@@ -1,0 +1,424 @@
+/*
+ * json -- strict RFC 8259 parser into an arena-allocated tree (see json.h).
+ *
+ * Recursive descent with an explicit depth cap.  Strings are unescaped into
+ * the arena; numbers keep their raw text (so a re-encoded document keeps
+ * every digit) plus a double and, for plain integers, an int64.
+ */
+#include "json.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "encode.h"
+
+#define ARENA_BLOCK 16384
+
+typedef struct arena_hdr {
+    char *next;
+    size_t size;
+} arena_hdr;
+
+void json_arena_init(json_arena *a, size_t max)
+{
+    memset(a, 0, sizeof *a);
+    a->max = max;
+}
+
+void json_arena_free(json_arena *a)
+{
+    char *b = a->blocks;
+    while (b) {
+        char *n = ((arena_hdr *)b)->next;
+        free(b);
+        b = n;
+    }
+    json_arena_init(a, a->max);
+}
+
+void json_arena_reset(json_arena *a)
+{
+    if (!a->blocks) return;
+    /* Free all but the first block (the most recently added is at the
+     * head; keep the last one in the list, which is the oldest). */
+    char *b = a->blocks, *keep = NULL;
+    while (b) {
+        char *n = ((arena_hdr *)b)->next;
+        if (!n) keep = b;
+        else free(b);
+        b = n;
+    }
+    a->blocks = keep;
+    ((arena_hdr *)keep)->next = NULL;
+    a->cur = keep;
+    a->size = ((arena_hdr *)keep)->size;
+    a->used = sizeof(arena_hdr);
+    a->total = a->size;
+}
+
+static void *arena_alloc(json_arena *a, size_t n)
+{
+    n = (n + 7) & ~(size_t)7;
+    if (!a->cur || a->size - a->used < n) {
+        size_t sz = n + sizeof(arena_hdr) > ARENA_BLOCK ? n + sizeof(arena_hdr) : ARENA_BLOCK;
+        if (a->total + sz > a->max) return NULL;
+        char *blk = malloc(sz);
+        if (!blk) return NULL;
+        ((arena_hdr *)blk)->next = a->blocks;
+        ((arena_hdr *)blk)->size = sz;
+        a->blocks = blk;
+        a->cur = blk;
+        a->size = sz;
+        a->used = sizeof(arena_hdr);
+        a->total += sz;
+    }
+    void *p = a->cur + a->used;
+    a->used += n;
+    return p;
+}
+
+typedef struct parser {
+    const unsigned char *s, *p, *end;
+    json_arena *a;
+    json_error *err;
+    int depth;
+} parser;
+
+static jv *fail(parser *ps, const char *what)
+{
+    if (ps->err && !ps->err->what) {
+        ps->err->offset = (size_t)(ps->p - ps->s);
+        ps->err->what = what;
+    }
+    return NULL;
+}
+
+static void skip_ws(parser *ps)
+{
+    while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r'))
+        ps->p++;
+}
+
+static int hex4(const unsigned char *p, uint32_t *out)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= c - '0';
+        else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
+        else return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static size_t put_utf8(char *o, uint32_t cp)
+{
+    if (cp < 0x80) { o[0] = (char)cp; return 1; }
+    if (cp < 0x800) { o[0] = (char)(0xC0 | (cp >> 6)); o[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
+    if (cp < 0x10000) {
+        o[0] = (char)(0xE0 | (cp >> 12)); o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        o[2] = (char)(0x80 | (cp & 0x3F)); return 3;
+    }
+    o[0] = (char)(0xF0 | (cp >> 18)); o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); o[3] = (char)(0x80 | (cp & 0x3F)); return 4;
+}
+
+/* Validates one UTF-8 sequence at p; returns its length or 0. */
+static size_t utf8_valid(const unsigned char *p, const unsigned char *end)
+{
+    unsigned c = p[0];
+    size_t len;
+    uint32_t v, min;
+    if (c >= 0xC2 && c <= 0xDF) { len = 2; v = c & 0x1F; min = 0x80; }
+    else if (c >= 0xE0 && c <= 0xEF) { len = 3; v = c & 0x0F; min = 0x800; }
+    else if (c >= 0xF0 && c <= 0xF4) { len = 4; v = c & 0x07; min = 0x10000; }
+    else return 0;
+    if ((size_t)(end - p) < len) return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80) return 0;
+        v = (v << 6) | (p[i] & 0x3F);
+    }
+    if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return 0;
+    return len;
+}
+
+/* Parses a string at ps->p (at the opening quote). */
+static const char *parse_string(parser *ps, size_t *outlen)
+{
+    const unsigned char *p = ps->p + 1;
+    /* First pass: find the end and validate; count output bytes. */
+    const unsigned char *q = p;
+    int simple = 1;
+    while (q < ps->end && *q != '"') {
+        if (*q < 0x20) { ps->p = q; fail(ps, "control character in string"); return NULL; }
+        if (*q == '\\') { simple = 0; q += 2; continue; }
+        if (*q >= 0x80) {
+            size_t l = utf8_valid(q, ps->end);
+            if (!l) { ps->p = q; fail(ps, "invalid UTF-8"); return NULL; }
+            q += l;
+            continue;
+        }
+        q++;
+    }
+    if (q >= ps->end) { fail(ps, "unterminated string"); return NULL; }
+    size_t rawlen = (size_t)(q - p);
+    char *out = arena_alloc(ps->a, rawlen + 1);
+    if (!out) { fail(ps, "document too large"); return NULL; }
+    if (simple) {
+        memcpy(out, p, rawlen);
+        out[rawlen] = 0;
+        *outlen = rawlen;
+        ps->p = q + 1;
+        return out;
+    }
+    size_t o = 0;
+    while (p < q) {
+        if (*p != '\\') { out[o++] = (char)*p++; continue; }
+        p++;
+        if (p >= q) { ps->p = p; fail(ps, "bad escape"); return NULL; }
+        switch (*p) {
+        case '"': out[o++] = '"'; p++; break;
+        case '\\': out[o++] = '\\'; p++; break;
+        case '/': out[o++] = '/'; p++; break;
+        case 'b': out[o++] = '\b'; p++; break;
+        case 'f': out[o++] = '\f'; p++; break;
+        case 'n': out[o++] = '\n'; p++; break;
+        case 'r': out[o++] = '\r'; p++; break;
+        case 't': out[o++] = '\t'; p++; break;
+        case 'u': {
+            uint32_t cp, lo;
+            if (q - p < 5 || hex4(p + 1, &cp)) { ps->p = p; fail(ps, "bad \\u escape"); return NULL; }
+            p += 5;
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                if (q - p < 6 || p[0] != '\\' || p[1] != 'u' || hex4(p + 2, &lo) || lo < 0xDC00 || lo > 0xDFFF) {
+                    ps->p = p; fail(ps, "lone surrogate"); return NULL;
+                }
+                p += 6;
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+                ps->p = p; fail(ps, "lone surrogate"); return NULL;
+            }
+            /* A \u escape is 6 bytes and yields at most 3 (4 for a 12-byte
+             * pair), so the output never outgrows rawlen. */
+            o += put_utf8(out + o, cp);
+            break;
+        }
+        default: ps->p = p; fail(ps, "bad escape"); return NULL;
+        }
+    }
+    out[o] = 0;
+    *outlen = o;
+    ps->p = q + 1;
+    return out;
+}
+
+static jv *new_value(parser *ps, jv_type t)
+{
+    jv *v = arena_alloc(ps->a, sizeof *v);
+    if (!v) return fail(ps, "document too large");
+    memset(v, 0, sizeof *v);
+    v->type = t;
+    return v;
+}
+
+static jv *parse_number(parser *ps)
+{
+    const unsigned char *start = ps->p, *p = ps->p;
+    int is_int = 1;
+    if (p < ps->end && *p == '-') p++;
+    if (p >= ps->end) return fail(ps, "bad number");
+    if (*p == '0') p++;
+    else if (*p >= '1' && *p <= '9') while (p < ps->end && *p >= '0' && *p <= '9') p++;
+    else return fail(ps, "bad number");
+    if (p < ps->end && *p == '.') {
+        is_int = 0;
+        p++;
+        if (p >= ps->end || *p < '0' || *p > '9') { ps->p = p; return fail(ps, "bad number"); }
+        while (p < ps->end && *p >= '0' && *p <= '9') p++;
+    }
+    if (p < ps->end && (*p == 'e' || *p == 'E')) {
+        is_int = 0;
+        p++;
+        if (p < ps->end && (*p == '+' || *p == '-')) p++;
+        if (p >= ps->end || *p < '0' || *p > '9') { ps->p = p; return fail(ps, "bad number"); }
+        while (p < ps->end && *p >= '0' && *p <= '9') p++;
+    }
+    jv *v = new_value(ps, JV_NUM);
+    if (!v) return NULL;
+    v->s = (const char *)start;
+    v->n = (size_t)(p - start);
+    v->is_int = 0;
+    if (is_int && v->n <= 19) {
+        /* Exact integer path; fall back to double when it overflows. */
+        int neg = *start == '-';
+        uint64_t u = 0;
+        for (const unsigned char *d = start + neg; d < p; d++) u = u * 10 + (uint64_t)(*d - '0');
+        if (u <= (uint64_t)INT64_MAX) {
+            v->is_int = 1;
+            v->i = neg ? -(int64_t)u : (int64_t)u;
+            v->num = (double)v->i;
+        }
+    }
+    if (!v->is_int) {
+        char tmp[64];
+        if (v->n < sizeof tmp) {
+            memcpy(tmp, start, v->n);
+            tmp[v->n] = 0;
+            v->num = strtod(tmp, NULL);
+        } else {
+            char *t = arena_alloc(ps->a, v->n + 1);
+            if (!t) return fail(ps, "document too large");
+            memcpy(t, start, v->n);
+            t[v->n] = 0;
+            v->num = strtod(t, NULL);
+        }
+        if (is_int && v->num >= -9.2e18 && v->num <= 9.2e18) { v->is_int = 1; v->i = (int64_t)v->num; }
+    }
+    ps->p = p;
+    return v;
+}
+
+static jv *parse_value(parser *ps);
+
+static jv *parse_container(parser *ps, int obj)
+{
+    if (++ps->depth > JSON_MAX_DEPTH) return fail(ps, "nesting too deep");
+    jv *v = new_value(ps, obj ? JV_OBJ : JV_ARR);
+    if (!v) return NULL;
+    jv **tail = &v->child;
+    ps->p++;
+    skip_ws(ps);
+    if (ps->p < ps->end && *ps->p == (obj ? '}' : ']')) {
+        ps->p++;
+        ps->depth--;
+        return v;
+    }
+    for (;;) {
+        const char *key = NULL;
+        size_t keylen = 0;
+        if (obj) {
+            skip_ws(ps);
+            if (ps->p >= ps->end || *ps->p != '"') return fail(ps, "expected a key");
+            key = parse_string(ps, &keylen);
+            if (!key) return NULL;
+            skip_ws(ps);
+            if (ps->p >= ps->end || *ps->p != ':') return fail(ps, "expected ':'");
+            ps->p++;
+        }
+        jv *e = parse_value(ps);
+        if (!e) return NULL;
+        e->key = key;
+        e->keylen = keylen;
+        *tail = e;
+        tail = &e->next;
+        v->count++;
+        skip_ws(ps);
+        if (ps->p >= ps->end) return fail(ps, "unterminated container");
+        if (*ps->p == ',') { ps->p++; continue; }
+        if (*ps->p == (obj ? '}' : ']')) { ps->p++; break; }
+        return fail(ps, obj ? "expected ',' or '}'" : "expected ',' or ']'");
+    }
+    ps->depth--;
+    return v;
+}
+
+static int lit(parser *ps, const char *w, size_t n)
+{
+    if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, w, n) != 0) return -1;
+    ps->p += n;
+    return 0;
+}
+
+static jv *parse_value(parser *ps)
+{
+    skip_ws(ps);
+    if (ps->p >= ps->end) return fail(ps, "unexpected end");
+    switch (*ps->p) {
+    case '{': return parse_container(ps, 1);
+    case '[': return parse_container(ps, 0);
+    case '"': {
+        size_t n;
+        const char *s = parse_string(ps, &n);
+        if (!s) return NULL;
+        jv *v = new_value(ps, JV_STR);
+        if (!v) return NULL;
+        v->s = s;
+        v->n = n;
+        return v;
+    }
+    case 't': if (lit(ps, "true", 4)) return fail(ps, "bad literal"); return new_value(ps, JV_TRUE);
+    case 'f': if (lit(ps, "false", 5)) return fail(ps, "bad literal"); return new_value(ps, JV_FALSE);
+    case 'n': if (lit(ps, "null", 4)) return fail(ps, "bad literal"); return new_value(ps, JV_NULL);
+    default:
+        if (*ps->p == '-' || (*ps->p >= '0' && *ps->p <= '9')) return parse_number(ps);
+        return fail(ps, "unexpected character");
+    }
+}
+
+jv *json_parse(json_arena *a, const char *s, size_t n, json_error *err)
+{
+    parser ps = {(const unsigned char *)s, (const unsigned char *)s,
+                 (const unsigned char *)s + n, a, err, 0};
+    if (err) { err->offset = 0; err->what = NULL; }
+    if (!s) return fail(&ps, "no input");
+    jv *v = parse_value(&ps);
+    if (!v) return NULL;
+    skip_ws(&ps);
+    if (ps.p != ps.end) return fail(&ps, "trailing characters");
+    return v;
+}
+
+const jv *jv_get(const jv *obj, const char *key)
+{
+    if (!obj || obj->type != JV_OBJ || !key) return NULL;
+    size_t kl = strlen(key);
+    for (const jv *e = obj->child; e; e = e->next)
+        if (e->keylen == kl && memcmp(e->key, key, kl) == 0) return e;
+    return NULL;
+}
+
+int64_t jv_int(const jv *v, int64_t def)
+{
+    if (!v || v->type != JV_NUM) return def;
+    if (v->is_int) return v->i;
+    if (v->num >= -9.2e18 && v->num <= 9.2e18) return (int64_t)v->num;
+    return def;
+}
+
+double jv_num(const jv *v, double def)
+{
+    return v && v->type == JV_NUM ? v->num : def;
+}
+
+const char *jv_str(const jv *v)
+{
+    return v && v->type == JV_STR ? v->s : NULL;
+}
+
+void jv_write(buf *b, const jv *v)
+{
+    switch (v->type) {
+    case JV_NULL: buf_put(b, "null", 4); break;
+    case JV_TRUE: buf_put(b, "true", 4); break;
+    case JV_FALSE: buf_put(b, "false", 5); break;
+    case JV_NUM: buf_put(b, v->s, v->n); break;
+    case JV_STR: enc_str(b, v->s, v->n); break;
+    case JV_ARR:
+    case JV_OBJ:
+        buf_putc(b, v->type == JV_OBJ ? '{' : '[');
+        for (const jv *e = v->child; e; e = e->next) {
+            if (e != v->child) buf_putc(b, ',');
+            if (v->type == JV_OBJ) {
+                enc_str(b, e->key, e->keylen);
+                buf_putc(b, ':');
+            }
+            jv_write(b, e);
+        }
+        buf_putc(b, v->type == JV_OBJ ? '}' : ']');
+        break;
+    }
+}

@@ -1,0 +1,71 @@
+/*
+ * json -- tally's JSON reader: a strict RFC 8259 parser into a small tree.
+ *
+ * Strict: every valid document is accepted and every invalid one rejected
+ * (bad UTF-8, lone surrogates in \u escapes, leading zeros, trailing
+ * commas, control characters in strings, trailing garbage).  Nesting depth
+ * is capped (JSON_MAX_DEPTH).  All memory comes from an arena with a hard
+ * cap, reset per document, so a hostile line cannot make the reader grow
+ * without bound.
+ *
+ * Lenience (skipping bad lines, integer `t`, seed-002 tags) belongs to the
+ * callers, not here.
+ */
+#ifndef TALLY_JSON_H
+#define TALLY_JSON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+
+#define JSON_MAX_DEPTH 64
+
+typedef enum { JV_NULL, JV_FALSE, JV_TRUE, JV_NUM, JV_STR, JV_ARR, JV_OBJ } jv_type;
+
+typedef struct jv {
+    jv_type type;
+    const char *s;        /* STR: unescaped bytes (NUL-terminated); NUM: raw text */
+    size_t n;             /* length of s */
+    double num;           /* NUM */
+    int is_int;           /* NUM written without fraction or exponent */
+    int64_t i;            /* NUM with is_int, when it fits */
+    const char *key;      /* member key when inside an object (NUL-terminated) */
+    size_t keylen;
+    struct jv *child;     /* ARR / OBJ: first element */
+    struct jv *next;      /* next sibling */
+    size_t count;         /* ARR / OBJ: number of elements */
+} jv;
+
+typedef struct json_arena {
+    char *blocks;         /* singly linked list of blocks */
+    char *cur;
+    size_t used, size;    /* in the current block */
+    size_t total, max;    /* bytes allocated, cap */
+} json_arena;
+
+void json_arena_init(json_arena *a, size_t max);
+void json_arena_reset(json_arena *a);  /* keeps the first block */
+void json_arena_free(json_arena *a);
+
+typedef struct json_error {
+    size_t offset;        /* byte offset of the problem */
+    const char *what;     /* static message */
+} json_error;
+
+/* Parses exactly one JSON value (surrounding whitespace allowed).  NULL on
+ * error, with `err` filled when given. */
+jv *json_parse(json_arena *a, const char *s, size_t n, json_error *err);
+
+/* Member of an object by key, or NULL. */
+const jv *jv_get(const jv *obj, const char *key);
+/* Convenience: numeric value as int64 / double; def when absent or not a number. */
+int64_t jv_int(const jv *v, int64_t def);
+double jv_num(const jv *v, double def);
+/* String value or NULL. */
+const char *jv_str(const jv *v);
+
+/* Writes v as compact JSON (strings re-escaped by encode). */
+void jv_write(buf *b, const jv *v);
+
+#endif
