@@ -213,6 +213,7 @@ static void enc_step(struct tally *h, buf *b, const wev *ev)
     put_caller_json_r(h, b, "metrics", s, s->metrics, 0);
     put_truncated(b, s->truncated, names, 1);
     buf_putc(b, '}');
+    if (s->unfinished) return;
     h->has_final |= 1;
     h->final_step = s->step;
     if (!isnan(s->loss)) {
