@@ -122,6 +122,8 @@ struct tally {
     _Atomic uint64_t written, sink_failures;
     shared_totals *shared;
     int warned_drop, warned_sink;
+    const char *end_reason;   /* set by tally_close for the writer */
+    int end_has_code, end_code;
 };
 
 /* Logging, at most once per flag. */
@@ -138,8 +140,9 @@ void tally__count(struct tally *h, counts *c);
 
 /* writer.c */
 int writer_start(struct tally *h);
-void writer_stop(struct tally *h);          /* drains everything, joins */
-void writer_finish(struct tally *h, const char *reason, int has_code, int code);
+/* Drains everything, writes run_end (opening process only), closes the
+ * sinks and joins the thread. */
+void writer_stop(struct tally *h, const char *reason, int has_code, int code);
 
 /* sinks */
 int sink_jsonl_open(struct tally *h, sink *s, const char *path);

@@ -39,6 +39,7 @@ void ring_reset(ring *r)
     atomic_store(&r->head, 0);
     atomic_store(&r->tail, 0);
     atomic_store(&r->consumed_seq, 0);
+    r->drained = 0;
     r->tail_cache = 0;
     atomic_store(&r->seq, 0);
     r->consumed_cache = 0;

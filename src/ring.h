@@ -38,7 +38,11 @@ typedef struct ring {
 
     /* Consumer's line. */
     _Alignas(64) _Atomic uint64_t tail;   /* bytes consumed */
-    _Atomic uint64_t consumed_seq;        /* records consumed */
+    /* Records committed to the sinks: the producer wakes the writer when
+     * seq - consumed_seq reaches the flush count, so it counts what the
+     * writer holds uncommitted as well as what is still in the ring. */
+    _Atomic uint64_t consumed_seq;
+    uint64_t drained;                     /* records drained (writer only) */
 
     /* Read-only after creation, and list links owned by the handle. */
     _Alignas(64) char *data;

@@ -8,7 +8,8 @@
  * events meanwhile are counted as lost and the problem is logged once.  A
  * write that stops part-way (disk full, RLIMIT_FSIZE) leaves at most one
  * torn line, and the next write starts with a newline so that the torn
- * piece never glues onto a good line.
+ * piece never glues onto a good line -- also when the torn line was left
+ * by an earlier process that crashed.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -55,6 +56,16 @@ static void try_open(struct tally *h, jsonl *j)
     j->last_try_ns = now;
     make_parent_dirs(j->path);
     j->fd = open(j->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (j->fd >= 0) {
+        /* A file left with a torn last line (a crash): start on a new line. */
+        struct stat st;
+        char last;
+        int rfd = open(j->path, O_RDONLY | O_CLOEXEC);
+        if (rfd >= 0 && fstat(rfd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 &&
+            pread(rfd, &last, 1, st.st_size - 1) == 1 && last != '\n')
+            j->torn = 1;
+        if (rfd >= 0) close(rfd);
+    }
     if (j->fd < 0)
         tally__warn_once(h, &j->warned_open, "cannot open %s: %s (events are counted as lost)", j->path,
                          strerror(errno));

@@ -891,9 +891,8 @@ static void close_impl(tally_t *h, const char *reason, int has_code, int code)
     if (so) record_step(h, h->step_no, sw, NULL, 1);
     if (eo) record_epoch(h, h->epoch_no, ew, NULL, 1);
 
-    writer_stop(h);
+    writer_stop(h, reason, has_code, code);
     unregister_handle(h);
-    writer_finish(h, reason, has_code, code);
     /* The writer is gone; the handle holds the last reference of every ring
      * whose thread has exited, and shares the others with their threads. */
     ring *r = atomic_load(&h->rings);

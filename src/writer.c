@@ -31,6 +31,8 @@
 
 #define BUSY_BATCH 4096   /* records drained per ring per pass */
 
+static void writer_finish(struct tally *h);
+
 /* ---- encoding helpers ------------------------------------------------- */
 
 static inline void put_str(buf *b, const void *base, rstr s)
@@ -404,6 +406,8 @@ static void emit(struct tally *h, const wev *ev)
 
 static void commit(struct tally *h)
 {
+    for (ring *r = atomic_load_explicit(&h->rings, memory_order_acquire); r; r = r->next)
+        atomic_store_explicit(&r->consumed_seq, r->drained, memory_order_release);
     for (int i = 0; i < h->n_sinks; i++) {
         uint64_t lost = h->sinks[i].ops->commit ? h->sinks[i].ops->commit(&h->sinks[i]) : 0;
         if (lost) atomic_fetch_add(&h->sink_failures, lost);
@@ -476,7 +480,7 @@ static uint64_t drain(struct tally *h, int64_t *oldest)
         }
         if (done) {
             atomic_store_explicit(&r->tail, tail, memory_order_release);
-            atomic_store_explicit(&r->consumed_seq, ring_load(&r->consumed_seq) + done, memory_order_release);
+            r->drained += done;
             n += done;
         }
         if (gone && tail == head) retire(h, r);
@@ -560,6 +564,8 @@ static void *writer_main(void *arg)
         }
         if (stop) {
             pthread_mutex_unlock(&h->mu);
+            /* The last writes happen here too, with every signal blocked. */
+            writer_finish(h);
             break;
         }
         if (n == 0 && !h->wake && !h->stop && h->flush_req == freq) {
@@ -599,26 +605,33 @@ int writer_start(struct tally *h)
     return rc == 0 ? 0 : -1;
 }
 
-void writer_stop(struct tally *h)
+void writer_stop(struct tally *h, const char *reason, int has_code, int code)
 {
     pthread_mutex_lock(&h->mu);
     int running = h->writer_running;
+    h->end_reason = reason && *reason ? reason : "completed";
+    h->end_has_code = has_code;
+    h->end_code = code;
     h->stop = 1;
     pthread_cond_signal(&h->wake_cv);
     pthread_mutex_unlock(&h->mu);
-    if (running) pthread_join(h->writer, NULL);
+    if (running) {
+        pthread_join(h->writer, NULL);
+    } else {
+        /* No thread (it could not be started): finish here. */
+        int64_t oldest = 0;
+        while (drain(h, &oldest)) {}
+        writer_finish(h);
+    }
     h->writer_running = 0;
 }
 
-/* After writer_stop, on the closing thread: run_end (in the opening
- * process), the last commit, and the sinks closed. */
-void writer_finish(struct tally *h, const char *reason, int has_code, int code)
+/* The end of the writer: run_end (in the opening process), the last
+ * commit, and the sinks closed. */
+static void writer_finish(struct tally *h)
 {
-    if (!h->writer_running) {
-        /* Anything the thread did not get to (it never started). */
-        int64_t oldest = 0;
-        while (drain(h, &oldest)) {}
-    }
+    const char *reason = h->end_reason;
+    int has_code = h->end_has_code, code = h->end_code;
     publish(h);
     if (!h->is_child) {
         if (!atomic_load(&h->run_started)) {
@@ -638,7 +651,7 @@ void writer_finish(struct tally *h, const char *reason, int has_code, int code)
         ENC_NKEY(b, "ended_at");
         enc_iso8601(b, (time_t)(ev.ts_us / 1000000));
         ENC_NKEY(b, "reason");
-        enc_cstr(b, reason && *reason ? reason : "completed");
+        enc_cstr(b, reason);
         shared_totals *s = h->shared;
         /* Counted as written: run_end itself is an event. */
         uint64_t written = (s ? atomic_load(&s->written) : atomic_load(&h->written)) + 1;
