@@ -65,7 +65,7 @@ typedef struct tally_config {
     int fsync_on_flush;          /* fsync(2) the file after each flush */
 
     /* Queue: one ring per recording thread, `queue_bytes` each (rounded up
-     * to a power of two; 0 = 1 MiB).  At most `max_threads` rings (0 =
+     * to a power of two; 0 = 4 MiB, about 13,000 request events).  At most `max_threads` rings (0 =
      * 1024); events from further threads are dropped and counted. */
     size_t queue_bytes;
     uint32_t max_threads;

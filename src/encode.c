@@ -68,6 +68,16 @@ int enc_str(buf *b, const char *s, size_t n)
     buf_putc(b, '"');
     while (i < n) {
         size_t j = i;
+        /* Eight bytes at a time while none needs attention. */
+        while (j + 8 <= n) {
+            uint64_t x;
+            memcpy(&x, u + j, 8);
+            const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+            uint64_t q = x ^ (ones * '"'), bs = x ^ (ones * '\\'), del = x ^ (ones * 0x7f);
+            uint64_t bad = ((x - ones * 0x20) | (q - ones) | (bs - ones) | (del - ones)) & ~x & high;
+            if (bad | (x & high)) break;
+            j += 8;
+        }
         while (j < n && enc_class[u[j]] == 0) j++;
         if (j > i) buf_put(b, s + i, j - i);
         if (j >= n) break;
@@ -109,15 +119,29 @@ int enc_str(buf *b, const char *s, size_t n)
     return repaired;
 }
 
+static const char digit_pairs[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+/* Two digits per division: this runs several times per event. */
 void enc_i64(buf *b, int64_t v)
 {
     char tmp[24];
     int pos = 24;
     uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    do {
-        tmp[--pos] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
+    while (u >= 100) {
+        unsigned d = (unsigned)(u % 100) * 2;
+        u /= 100;
+        tmp[--pos] = digit_pairs[d + 1];
+        tmp[--pos] = digit_pairs[d];
+    }
+    if (u >= 10) {
+        tmp[--pos] = digit_pairs[u * 2 + 1];
+        tmp[--pos] = digit_pairs[u * 2];
+    } else {
+        tmp[--pos] = (char)('0' + u);
+    }
     if (v < 0) tmp[--pos] = '-';
     buf_put(b, tmp + pos, (size_t)(24 - pos));
 }
@@ -143,12 +167,14 @@ void enc_us_as_seconds(buf *b, int64_t us)
 {
     if (us < 0) us = 0;
     enc_i64(b, us / 1000000);
+    unsigned f = (unsigned)(us % 1000000);
     char frac[7];
-    int64_t f = us % 1000000;
     frac[0] = '.';
-    for (int k = 6; k >= 1; k--) {
-        frac[k] = (char)('0' + f % 10);
-        f /= 10;
+    for (int k = 5; k >= 1; k -= 2) {
+        unsigned d = (f % 100) * 2;
+        f /= 100;
+        frac[k] = digit_pairs[d];
+        frac[k + 1] = digit_pairs[d + 1];
     }
     buf_put(b, frac, 7);
 }

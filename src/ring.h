@@ -116,4 +116,14 @@ static inline int ring_pending_at_least(ring *r, uint64_t threshold)
     return seq - r->consumed_cache >= threshold;
 }
 
+/* More than half the ring in use?  The cached consumer position is
+ * refreshed before saying yes, so a stale cache costs one load, not a
+ * wake-up per call. */
+static inline int ring_half_full(ring *r, uint64_t head)
+{
+    if (head - r->tail_cache <= r->cap / 2) return 0;
+    r->tail_cache = atomic_load_explicit(&r->tail, memory_order_acquire);
+    return head - r->tail_cache > r->cap / 2;
+}
+
 #endif

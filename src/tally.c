@@ -45,7 +45,9 @@ typedef struct tls_slot {
     uint64_t id;
     ring *r;
 } tls_slot;
-static _Thread_local tls_slot tls_cache[TLS_SLOTS];
+/* initial-exec: a plain %fs-relative load even in the shared library (the
+ * 128 bytes fit the static TLS that glibc keeps for dlopen()ed code). */
+static _Thread_local tls_slot tls_cache[TLS_SLOTS] __attribute__((tls_model("initial-exec")));
 static pthread_key_t tls_key;
 static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
 
@@ -157,7 +159,7 @@ static inline int handle_live(tally_t *h)
 
 /* ---- logging and clocks ---------------------------------------------- */
 
-static void vlog(tally_t *h, int level, const char *fmt, va_list ap)
+__attribute__((format(printf, 3, 0))) static void vlog(tally_t *h, int level, const char *fmt, va_list ap)
 {
     if (!h->log) return;
     char msg[512];
@@ -299,7 +301,7 @@ tally_t *tally_open(const tally_config *cfg_in)
     h->log_ud = cfg->log_ud;
     h->max_string = cfg->max_string ? cfg->max_string : 65536;
     if (h->max_string > 16u << 20) h->max_string = 16u << 20;
-    h->queue_bytes = cfg->queue_bytes ? cfg->queue_bytes : 1u << 20;
+    h->queue_bytes = cfg->queue_bytes ? cfg->queue_bytes : 4u << 20;
     if (h->queue_bytes > 1u << 30) h->queue_bytes = 1u << 30;
     h->max_threads = cfg->max_threads ? cfg->max_threads : 1024;
     h->flush_events = cfg->flush_events ? cfg->flush_events : 1000;
@@ -499,8 +501,7 @@ static rec_hdr *rec_begin(tally_t *h, int type, size_t payload, ring **rp, uint6
 static inline void rec_end(tally_t *h, ring *r, uint64_t newhead)
 {
     ring_commit(r, newhead);
-    if (__builtin_expect(ring_pending_at_least(r, h->flush_events) ||
-                         (newhead - r->tail_cache) > r->cap / 2, 0))
+    if (__builtin_expect(ring_pending_at_least(r, h->flush_events) || ring_half_full(r, newhead), 0))
         wake_writer(h);
 }
 

@@ -1,0 +1,15 @@
+# Sourced by the scripts: installs the Debian packages tally needs when any
+# is missing (as root, or through sudo when it is there).
+TALLY_PACKAGES="build-essential cmake pkg-config libcmocka-dev libsqlite3-dev sqlite3 clang libclang-rt-14-dev jq python3"
+tally_deps() {
+    local missing=""
+    for p in $TALLY_PACKAGES; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+    done
+    [ -z "$missing" ] && return 0
+    echo "installing Debian packages:$missing" >&2
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
+}
