@@ -50,12 +50,21 @@ typedef void (*tally_event_fn)(void *ud, const char *line, size_t len);
 
 typedef struct tally_config {
     /* Output.  `path` is a JSONL file.  When NULL or "", and `run_dir` is set,
-     * events go to <run_dir>/<run_id>/events.jsonl.  With no file, no memory
-     * sink and no subscriber, the handle is disabled: no I/O and no
+     * events go to <run_dir>/<run_id>/events.jsonl.  With no file, no
+     * database, no memory sink and no subscriber, the handle is disabled: no I/O and no
      * allocation after tally_open().  Environment: TALLY_PATH overrides
      * `path`; TALLY_DISABLE=1 disables whatever the config says. */
     const char *path;
     const char *run_dir;
+
+    /* SQLite events database, beside or instead of the JSONL file
+     * (docs/schema.md).  TALLY_DB overrides it.  Retention: events older
+     * than `retention_max_age_s` seconds, and the oldest beyond
+     * `retention_max_rows`, are deleted by the writer thread every 100
+     * batches (0 = keep everything). */
+    const char *sqlite_path;
+    int64_t retention_max_age_s;
+    int64_t retention_max_rows;
 
     /* Flush policy: the writer writes after `flush_events` events are
      * queued on one thread or `flush_ms` milliseconds, whichever is first.

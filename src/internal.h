@@ -27,6 +27,7 @@ typedef struct wev {
     int type;                 /* REC_* or WEV_* */
     const void *payload;      /* the record's fixed part (NULL for WEV_*) */
     int64_t t_us, ts_us;
+    char id[24];              /* the event's id: process nonce + sequence */
 } wev;
 
 typedef struct sink sink;
@@ -69,7 +70,8 @@ struct tally {
     size_t max_string, queue_bytes, memory_max_events;
     uint32_t flush_events, flush_ms, max_threads;
     int capture_text, fsync_on_flush;
-    char *path;
+    char *path, *db_path;
+    int64_t retention_max_age_s, retention_max_rows;
     tally_log_fn log;
     void *log_ud;
     tally_event_fn subscriber;
@@ -112,6 +114,8 @@ struct tally {
     int n_sinks;
     sink *memory;             /* the memory sink, when configured */
     int64_t last_t_us;
+    char nonce[13];           /* 48 random bits, hex: new in each process */
+    uint64_t event_seq;
     int run_start_written;
     int has_final;
     int64_t final_step;
@@ -148,6 +152,8 @@ void writer_stop(struct tally *h, const char *reason, int has_code, int code);
 int sink_jsonl_open(struct tally *h, sink *s, const char *path);
 int sink_memory_open(struct tally *h, sink *s, size_t max_events);
 int sink_callback_open(struct tally *h, sink *s, tally_event_fn fn, void *ud);
+int sink_sqlite_open(struct tally *h, sink *s, const char *path);
+void tally__new_nonce(struct tally *h);
 size_t sink_memory_count(sink *s);
 void sink_memory_foreach(sink *s, int (*fn)(void *, const char *, size_t), void *ud);
 

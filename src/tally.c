@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -144,6 +145,7 @@ static void child_restart(tally_t *h)
         for (int i = 0; i < h->n_sinks; i++)
             if (h->sinks[i].ops->after_fork) h->sinks[i].ops->after_fork(&h->sinks[i]);
         buf_reset(&h->line);
+        tally__new_nonce(h);
         writer_start(h);
     }
     pthread_mutex_unlock(&h->mu);
@@ -196,6 +198,23 @@ int64_t tally__real_us(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* ---- event ids ---------------------------------------------------------- */
+
+/* Each process writing a run gets 48 random bits; an event's id is those
+ * and its sequence number in that process, so ids never collide across
+ * the processes of a run or across runs, and `tally import` can skip what
+ * it already has. */
+void tally__new_nonce(tally_t *h)
+{
+    uint64_t r = 0;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
+        r = (uint64_t)tally__real_us() * 6364136223846793005ull ^ (uint64_t)getpid() ^ (uint64_t)(uintptr_t)h;
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 12; i++) h->nonce[i] = hex[(r >> (4 * i)) & 15];
+    h->nonce[12] = 0;
+    h->event_seq = 0;
 }
 
 /* ---- opening --------------------------------------------------------- */
@@ -319,8 +338,10 @@ tally_t *tally_open(const tally_config *cfg_in)
 
     const char *env_path = getenv("TALLY_PATH");
     const char *path = env_path ? env_path : cfg->path;
+    const char *env_db = getenv("TALLY_DB");
+    const char *db = env_db ? env_db : cfg->sqlite_path;
     int want_file = (path && *path) || (!env_path && cfg->run_dir && *cfg->run_dir);
-    h->enabled = !env_true("TALLY_DISABLE") && (want_file || cfg->memory_sink || cfg->subscriber);
+    h->enabled = !env_true("TALLY_DISABLE") && (want_file || (db && *db) || cfg->memory_sink || cfg->subscriber);
     if (!h->enabled) return h; /* disabled: no I/O, nothing more to allocate */
 
     h->phase = dup_or(cfg->phase, "serve");
@@ -360,11 +381,19 @@ tally_t *tally_open(const tally_config *cfg_in)
         h->path = strdup(p);
     }
 
+    h->retention_max_age_s = cfg->retention_max_age_s;
+    h->retention_max_rows = cfg->retention_max_rows;
+    tally__new_nonce(h);
     buf_init(&h->line, (size_t)8 << 20);
     /* A sink is kept when its state could be allocated; a JSONL file that
      * cannot be opened yet is kept too (it retries, and counts). */
     if (h->path) {
         sink_jsonl_open(h, &h->sinks[h->n_sinks], h->path);
+        if (h->sinks[h->n_sinks].state) h->n_sinks++;
+    }
+    if (db && *db) {
+        h->db_path = strdup(db);
+        sink_sqlite_open(h, &h->sinks[h->n_sinks], h->db_path);
         if (h->sinks[h->n_sinks].state) h->n_sinks++;
     }
     if (cfg->memory_sink) {
@@ -863,7 +892,7 @@ void tally_memory_foreach(tally_t *h, int (*fn)(void *, const char *, size_t), v
 
 static void free_handle(tally_t *h)
 {
-    char **owned[] = {&h->path, &h->run_id, &h->phase, &h->host, &h->os, &h->arch, &h->backend,
+    char **owned[] = {&h->path, &h->db_path, &h->run_id, &h->phase, &h->host, &h->os, &h->arch, &h->backend,
                       &h->backend_device, &h->model, &h->model_path, &h->config_json, &h->git_sha,
                       &h->git_branch};
     for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++) free(*owned[i]);

@@ -101,6 +101,9 @@ static void put_head(buf *b, const char *kind, size_t kind_len, const wev *ev)
     enc_us_as_seconds(b, ev->t_us);
     ENC_NKEY(b, "ts");
     enc_us_as_seconds(b, ev->ts_us);
+    buf_put(b, ",\"id\":\"", 7);
+    buf_put(b, ev->id, 22);
+    buf_putc(b, '"');
 }
 
 static inline void put_num_if(buf *b, const char *key, size_t klen, double v)
@@ -423,13 +426,20 @@ static void stamp(struct tally *h, wev *ev, int64_t mono_ns)
     h->last_t_us = t;
     ev->t_us = t;
     ev->ts_us = h->origin_real_us + t;
+    /* id: 12 hex digits of nonce, 10 of sequence. */
+    static const char hex[] = "0123456789abcdef";
+    uint64_t seq = ++h->event_seq;
+    memcpy(ev->id, h->nonce, 12);
+    for (int i = 21; i >= 12; i--, seq >>= 4) ev->id[i] = hex[seq & 15];
+    ev->id[22] = 0;
 }
 
 static void emit_run_start(struct tally *h)
 {
     if (h->run_start_written || !atomic_load_explicit(&h->run_started, memory_order_acquire)) return;
     h->run_start_written = 1;
-    wev ev = {WEV_RUN_START, NULL, 0, h->origin_real_us};
+    wev ev = {WEV_RUN_START, NULL, 0, 0, {0}};
+    stamp(h, &ev, h->origin_mono_ns);
     emit(h, &ev);
 }
 
@@ -473,7 +483,7 @@ static uint64_t drain(struct tally *h, int64_t *oldest)
             tail += hd->len;
             if (hd->type == REC_PAD) continue;
             emit_run_start(h);
-            wev ev = {hd->type, hd + 1, 0, 0};
+            wev ev = {hd->type, hd + 1, 0, 0, {0}};
             stamp(h, &ev, hd->mono_ns);
             if (!*oldest || hd->mono_ns < *oldest) *oldest = hd->mono_ns;
             emit(h, &ev);
@@ -644,7 +654,7 @@ static void writer_finish(struct tally *h)
         emit_run_start(h);
         counts c;
         tally__count(h, &c);
-        wev ev = {WEV_RUN_END, NULL, 0, 0};
+        wev ev = {WEV_RUN_END, NULL, 0, 0, {0}};
         stamp(h, &ev, tally__mono_ns());
         buf *b = &h->line;
         buf_reset(b);

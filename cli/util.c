@@ -1,0 +1,278 @@
+/* util -- see util.h. */
+#define _GNU_SOURCE
+#include "util.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+void cli_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "tally %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+int parse_duration(const char *s, double *seconds)
+{
+    if (!s || !*s) return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || v < 0 || v != v) return -1;
+    double mult = 1;
+    if (*end) {
+        switch (*end) {
+        case 's': mult = 1; break;
+        case 'm': mult = 60; break;
+        case 'h': mult = 3600; break;
+        case 'd': mult = 86400; break;
+        case 'w': mult = 7 * 86400; break;
+        default: return -1;
+        }
+        if (end[1]) return -1;
+    }
+    *seconds = v * mult;
+    return 0;
+}
+
+static int digits(const char *s, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)s[i])) return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+int parse_iso8601(const char *s, double *out)
+{
+    if (!s) return -1;
+    size_t n = strlen(s);
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    int y, mo, d, h = 0, mi = 0, se = 0;
+    if (n < 10 || digits(s, 4, &y) || s[4] != '-' || digits(s + 5, 2, &mo) || s[7] != '-' || digits(s + 8, 2, &d))
+        return -1;
+    const char *p = s + 10;
+    double frac = 0, off = 0;
+    if (*p == 'T' || *p == ' ') {
+        p++;
+        if (strlen(p) < 5 || digits(p, 2, &h) || p[2] != ':' || digits(p + 3, 2, &mi)) return -1;
+        p += 5;
+        if (*p == ':') {
+            if (digits(p + 1, 2, &se)) return -1;
+            p += 3;
+        }
+        if (*p == '.') {
+            char *end;
+            frac = strtod(p, &end);
+            p = end;
+        }
+        if (*p == 'Z') {
+            p++;
+        } else if (*p == '+' || *p == '-') {
+            int oh, om = 0;
+            if (digits(p + 1, 2, &oh)) return -1;
+            const char *q = p + 3;
+            if (*q == ':') q++;
+            if (*q && digits(q, 2, &om)) return -1;
+            off = (oh * 3600 + om * 60) * (*p == '-' ? -1 : 1);
+            p = *q ? q + 2 : q;
+        }
+    }
+    if (*p) return -1;
+    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || se > 60) return -1;
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mo - 1;
+    tm.tm_mday = d;
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    tm.tm_sec = se;
+    *out = (double)timegm(&tm) + frac - off;
+    return 0;
+}
+
+int parse_when(const char *s, double now, double *out)
+{
+    double d;
+    if (parse_duration(s, &d) == 0) {
+        *out = now - d;
+        return 0;
+    }
+    return parse_iso8601(s, out);
+}
+
+int lr_open(line_reader *lr, const char *path, size_t max)
+{
+    memset(lr, 0, sizeof *lr);
+    lr->max = max;
+    if (!strcmp(path, "-")) {
+        lr->f = stdin;
+        return 0;
+    }
+    lr->f = fopen(path, "rb");
+    if (!lr->f) return -1;
+    lr->own = 1;
+    return 0;
+}
+
+int lr_next(line_reader *lr, char **line, size_t *len, int *complete, int *toolong)
+{
+    size_t n = 0;
+    int c = 0, cut = 0;
+    lr->offset = lr->next;
+    for (;;) {
+        /* fgets-sized chunks would be faster; getc_unlocked is simple and
+         * bounded, and readers that need speed use their own scanner. */
+        c = getc_unlocked(lr->f);
+        if (c == EOF || c == '\n') break;
+        lr->next++;
+        if (n + 1 >= lr->cap) {
+            if (lr->cap >= lr->max) {
+                cut = 1;
+                continue;
+            }
+            size_t nc = lr->cap ? lr->cap * 2 : 4096;
+            if (nc > lr->max) nc = lr->max;
+            char *nb = realloc(lr->buf, nc);
+            if (!nb) {
+                cut = 1;
+                continue;
+            }
+            lr->buf = nb;
+            lr->cap = nc;
+        }
+        lr->buf[n++] = (char)c;
+    }
+    if (c == EOF && n == 0 && !cut) return ferror(lr->f) ? -1 : 0;
+    if (c == '\n') lr->next++;
+    if (!lr->buf) {
+        lr->buf = malloc(1);
+        lr->cap = 1;
+    }
+    lr->buf[n] = 0;
+    lr->lineno++;
+    *line = lr->buf;
+    *len = n;
+    *complete = c == '\n';
+    *toolong = cut;
+    return 1;
+}
+
+void lr_close(line_reader *lr)
+{
+    if (lr->own && lr->f) fclose(lr->f);
+    free(lr->buf);
+    memset(lr, 0, sizeof *lr);
+}
+
+typedef struct list {
+    char **v;
+    size_t n, cap;
+} list;
+
+static int push(list *l, const char *s)
+{
+    if (l->n + 2 > l->cap) {
+        size_t nc = l->cap ? l->cap * 2 : 16;
+        char **nv = realloc(l->v, nc * sizeof *nv);
+        if (!nv) return -1;
+        l->v = nv;
+        l->cap = nc;
+    }
+    l->v[l->n++] = strdup(s);
+    l->v[l->n] = NULL;
+    return 0;
+}
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static void walk(list *l, const char *dir, int depth)
+{
+    if (depth > 4) return;
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    list here = {0};
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char p[4096];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        push(&here, p);
+    }
+    closedir(d);
+    if (here.n) qsort(here.v, here.n, sizeof *here.v, cmp_str);
+    for (size_t i = 0; i < here.n; i++) {
+        struct stat st;
+        if (stat(here.v[i], &st) != 0) continue;
+        if (S_ISDIR(st.st_mode)) walk(l, here.v[i], depth + 1);
+        else if (S_ISREG(st.st_mode) && ends_with(here.v[i], ".jsonl")) push(l, here.v[i]);
+        free(here.v[i]);
+    }
+    free(here.v);
+}
+
+char **collect_jsonl(char **args, int nargs, size_t *n, char *err, size_t errlen)
+{
+    list l = {0};
+    push(&l, "");
+    l.n = 0;
+    for (int i = 0; i < nargs; i++) {
+        struct stat st;
+        if (!strcmp(args[i], "-")) {
+            push(&l, "-");
+            continue;
+        }
+        if (stat(args[i], &st) != 0) {
+            snprintf(err, errlen, "%s: %s", args[i], strerror(errno));
+            free_list(l.v);
+            return NULL;
+        }
+        if (S_ISDIR(st.st_mode)) walk(&l, args[i], 0);
+        else push(&l, args[i]);
+    }
+    *n = l.n;
+    return l.v;
+}
+
+void free_list(char **list)
+{
+    if (!list) return;
+    for (char **p = list; *p; p++) free(*p);
+    free(list);
+}
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *u = p;
+    for (size_t i = 0; i < n; i++) {
+        h ^= u[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+void hash_id(const char *a, size_t an, uint64_t b, const char *c, size_t cn, char out[34])
+{
+    uint64_t h1 = 0xcbf29ce484222325ull, h2 = 0x84222325cbf29ce4ull;
+    h1 = fnv(fnv(fnv(h1, a, an), &b, sizeof b), c, cn);
+    h2 = fnv(fnv(fnv(h2, c, cn), &b, sizeof b), a, an);
+    snprintf(out, 34, "x%016llx%015llx", (unsigned long long)h1, (unsigned long long)(h2 >> 4));
+}

@@ -1,0 +1,50 @@
+/*
+ * util -- small pieces the subcommands share: time and duration parsing,
+ * a line reader with a cap, file discovery, hashing.
+ */
+#ifndef TALLY_CLI_UTIL_H
+#define TALLY_CLI_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* "90s", "30m", "24h", "7d", "2w" (a bare number is seconds).  0 or -1. */
+int parse_duration(const char *s, double *seconds);
+/* ISO-8601 UTC ("2026-11-23", "2026-11-23T11:14:25Z", with fraction or
+ * offset) to Unix seconds.  0 or -1. */
+int parse_iso8601(const char *s, double *out);
+/* --since / --until: a duration back from `now`, or an ISO-8601 time. */
+int parse_when(const char *s, double now, double *out);
+
+/* Reads lines of any length up to `max`; longer lines are returned with
+ * *toolong set (their content cut).  The last line may lack '\n':
+ * *complete says whether it ended with one. */
+typedef struct line_reader {
+    FILE *f;
+    int own;
+    char *buf;
+    size_t cap, max;
+    uint64_t offset;   /* byte offset of the line last returned */
+    uint64_t next;     /* byte offset of the next line */
+    uint64_t lineno;
+} line_reader;
+
+int lr_open(line_reader *lr, const char *path, size_t max);   /* "-" = stdin */
+/* 1 = a line, 0 = end, -1 = read error. */
+int lr_next(line_reader *lr, char **line, size_t *len, int *complete, int *toolong);
+void lr_close(line_reader *lr);
+
+/* Expands FILE|DIR arguments: a directory yields its *.jsonl files (and
+ * runs/<id>/events.jsonl), sorted; depth-limited.  Returns a NULL-ended
+ * malloc'd array; *n its length. */
+char **collect_jsonl(char **args, int nargs, size_t *n, char *err, size_t errlen);
+void free_list(char **list);
+
+/* 128-bit FNV-1a pair, as 32 hex digits, for deterministic ids. */
+void hash_id(const char *a, size_t an, uint64_t b, const char *c, size_t cn, char out[34]);
+
+/* Prints "tally CMD: message" to stderr. */
+void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif
