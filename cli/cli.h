@@ -2,4 +2,7 @@
 #ifndef TALLY_CLI_H
 #define TALLY_CLI_H
 
+int cmd_import(int argc, char **argv);
+int cmd_trim(int argc, char **argv);
+
 #endif

@@ -13,6 +13,8 @@ static const struct {
     int (*fn)(int argc, char **argv);
     const char *summary;
 } commands[] = {
+    {"import", cmd_import, "load JSONL files (tally, toy/v1, seed-002 tags) into a database"},
+    {"trim", cmd_trim, "delete old events or stored text from a database"},
     {NULL, NULL, NULL},
 };
 

@@ -1,5 +1,4 @@
 /* util -- see util.h. */
-#define _GNU_SOURCE
 #include "util.h"
 
 #include <ctype.h>
@@ -252,11 +251,11 @@ char **collect_jsonl(char **args, int nargs, size_t *n, char *err, size_t errlen
     return l.v;
 }
 
-void free_list(char **list)
+void free_list(char **items)
 {
-    if (!list) return;
-    for (char **p = list; *p; p++) free(*p);
-    free(list);
+    if (!items) return;
+    for (char **p = items; *p; p++) free(*p);
+    free(items);
 }
 
 static uint64_t fnv(uint64_t h, const void *p, size_t n)

@@ -73,6 +73,13 @@ static int pragma_int(sqlite3 *db, const char *sql, int64_t *out)
 static int migrate(sqlite3 *db, int64_t from)
 {
     if (exec(db, "BEGIN IMMEDIATE")) return -1;
+    /* Another process may have migrated while we waited for the lock. */
+    int64_t app = 0, now = from;
+    if (pragma_int(db, "PRAGMA user_version", &now) || pragma_int(db, "PRAGMA application_id", &app)) goto fail;
+    if (now != from && app == STORE_APP_ID) {
+        exec(db, "COMMIT");
+        return 0;
+    }
     for (int64_t v = from; v < STORE_VERSION; v++)
         for (const char *const *q = migrations[v]; *q; q++)
             if (exec(db, *q)) goto fail;
@@ -118,9 +125,23 @@ store *store_open(const char *path, int flags, char *err, size_t errlen)
         return NULL;
     }
     sqlite3_busy_timeout(db, 2000);
+    /* One statement, so the three come from one snapshot even while
+     * another process is creating the schema. */
     int64_t app = 0, ver = 0, objects = 0;
-    if (pragma_int(db, "PRAGMA application_id", &app) || pragma_int(db, "PRAGMA user_version", &ver) ||
-        pragma_int(db, "SELECT count(*) FROM sqlite_master", &objects)) {
+    sqlite3_stmt *probe = NULL;
+    int prc = sqlite3_prepare_v2(db,
+                                 "SELECT (SELECT application_id FROM pragma_application_id),"
+                                 " (SELECT user_version FROM pragma_user_version),"
+                                 " (SELECT count(*) FROM sqlite_master)",
+                                 -1, &probe, NULL);
+    if (prc == SQLITE_OK) prc = sqlite3_step(probe);
+    if (prc == SQLITE_ROW) {
+        app = sqlite3_column_int64(probe, 0);
+        ver = sqlite3_column_int64(probe, 1);
+        objects = sqlite3_column_int64(probe, 2);
+    }
+    sqlite3_finalize(probe);
+    if (prc != SQLITE_ROW) {
         set_err(err, errlen, "cannot read %s: %s", path, sqlite3_errmsg(db));
         sqlite3_close(db);
         return NULL;
@@ -145,8 +166,17 @@ store *store_open(const char *path, int flags, char *err, size_t errlen)
         return NULL;
     }
     if (!(flags & STORE_READONLY)) {
-        if (exec(db, "PRAGMA journal_mode=WAL") || exec(db, "PRAGMA synchronous=NORMAL") ||
-            (ver < STORE_VERSION && migrate(db, ver))) {
+        /* Two processes opening a new database at once: one of them can
+         * get SQLITE_BUSY at once (SQLite's deadlock avoidance ignores the
+         * busy timeout there), so the setup is retried, boundedly. */
+        int failed = 1;
+        for (int tries = 0; tries < 100 && failed; tries++) {
+            failed = exec(db, "PRAGMA journal_mode=WAL") || exec(db, "PRAGMA synchronous=NORMAL") ||
+                     (ver < STORE_VERSION && migrate(db, ver));
+            if (failed && sqlite3_errcode(db) != SQLITE_BUSY && sqlite3_errcode(db) != SQLITE_LOCKED) break;
+            if (failed) sqlite3_sleep(10);
+        }
+        if (failed) {
             set_err(err, errlen, "cannot set up %s: %s", path, sqlite3_errmsg(db));
             sqlite3_close(db);
             return NULL;

@@ -1,0 +1,205 @@
+/*
+ * store_bench -- request events per second into SQLite with tally's
+ * default settings, import speed in MB/s of JSONL, and in the same run a
+ * baseline that does what seed 001 (OpenJarvis TelemetryStore) does: a
+ * prepared INSERT per record into its `telemetry` table, a commit per 50
+ * records, SQLite's default journal and synchronous settings.
+ *
+ *   store_bench [--events N] [--dir DIR] [--cli PATH-TO-tally]
+ */
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tally.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void fill(tally_request *q, int i, char *rid)
+{
+    static const char *models[] = {"llama-3.1-8b", "qwen2.5-32b", "gpt-4o-mini"};
+    memset(q, 0, sizeof *q);
+    snprintf(rid, 32, "req-%08d", i);
+    q->model = models[i % 3];
+    q->engine = (i & 1) ? "vllm" : "llama.cpp";
+    q->route = "direct";
+    q->request_id = rid;
+    q->prompt_tokens = 100 + i % 1000;
+    q->completion_tokens = 10 + i % 300;
+    q->latency_us = 1000 + i % 100000;
+    q->ttft_us = 200 + i % 1000;
+    q->energy_j = 0.5 * (i % 40);
+    q->gpu_util_pct = 70;
+    q->flags = TALLY_HAS_ENERGY | TALLY_HAS_GPU_UTIL;
+}
+
+static void rm_db(const char *p)
+{
+    char x[600];
+    unlink(p);
+    snprintf(x, sizeof x, "%s-wal", p);
+    unlink(x);
+    snprintf(x, sizeof x, "%s-shm", p);
+    unlink(x);
+    snprintf(x, sizeof x, "%s-journal", p);
+    unlink(x);
+}
+
+/* tally: recording thread -> writer -> SQLite, default settings; the
+ * queue holds the whole run so the figure is the writer's, not drops. */
+static double tally_rate(const char *db, int n, const char *jsonl)
+{
+    rm_db(db);
+    tally_config cfg;
+    tally_config_init(&cfg);
+    cfg.sqlite_path = db;
+    cfg.path = jsonl; /* NULL: SQLite only */
+    cfg.queue_bytes = (size_t)n * 400;
+    tally_t *h = tally_open(&cfg);
+    char rid[32];
+    tally_request q;
+    double t0 = now_s();
+    for (int i = 0; i < n; i++) {
+        fill(&q, i, rid);
+        tally_request_record(h, &q);
+    }
+    tally_flush(h, 600000);
+    double t1 = now_s();
+    tally_counters c;
+    tally_get_counters(h, &c);
+    tally_close(h, NULL);
+    if (c.dropped || c.sink_failures)
+        fprintf(stderr, "store_bench: dropped %llu, sink failures %llu\n", (unsigned long long)c.dropped,
+                (unsigned long long)c.sink_failures);
+    return n / (t1 - t0);
+}
+
+/* Seed 001: OpenJarvis's telemetry table, a prepared INSERT per record,
+ * commit every 50. */
+static double baseline_rate(const char *db, int n)
+{
+    rm_db(db);
+    sqlite3 *s;
+    sqlite3_open(db, &s);
+    sqlite3_exec(s,
+                 "CREATE TABLE telemetry(id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp REAL, model_id TEXT,"
+                 " engine TEXT, agent TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER,"
+                 " latency_seconds REAL, ttft REAL, cost_usd REAL, energy_joules REAL, gpu_utilization_pct REAL,"
+                 " throughput_tok_per_sec REAL, metadata TEXT)",
+                 NULL, NULL, NULL);
+    sqlite3_stmt *st;
+    sqlite3_prepare_v2(s,
+                       "INSERT INTO telemetry(timestamp, model_id, engine, agent, prompt_tokens, completion_tokens,"
+                       " total_tokens, latency_seconds, ttft, cost_usd, energy_joules, gpu_utilization_pct,"
+                       " throughput_tok_per_sec, metadata) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       -1, &st, NULL);
+    char rid[32];
+    tally_request q;
+    double t0 = now_s();
+    sqlite3_exec(s, "BEGIN", NULL, NULL, NULL);
+    for (int i = 0; i < n; i++) {
+        fill(&q, i, rid);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        sqlite3_bind_double(st, 1, (double)ts.tv_sec + ts.tv_nsec / 1e9);
+        sqlite3_bind_text(st, 2, q.model, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, q.engine, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, "", -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 5, q.prompt_tokens);
+        sqlite3_bind_int64(st, 6, q.completion_tokens);
+        sqlite3_bind_int64(st, 7, q.prompt_tokens + q.completion_tokens);
+        sqlite3_bind_double(st, 8, q.latency_us / 1e6);
+        sqlite3_bind_double(st, 9, q.ttft_us / 1e6);
+        sqlite3_bind_double(st, 10, 0);
+        sqlite3_bind_double(st, 11, q.energy_j);
+        sqlite3_bind_double(st, 12, q.gpu_util_pct);
+        sqlite3_bind_double(st, 13, q.completion_tokens / (q.latency_us / 1e6));
+        sqlite3_bind_text(st, 14, "{}", -1, SQLITE_STATIC);
+        sqlite3_step(st);
+        sqlite3_reset(st);
+        if (i % 50 == 49) {
+            sqlite3_exec(s, "COMMIT", NULL, NULL, NULL);
+            sqlite3_exec(s, "BEGIN", NULL, NULL, NULL);
+        }
+    }
+    sqlite3_exec(s, "COMMIT", NULL, NULL, NULL);
+    double t1 = now_s();
+    sqlite3_finalize(st);
+    sqlite3_close(s);
+    return n / (t1 - t0);
+}
+
+int main(int argc, char **argv)
+{
+    int n = 500000;
+    const char *dir = "/tmp", *cli = "./build/tally";
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--events") && i + 1 < argc) n = (int)strtol(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--dir") && i + 1 < argc) dir = argv[++i];
+        else if (!strcmp(argv[i], "--cli") && i + 1 < argc) cli = argv[++i];
+        else {
+            fprintf(stderr, "usage: store_bench [--events N] [--dir DIR] [--cli PATH]\n");
+            return 2;
+        }
+    }
+    if (n < 1000) n = 1000;
+    char db[512], jsonl[512], db2[512];
+    snprintf(db, sizeof db, "%s/store_bench_%d.db", dir, (int)getpid());
+    snprintf(db2, sizeof db2, "%s/store_bench_%d_import.db", dir, (int)getpid());
+    snprintf(jsonl, sizeof jsonl, "%s/store_bench_%d.jsonl", dir, (int)getpid());
+    printf("# store_bench: %d request events\n", n);
+
+    /* Three tries each, medians. */
+    double t[3], b[3];
+    int bn = n / 10 < 20000 ? 20000 : n / 10; /* the baseline is slow: a tenth of the events */
+    for (int k = 0; k < 3; k++) {
+        t[k] = tally_rate(db, n, NULL);
+        b[k] = baseline_rate(db, bn);
+    }
+    for (int i = 0; i < 3; i++)
+        for (int j = i + 1; j < 3; j++) {
+            if (t[j] < t[i]) { double x = t[i]; t[i] = t[j]; t[j] = x; }
+            if (b[j] < b[i]) { double x = b[i]; b[i] = b[j]; b[j] = x; }
+        }
+    printf("case=sqlite_insert events_per_s=%.0f (tries %.0f %.0f %.0f) baseline_seed001_events_per_s=%.0f "
+           "ratio_vs_baseline=%.1f\n",
+           t[1], t[0], t[1], t[2], b[1], t[1] / b[1]);
+
+    /* Import: a JSONL file written by tally, loaded by `tally import`. */
+    unlink(jsonl);
+    tally_config cfg;
+    tally_config_init(&cfg);
+    cfg.path = jsonl;
+    cfg.queue_bytes = (size_t)n * 400;
+    tally_t *h = tally_open(&cfg);
+    char rid[32];
+    tally_request q;
+    for (int i = 0; i < n; i++) {
+        fill(&q, i, rid);
+        tally_request_record(h, &q);
+    }
+    tally_close(h, NULL);
+    struct stat st;
+    stat(jsonl, &st);
+    rm_db(db2);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s import %s --db %s >/dev/null", cli, jsonl, db2);
+    double t0 = now_s();
+    int rc = system(cmd);
+    double t1 = now_s();
+    printf("case=import bytes=%lld seconds=%.2f mb_per_s=%.1f events_per_s=%.0f rc=%d\n", (long long)st.st_size,
+           t1 - t0, st.st_size / 1e6 / (t1 - t0), n / (t1 - t0), rc);
+    rm_db(db);
+    rm_db(db2);
+    unlink(jsonl);
+    return 0;
+}

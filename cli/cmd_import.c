@@ -1,0 +1,279 @@
+/*
+ * tally import -- loads JSONL files into a tally database.
+ *
+ * Reads tally's own files, toy/v1 files from other producers (tep writes
+ * `t` as an integer and its run_start has no run_id), v0 files with no
+ * schema, and seed 002's tagged lines ({"ts":..,"tag":"step_end",..}).
+ * Importing the same file twice adds nothing: tally's events carry an id;
+ * other lines get a deterministic one from their run, byte offset and
+ * content.  A torn last line (a writer that crashed) is skipped and
+ * counted apart from lines that do not parse.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "encode.h"
+#include "store.h"
+#include "util.h"
+
+#define MAX_LINE ((size_t)16 << 20)
+#define MAX_REPORTED 10
+
+typedef struct import_stats {
+    uint64_t files, lines, imported, duplicates, unparseable, torn, failed;
+    int reported;
+} import_stats;
+
+typedef struct file_state {
+    const char *path;
+    char run_id[256];
+    double started;          /* run_start's ts or started_at; 0 = unknown */
+    int have_started;
+} file_state;
+
+static void report(import_stats *st, const char *path, uint64_t lineno, const char *why)
+{
+    st->unparseable++;
+    if (st->reported++ < MAX_REPORTED) fprintf(stderr, "  %s:%llu: %s\n", path, (unsigned long long)lineno, why);
+}
+
+/* runs/<run_id>/events.jsonl -> run_id; other paths -> the file name. */
+static void run_id_from_path(const char *path, char *out, size_t n)
+{
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    if (slash && !strcmp(base, "events.jsonl")) {
+        const char *p = slash;
+        while (p > path && p[-1] != '/') p--;
+        snprintf(out, n, "%.*s", (int)(slash - p), p);
+    } else {
+        snprintf(out, n, "%s", base);
+    }
+}
+
+/* Seed 002's tags as toy/v1 kinds. */
+static const char *tag_kind(const char *tag)
+{
+    if (!strcmp(tag, "step_end")) return "step";
+    if (!strcmp(tag, "epoch_end")) return "epoch";
+    return tag; /* step_begin, epoch_begin, error, and anything else as is */
+}
+
+static int import_line(store *db, file_state *fs, import_stats *st, json_arena *a, char *line, size_t len,
+                       uint64_t offset, uint64_t lineno, int complete)
+{
+    json_error jerr;
+    json_arena_reset(a);
+    jv *v = json_parse(a, line, len, &jerr);
+    if (!v || v->type != JV_OBJ) {
+        if (!complete) {
+            st->torn++;
+            return 0;
+        }
+        char why[160];
+        if (v) snprintf(why, sizeof why, "not a JSON object");
+        else snprintf(why, sizeof why, "%s at byte %zu", jerr.what, jerr.offset);
+        report(st, fs->path, lineno, why);
+        return 0;
+    }
+    store_row r;
+    const char *kind = jv_str(jv_get(v, "kind"));
+    const char *tag = jv_str(jv_get(v, "tag"));
+    if (kind) {
+        row_from_json(v, &r);
+        if (!strcmp(kind, "run_start")) {
+            const char *rid = jv_str(jv_get(v, "run_id"));
+            if (rid) snprintf(fs->run_id, sizeof fs->run_id, "%s", rid);
+            double s;
+            const jv *ts = jv_get(v, "ts");
+            if (ts && ts->type == JV_NUM) {
+                fs->started = ts->num;
+                fs->have_started = 1;
+            } else if (parse_iso8601(jv_str(jv_get(v, "started_at")), &s) == 0) {
+                fs->started = s;
+                fs->have_started = 1;
+            }
+        }
+        if (!(r.has & ROW_TS)) {
+            /* toy/v1 without ts: the run's start plus t (an integer for tep). */
+            const jv *t = jv_get(v, "t");
+            if (fs->have_started && t && t->type == JV_NUM) {
+                r.ts = fs->started + t->num;
+                r.has |= ROW_TS;
+            }
+        }
+    } else if (tag) {
+        memset(&r, 0, sizeof r);
+        r.kind.p = tag_kind(tag);
+        r.kind.n = strlen(r.kind.p);
+        const jv *ts = jv_get(v, "ts");
+        if (ts && ts->type == JV_NUM) {
+            r.ts = ts->num;
+            r.has |= ROW_TS;
+        }
+        const jv *stepv = jv_get(v, "step");
+        const jv *ctx = jv_get(v, "context");
+        if (stepv && stepv->type == JV_NUM) {
+            r.step = jv_int(stepv, 0);
+            r.has |= ROW_STEP;
+        }
+        if (!strncmp(tag, "step", 4) || !strncmp(tag, "epoch", 5)) r.phase = (sv){"train", 5};
+        const jv *loss = jv_get(ctx, "loss");
+        if (loss && loss->type == JV_NUM) {
+            r.loss = loss->num;
+            r.has |= ROW_LOSS;
+        }
+        if (!strcmp(tag, "error")) {
+            r.name = (sv){jv_str(jv_get(v, "type")), 0};
+            if (r.name.p) r.name.n = strlen(r.name.p);
+            r.error = (sv){jv_str(jv_get(v, "message")), 0};
+            if (r.error.p) r.error.n = strlen(r.error.p);
+        }
+    } else {
+        report(st, fs->path, lineno, "neither \"kind\" nor \"tag\"");
+        return 0;
+    }
+    if (!r.run_id.p) r.run_id = (sv){fs->run_id, strlen(fs->run_id)};
+    char idbuf[34];
+    if (!r.id.p) {
+        hash_id(fs->run_id, strlen(fs->run_id), offset, line, len, idbuf);
+        r.id = (sv){idbuf, strlen(idbuf)};
+    }
+    r.json = (sv){line, len};
+    if (kind && (!strcmp(kind, "run_start") || !strcmp(kind, "run_end"))) store_run_event(db, v, r.run_id);
+    int rc = store_insert(db, &r);
+    if (rc < 0) {
+        st->failed++;
+        return -1;
+    }
+    if (rc == 1) st->imported++;
+    else st->duplicates++;
+    return 0;
+}
+
+static int import_file(store *db, const char *path, import_stats *st, json_arena *a)
+{
+    line_reader lr;
+    if (lr_open(&lr, path, MAX_LINE) != 0) {
+        cli_error("import", "cannot read %s", path);
+        return -1;
+    }
+    file_state fs;
+    memset(&fs, 0, sizeof fs);
+    fs.path = path;
+    if (!strcmp(path, "-")) snprintf(fs.run_id, sizeof fs.run_id, "stdin");
+    else run_id_from_path(path, fs.run_id, sizeof fs.run_id);
+    st->files++;
+    char *line;
+    size_t len;
+    int complete, toolong, rc = 0, r;
+    if (store_begin(db) != 0) {
+        cli_error("import", "cannot write the database: %s", store_errmsg(db));
+        lr_close(&lr);
+        return -1;
+    }
+    while ((r = lr_next(&lr, &line, &len, &complete, &toolong)) == 1) {
+        st->lines++;
+        if (len == 0 && complete) continue;
+        if (toolong) {
+            report(st, path, lr.lineno, "line longer than 16 MiB");
+            continue;
+        }
+        if (import_line(db, &fs, st, a, line, len, lr.offset, lr.lineno, complete) != 0) {
+            rc = -1;
+            break;
+        }
+    }
+    if (r < 0) {
+        cli_error("import", "read error in %s", path);
+        rc = -1;
+    }
+    lr_close(&lr);
+    if (rc == 0 && store_commit(db) != 0) {
+        cli_error("import", "cannot commit to the database: %s", store_errmsg(db));
+        rc = -1;
+    } else if (rc != 0) {
+        store_rollback(db);
+    }
+    return rc;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: tally import FILE|DIR... --db DB\n"
+            "\n"
+            "Loads JSONL events into a tally SQLite database (created when missing).\n"
+            "Reads tally files, toy/v1 files from other producers (integer t, no\n"
+            "schema), and seed-002 tagged lines (ts/tag: step_begin, step_end,\n"
+            "epoch_begin, epoch_end, error).  A DIR is searched for *.jsonl files.\n"
+            "Importing the same file twice adds nothing.\n"
+            "\n"
+            "  --db DB      the database (required)\n"
+            "  -h, --help   this text\n");
+}
+
+int cmd_import(int argc, char **argv)
+{
+    const char *dbpath = NULL;
+    char **inputs = calloc((size_t)argc + 1, sizeof *inputs);
+    int ninputs = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            free(inputs);
+            return 0;
+        } else if (!strcmp(argv[i], "--db")) {
+            if (i + 1 >= argc) {
+                cli_error("import", "--db needs a path");
+                free(inputs);
+                return 2;
+            }
+            dbpath = argv[++i];
+        } else if (!strncmp(argv[i], "--db=", 5)) {
+            dbpath = argv[i] + 5;
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            cli_error("import", "unknown option %s (try --help)", argv[i]);
+            free(inputs);
+            return 2;
+        } else {
+            inputs[ninputs++] = argv[i];
+        }
+    }
+    if (!dbpath || !ninputs) {
+        cli_error("import", "%s", !dbpath ? "--db DB is required" : "no FILE or DIR given");
+        free(inputs);
+        return 2;
+    }
+    char err[512];
+    size_t nfiles = 0;
+    char **files = collect_jsonl(inputs, ninputs, &nfiles, err, sizeof err);
+    free(inputs);
+    if (!files) {
+        cli_error("import", "%s", err);
+        return 1;
+    }
+    store *db = store_open(dbpath, STORE_CREATE, err, sizeof err);
+    if (!db) {
+        cli_error("import", "%s", err);
+        free_list(files);
+        return 1;
+    }
+    import_stats st = {0};
+    json_arena a;
+    json_arena_init(&a, (size_t)64 << 20);
+    int rc = 0;
+    for (size_t i = 0; i < nfiles && rc == 0; i++) rc = import_file(db, files[i], &st, &a);
+    json_arena_free(&a);
+    store_close(db);
+    free_list(files);
+    if (st.reported > MAX_REPORTED) fprintf(stderr, "  ... and %d more\n", st.reported - MAX_REPORTED);
+    printf("files %llu, lines read %llu, imported %llu, duplicates skipped %llu, unparseable %llu, "
+           "torn last lines %llu\n",
+           (unsigned long long)st.files, (unsigned long long)st.lines, (unsigned long long)st.imported,
+           (unsigned long long)st.duplicates, (unsigned long long)st.unparseable, (unsigned long long)st.torn);
+    if (st.failed) cli_error("import", "%llu rows could not be written", (unsigned long long)st.failed);
+    return rc == 0 ? 0 : 1;
+}
