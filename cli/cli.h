@@ -4,5 +4,9 @@
 
 int cmd_import(int argc, char **argv);
 int cmd_trim(int argc, char **argv);
+int cmd_stats(int argc, char **argv);
+int cmd_runs(int argc, char **argv);
+int cmd_validate(int argc, char **argv);
+int cmd_tail(int argc, char **argv);
 
 #endif

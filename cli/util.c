@@ -112,67 +112,118 @@ int parse_when(const char *s, double now, double *out)
     return parse_iso8601(s, out);
 }
 
+#define LR_BLOCK (1u << 20)
+
 int lr_open(line_reader *lr, const char *path, size_t max)
 {
     memset(lr, 0, sizeof *lr);
     lr->max = max;
+    lr->blk = malloc(LR_BLOCK);
+    if (!lr->blk) return -1;
     if (!strcmp(path, "-")) {
         lr->f = stdin;
         return 0;
     }
     lr->f = fopen(path, "rb");
-    if (!lr->f) return -1;
+    if (!lr->f) {
+        free(lr->blk);
+        lr->blk = NULL;
+        return -1;
+    }
     lr->own = 1;
     return 0;
+}
+
+static int lr_fill(line_reader *lr)
+{
+    if (lr->eof) return 0;
+    lr->blen = fread(lr->blk, 1, LR_BLOCK, lr->f);
+    lr->bpos = 0;
+    if (lr->blen == 0) {
+        lr->eof = 1;
+        return ferror(lr->f) ? -1 : 0;
+    }
+    return 1;
+}
+
+/* Appends to the spill buffer, up to the cap. */
+static void lr_spill(line_reader *lr, size_t *n, const char *p, size_t k, int *cut)
+{
+    if (*n + k + 1 > lr->max) {
+        *cut = 1;
+        k = *n + 1 < lr->max ? lr->max - *n - 1 : 0;
+    }
+    if (*n + k + 1 > lr->cap) {
+        size_t nc = lr->cap ? lr->cap : 4096;
+        while (nc < *n + k + 1) nc *= 2;
+        if (nc > lr->max) nc = lr->max;
+        char *nb = realloc(lr->buf, nc);
+        if (!nb) {
+            *cut = 1;
+            return;
+        }
+        lr->buf = nb;
+        lr->cap = nc;
+    }
+    memcpy(lr->buf + *n, p, k);
+    *n += k;
 }
 
 int lr_next(line_reader *lr, char **line, size_t *len, int *complete, int *toolong)
 {
     size_t n = 0;
-    int c = 0, cut = 0;
+    int cut = 0, spilled = 0;
     lr->offset = lr->next;
     for (;;) {
-        /* fgets-sized chunks would be faster; getc_unlocked is simple and
-         * bounded, and readers that need speed use their own scanner. */
-        c = getc_unlocked(lr->f);
-        if (c == EOF || c == '\n') break;
-        lr->next++;
-        if (n + 1 >= lr->cap) {
-            if (lr->cap >= lr->max) {
-                cut = 1;
-                continue;
+        if (lr->bpos >= lr->blen) {
+            int r = lr_fill(lr);
+            if (r < 0) return -1;
+            if (r == 0) {
+                if (!spilled) return 0;
+                lr->buf[n] = 0;
+                lr->lineno++;
+                *line = lr->buf;
+                *len = n;
+                *complete = 0;
+                *toolong = cut;
+                return 1;
             }
-            size_t nc = lr->cap ? lr->cap * 2 : 4096;
-            if (nc > lr->max) nc = lr->max;
-            char *nb = realloc(lr->buf, nc);
-            if (!nb) {
-                cut = 1;
-                continue;
-            }
-            lr->buf = nb;
-            lr->cap = nc;
         }
-        lr->buf[n++] = (char)c;
+        char *start = lr->blk + lr->bpos;
+        size_t avail = lr->blen - lr->bpos;
+        char *nl = memchr(start, '\n', avail);
+        size_t k = nl ? (size_t)(nl - start) : avail;
+        lr->next += k + (nl ? 1 : 0);
+        lr->bpos += k + (nl ? 1 : 0);
+        if (nl && !spilled && k < lr->max) {
+            /* The common case: the whole line is inside the block. */
+            *nl = 0;
+            lr->lineno++;
+            *line = start;
+            *len = k;
+            *complete = 1;
+            *toolong = 0;
+            return 1;
+        }
+        spilled = 1;
+        lr_spill(lr, &n, start, k, &cut);
+        if (nl) {
+            lr->buf[n] = 0;
+            lr->lineno++;
+            *line = lr->buf;
+            *len = n;
+            *complete = 1;
+            *toolong = cut;
+            return 1;
+        }
     }
-    if (c == EOF && n == 0 && !cut) return ferror(lr->f) ? -1 : 0;
-    if (c == '\n') lr->next++;
-    if (!lr->buf) {
-        lr->buf = malloc(1);
-        lr->cap = 1;
-    }
-    lr->buf[n] = 0;
-    lr->lineno++;
-    *line = lr->buf;
-    *len = n;
-    *complete = c == '\n';
-    *toolong = cut;
-    return 1;
 }
 
 void lr_close(line_reader *lr)
 {
     if (lr->own && lr->f) fclose(lr->f);
     free(lr->buf);
+    free(lr->blk);
     memset(lr, 0, sizeof *lr);
 }
 

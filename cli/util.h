@@ -23,8 +23,11 @@ int parse_when(const char *s, double now, double *out);
 typedef struct line_reader {
     FILE *f;
     int own;
-    char *buf;
+    char *buf;            /* the line returned (when it spans blocks) */
     size_t cap, max;
+    char *blk;            /* read-ahead block */
+    size_t blen, bpos;
+    int eof;
     uint64_t offset;   /* byte offset of the line last returned */
     uint64_t next;     /* byte offset of the next line */
     uint64_t lineno;

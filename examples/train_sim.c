@@ -48,7 +48,7 @@ int main(int argc, char **argv)
             tally_step_begin(t, step);
             /* Pretend to work: a little arithmetic stands in for the GPU. */
             double acc = 0;
-            for (int k = 0; k < 20000; k++) acc += sqrt((double)k);
+            for (int k = 0; k < 300000; k++) acc += sqrt((double)k);
             loss = loss * 0.985 + 0.01 * sin((double)step) + acc * 1e-300;
             tally_step_info info;
             tally_step_info_init(&info);

@@ -1,0 +1,258 @@
+/*
+ * tally tail -- events as readable lines, as they are appended.
+ *
+ * With -f it follows the file: a file that shrinks (truncated) is read
+ * again from the start, a file replaced by another (rotated: a new inode
+ * at the path) is finished and the new one read from its start.  Only
+ * whole lines are shown; a torn line waits for its newline (and one left
+ * torn when tail stops is reported, not printed).
+ */
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "encode.h"
+#include "json.h"
+#include "util.h"
+
+#define MAX_PENDING ((size_t)16 << 20)
+
+static volatile sig_atomic_t stop_flag;
+static void on_signal(int sig) { (void)sig; stop_flag = 1; }
+
+static const char *s_or(const jv *v, const char *def)
+{
+    const char *s = jv_str(v);
+    return s ? s : def;
+}
+
+static void put_num(const char *label, const jv *v, double scale, const char *unit)
+{
+    if (v && v->type == JV_NUM) printf(" %s=%.4g%s", label, v->num * scale, unit);
+}
+
+/* One event as a line a person reads. */
+static void show(json_arena *a, const char *line, size_t len)
+{
+    json_arena_reset(a);
+    jv *v = json_parse(a, line, len, NULL);
+    if (!v || v->type != JV_OBJ) {
+        printf("?? %.*s\n", (int)(len > 200 ? 200 : len), line);
+        return;
+    }
+    const jv *ts = jv_get(v, "ts"), *t = jv_get(v, "t");
+    if (ts && ts->type == JV_NUM) {
+        time_t sec = (time_t)floor(ts->num);
+        struct tm tm;
+        gmtime_r(&sec, &tm);
+        char hms[16];
+        strftime(hms, sizeof hms, "%H:%M:%S", &tm);
+        printf("%s.%03d ", hms, (int)((ts->num - floor(ts->num)) * 1000));
+    } else if (t && t->type == JV_NUM) {
+        printf("t=%-10.3f ", t->num);
+    }
+    const char *kind = s_or(jv_get(v, "kind"), NULL);
+    if (!kind) kind = s_or(jv_get(v, "tag"), "?");
+    const jv *x = jv_get(v, "extra");
+    if (!strcmp(kind, "eval") && !strcmp(s_or(jv_get(v, "name"), ""), "request") && x) {
+        printf("request %s", s_or(jv_get(x, "model"), "?"));
+        if (jv_get(x, "engine")) printf(" engine=%s", s_or(jv_get(x, "engine"), ""));
+        printf(" tokens=%lld/%lld", (long long)jv_int(jv_get(x, "prompt_tokens"), 0),
+               (long long)jv_int(jv_get(x, "completion_tokens"), 0));
+        put_num("latency", jv_get(x, "latency_us"), 1e-3, "ms");
+        put_num("ttft", jv_get(x, "ttft_us"), 1e-3, "ms");
+        put_num("cost", jv_get(x, "cost_nusd"), 1e-9, "$");
+        put_num("energy", jv_get(x, "energy_j"), 1, "J");
+        const jv *ok = jv_get(x, "ok");
+        if (ok && ok->type == JV_FALSE) printf(" FAILED");
+        if (jv_get(x, "error")) printf(" error=\"%s\"", s_or(jv_get(x, "error"), ""));
+        if (jv_get(x, "degraded")) printf(" degraded=%s", s_or(jv_get(x, "degraded"), ""));
+        if (jv_get(x, "request_id")) printf(" id=%s", s_or(jv_get(x, "request_id"), ""));
+    } else if (!strcmp(kind, "step") || !strcmp(kind, "step_end")) {
+        printf("step %lld", (long long)jv_int(jv_get(v, "step"), -1));
+        put_num("loss", jv_get(v, "loss"), 1, "");
+        put_num("lr", jv_get(v, "lr"), 1, "");
+        put_num("grad_norm", jv_get(v, "grad_norm"), 1, "");
+        put_num("wall", jv_get(v, "wall_us"), 1e-3, "ms");
+        if (jv_get(v, "unfinished")) printf(" UNFINISHED");
+    } else if (!strcmp(kind, "run_start")) {
+        const jv *m = jv_get(v, "model");
+        printf("run_start %s model=%s phase=%s", s_or(jv_get(v, "run_id"), "-"),
+               m && m->type == JV_OBJ ? s_or(jv_get(m, "name"), "-") : s_or(m, "-"), s_or(jv_get(v, "phase"), "-"));
+    } else if (!strcmp(kind, "run_end")) {
+        const jv *st = jv_get(v, "stats");
+        printf("run_end %s requests=%lld errors=%lld dropped=%lld", s_or(jv_get(v, "reason"), "-"),
+               (long long)jv_int(jv_get(st, "requests"), 0), (long long)jv_int(jv_get(st, "errors"), 0),
+               (long long)jv_int(jv_get(st, "dropped"), 0));
+    } else if (!strcmp(kind, "error")) {
+        printf("ERROR %s: %s", s_or(jv_get(v, "type"), "?"), s_or(jv_get(v, "message"), ""));
+    } else if (!strcmp(kind, "note")) {
+        printf("note %s", s_or(jv_get(v, "text"), ""));
+    } else {
+        /* Anything else: the kind and the rest as compact JSON. */
+        buf b;
+        buf_init(&b, 1 << 16);
+        jv_write(&b, v);
+        printf("%s %.*s", kind, (int)(b.len > 300 ? 300 : b.len), b.p);
+        buf_free(&b);
+    }
+    printf("\n");
+}
+
+typedef struct follower {
+    FILE *f;
+    ino_t ino;
+    off_t pos;
+    buf pending;   /* a line still waiting for its newline */
+} follower;
+
+static int open_at(follower *fw, const char *path, int from_end)
+{
+    fw->f = fopen(path, "rb");
+    if (!fw->f) return -1;
+    struct stat st;
+    fstat(fileno(fw->f), &st);
+    fw->ino = st.st_ino;
+    fw->pos = 0;
+    if (from_end) {
+        fseeko(fw->f, 0, SEEK_END);
+        fw->pos = ftello(fw->f);
+    }
+    buf_reset(&fw->pending);
+    return 0;
+}
+
+/* Prints every whole line from the current position. */
+static void drain(follower *fw, json_arena *a)
+{
+    char chunk[65536];
+    size_t r;
+    clearerr(fw->f);
+    while ((r = fread(chunk, 1, sizeof chunk, fw->f)) > 0) {
+        fw->pos += (off_t)r;
+        size_t start = 0;
+        for (size_t i = 0; i < r; i++) {
+            if (chunk[i] != '\n') continue;
+            if (fw->pending.len) {
+                buf_put(&fw->pending, chunk + start, i - start);
+                if (!fw->pending.failed) show(a, fw->pending.p, fw->pending.len);
+                buf_reset(&fw->pending);
+            } else if (i > start) {
+                show(a, chunk + start, i - start);
+            }
+            start = i + 1;
+        }
+        if (start < r) buf_put(&fw->pending, chunk + start, r - start);
+    }
+    fflush(stdout);
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: tally tail [-f] [-n N] FILE\n"
+            "\n"
+            "Prints events as readable lines.  Without -f: the last N events (default\n"
+            "10; -n 0 for all) and exits.  With -f: keeps printing as events are\n"
+            "appended, across truncation and rotation, until interrupted.\n");
+}
+
+int cmd_tail(int argc, char **argv)
+{
+    int follow = 0;
+    long last = 10;
+    const char *path = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "-f") || !strcmp(argv[i], "--follow")) {
+            follow = 1;
+        } else if (!strcmp(argv[i], "-n")) {
+            char *end = NULL;
+            if (i + 1 < argc) last = strtol(argv[i + 1], &end, 10);
+            if (i + 1 >= argc || !end || *end || last < 0) {
+                cli_error("tail", "-n needs a number >= 0");
+                return 2;
+            }
+            i++;
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            cli_error("tail", "unknown option %s (try --help)", argv[i]);
+            return 2;
+        } else if (!path) {
+            path = argv[i];
+        } else {
+            cli_error("tail", "one FILE at a time");
+            return 2;
+        }
+    }
+    if (!path) {
+        cli_error("tail", "no FILE given (try --help)");
+        return 2;
+    }
+    json_arena a;
+    json_arena_init(&a, (size_t)64 << 20);
+    follower fw;
+    memset(&fw, 0, sizeof fw);
+    buf_init(&fw.pending, MAX_PENDING);
+    if (open_at(&fw, path, 0) != 0) {
+        cli_error("tail", "cannot read %s: %s", path, strerror(errno));
+        return 1;
+    }
+    /* The last N whole lines: find where they start. */
+    if (last > 0) {
+        line_reader lr;
+        if (lr_open(&lr, path, MAX_PENDING) == 0) {
+            uint64_t *starts = calloc((size_t)last, sizeof *starts);
+            uint64_t n = 0;
+            char *l;
+            size_t len;
+            int complete, toolong;
+            while (lr_next(&lr, &l, &len, &complete, &toolong) == 1)
+                if (complete) starts[n++ % (uint64_t)last] = lr.offset;
+            if (n > (uint64_t)last) {
+                fw.pos = (off_t)starts[n % (uint64_t)last];
+                fseeko(fw.f, fw.pos, SEEK_SET);
+            }
+            free(starts);
+            lr_close(&lr);
+        }
+    }
+    drain(&fw, &a);
+    if (!follow) {
+        if (fw.pending.len) fprintf(stderr, "tally tail: the last line is torn (%zu bytes, not shown)\n", fw.pending.len);
+        fclose(fw.f);
+        buf_free(&fw.pending);
+        json_arena_free(&a);
+        return 0;
+    }
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    while (!stop_flag) {
+        usleep(200000);
+        struct stat st;
+        if (stat(path, &st) == 0 && st.st_ino != fw.ino) {
+            /* Rotated: finish the old file, then read the new one from its start. */
+            drain(&fw, &a);
+            fclose(fw.f);
+            if (open_at(&fw, path, 0) != 0) continue;
+        } else if (stat(path, &st) == 0 && st.st_size < fw.pos) {
+            /* Truncated: start again. */
+            fseeko(fw.f, 0, SEEK_SET);
+            fw.pos = 0;
+            buf_reset(&fw.pending);
+        }
+        drain(&fw, &a);
+    }
+    fclose(fw.f);
+    buf_free(&fw.pending);
+    json_arena_free(&a);
+    return 0;
+}

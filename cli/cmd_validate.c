@@ -1,0 +1,267 @@
+/*
+ * tally validate -- checks files against the toy/v1 wire format
+ * (../shared/DESIGN.md) and prints every problem with its line number:
+ * bad JSON (strict RFC 8259), missing required keys, wrong types, t going
+ * backwards within one writer, run_start not first, more than one run_end
+ * in a run, a torn last line.  Exit 0 when clean, 1 when not, 2 on usage.
+ *
+ * One writer: tally's events carry an id whose first 12 characters name
+ * the writing process, so a file shared by prefork workers is checked per
+ * writer; files without ids (seed 000) are one writer.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "json.h"
+#include "util.h"
+
+#define MAX_WRITERS 1024
+
+typedef struct vstate {
+    const char *path;
+    uint64_t problems;
+    int in_run, ended, seen_any;
+    char writer[MAX_WRITERS][13];
+    double last_t[MAX_WRITERS];
+    int nwriters;
+} vstate;
+
+__attribute__((format(printf, 3, 4))) static void problem(vstate *s, uint64_t line, const char *fmt, ...)
+{
+    s->problems++;
+    printf("%s:%llu: ", s->path, (unsigned long long)line);
+    va_list ap;
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+}
+
+static int is_int(const jv *v) { return v && v->type == JV_NUM && v->is_int; }
+static int is_num_or_null(const jv *v) { return v && (v->type == JV_NUM || v->type == JV_NULL); }
+
+/* Required keys: name, and the type they must have. */
+typedef enum { T_STR, T_INT, T_NUM, T_OBJ, T_NUMNULL } vtype;
+
+static void need(vstate *s, uint64_t line, const jv *obj, const char *where, const char *key, vtype t)
+{
+    const jv *v = jv_get(obj, key);
+    char what[160];
+    if (!v) {
+        snprintf(what, sizeof what, "%s%s is missing", where, key);
+        problem(s, line, "%s", what);
+        return;
+    }
+    int ok = t == T_STR   ? v->type == JV_STR
+             : t == T_INT ? is_int(v)
+             : t == T_NUM ? v->type == JV_NUM
+             : t == T_OBJ ? v->type == JV_OBJ
+                          : is_num_or_null(v);
+    if (!ok) {
+        static const char *const names[] = {"a string", "an integer", "a number", "an object", "a number or null"};
+        snprintf(what, sizeof what, "%s%s must be %s", where, key, names[t]);
+        problem(s, line, "%s", what);
+    }
+}
+
+static void maybe(vstate *s, uint64_t line, const jv *obj, const char *where, const char *key, vtype t)
+{
+    if (jv_get(obj, key)) need(s, line, obj, where, key, t);
+}
+
+static void check_event(vstate *s, uint64_t line, const jv *v)
+{
+    if (v->type != JV_OBJ) {
+        problem(s, line, "%s", "an event must be a JSON object");
+        return;
+    }
+    const jv *k = jv_get(v, "kind");
+    if (!k || k->type != JV_STR) {
+        problem(s, line, "%s", k ? "kind must be a string" : "kind is missing");
+        return;
+    }
+    const char *kind = k->s;
+    need(s, line, v, "", "t", T_NUM);
+    maybe(s, line, v, "", "ts", T_NUM);
+    maybe(s, line, v, "", "step", T_INT);
+    maybe(s, line, v, "", "phase", T_STR);
+    if (!strcmp(kind, "run_start")) s->nwriters = 0; /* a new run: t starts again */
+    const jv *t = jv_get(v, "t");
+    if (t && t->type == JV_NUM) {
+        if (t->num < 0) problem(s, line, "%s", "t is negative");
+        const char *id = jv_str(jv_get(v, "id"));
+        char w[13] = "";
+        if (id && strlen(id) >= 12) snprintf(w, sizeof w, "%.12s", id);
+        int wi = -1;
+        for (int i = 0; i < s->nwriters; i++)
+            if (!strcmp(s->writer[i], w)) wi = i;
+        if (wi < 0 && s->nwriters < MAX_WRITERS) {
+            wi = s->nwriters++;
+            snprintf(s->writer[wi], 13, "%s", w);
+            s->last_t[wi] = t->num;
+        }
+        if (wi >= 0) {
+            if (t->num < s->last_t[wi]) {
+                char what[96];
+                snprintf(what, sizeof what, "t goes backwards (%.6f after %.6f)", t->num, s->last_t[wi]);
+                problem(s, line, "%s", what);
+            }
+            s->last_t[wi] = t->num;
+        }
+    }
+    int first = !s->seen_any;
+    s->seen_any = 1;
+    if (!strcmp(kind, "run_start")) {
+        if (s->in_run && !s->ended) problem(s, line, "%s", "run_start inside a run that has not ended");
+        s->in_run = 1;
+        s->ended = 0;
+        need(s, line, v, "", "started_at", T_STR);
+        need(s, line, v, "", "host", T_OBJ);
+        need(s, line, v, "", "backend", T_OBJ);
+        need(s, line, v, "", "model", T_OBJ);
+        maybe(s, line, v, "", "schema", T_STR);
+        maybe(s, line, v, "", "run_id", T_STR);
+        maybe(s, line, v, "", "config", T_OBJ);
+        const jv *b = jv_get(v, "backend");
+        if (b && b->type == JV_OBJ) need(s, line, b, "backend.", "kind", T_STR);
+        const jv *m = jv_get(v, "model");
+        if (m && m->type == JV_OBJ) need(s, line, m, "model.", "name", T_STR);
+        return;
+    }
+    if (first) problem(s, line, "%s", "run_start is not the first event");
+    else if (s->ended) problem(s, line, "%s", "event after run_end (a new run needs a run_start)");
+    if (!strcmp(kind, "run_end")) {
+        need(s, line, v, "", "ended_at", T_STR);
+        need(s, line, v, "", "reason", T_STR);
+        need(s, line, v, "", "stats", T_OBJ);
+        const jv *st = jv_get(v, "stats");
+        if (st && st->type == JV_OBJ) {
+            need(s, line, st, "stats.", "requests", T_INT);
+            need(s, line, st, "stats.", "errors", T_INT);
+            need(s, line, st, "stats.", "tokens_out", T_INT);
+            maybe(s, line, st, "stats.", "events", T_INT);
+            maybe(s, line, st, "stats.", "dropped", T_INT);
+        }
+        const char *r = jv_str(jv_get(v, "reason"));
+        if (r && strcmp(r, "completed") && strcmp(r, "interrupted") && strcmp(r, "aborted") && strcmp(r, "errored"))
+            problem(s, line, "reason '%s' is not completed, interrupted, aborted or errored", r);
+        if (s->ended && s->in_run) problem(s, line, "%s", "more than one run_end in this run");
+        s->ended = 1;
+        return;
+    }
+    const char *name = jv_str(jv_get(v, "name"));
+    if (!strcmp(kind, "eval") && name && !strcmp(name, "request")) {
+        need(s, line, v, "", "extra", T_OBJ);
+        const jv *x = jv_get(v, "extra");
+        if (x && x->type == JV_OBJ) {
+            need(s, line, x, "extra.", "model", T_STR);
+            need(s, line, x, "extra.", "prompt_tokens", T_INT);
+            need(s, line, x, "extra.", "completion_tokens", T_INT);
+            need(s, line, x, "extra.", "latency_us", T_INT);
+            static const char *const ints[] = {"cached_tokens", "cache_write_tokens", "reasoning_tokens", "ttft_us",
+                                               "cost_nusd"};
+            for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) maybe(s, line, x, "extra.", ints[i], T_INT);
+            maybe(s, line, x, "extra.", "energy_j", T_NUMNULL);
+            maybe(s, line, x, "extra.", "gpu_util_pct", T_NUMNULL);
+            const jv *ok = jv_get(x, "ok");
+            if (ok && ok->type != JV_TRUE && ok->type != JV_FALSE) problem(s, line, "%s", "extra.ok must be a boolean");
+        }
+    } else if (!strcmp(kind, "eval")) {
+        maybe(s, line, v, "", "loss", T_NUMNULL);
+        maybe(s, line, v, "", "ppl", T_NUMNULL);
+        maybe(s, line, v, "", "samples", T_INT);
+    } else if (!strcmp(kind, "step")) {
+        need(s, line, v, "", "step", T_INT);
+        maybe(s, line, v, "", "loss", T_NUMNULL);
+        maybe(s, line, v, "", "lr", T_NUMNULL);
+        maybe(s, line, v, "", "grad_norm", T_NUMNULL);
+        maybe(s, line, v, "", "tokens", T_INT);
+        maybe(s, line, v, "", "wall_us", T_INT);
+        maybe(s, line, v, "", "metrics", T_OBJ);
+    } else if (!strcmp(kind, "epoch")) {
+        need(s, line, v, "", "epoch", T_INT);
+        maybe(s, line, v, "", "wall_us", T_INT);
+    } else if (!strcmp(kind, "error")) {
+        need(s, line, v, "", "type", T_STR);
+        need(s, line, v, "", "message", T_STR);
+    } else if (!strcmp(kind, "note")) {
+        need(s, line, v, "", "text", T_STR);
+    }
+}
+
+static int validate_file(const char *path, uint64_t *total)
+{
+    line_reader lr;
+    if (lr_open(&lr, path, (size_t)16 << 20) != 0) {
+        cli_error("validate", "cannot read %s", path);
+        return -1;
+    }
+    vstate *s = calloc(1, sizeof *s);
+    s->path = path;
+    json_arena a;
+    json_arena_init(&a, (size_t)64 << 20);
+    char *line;
+    size_t len;
+    int complete, toolong, r;
+    while ((r = lr_next(&lr, &line, &len, &complete, &toolong)) == 1) {
+        if (toolong) {
+            problem(s, lr.lineno, "%s", "line longer than 16 MiB");
+            continue;
+        }
+        json_error je;
+        json_arena_reset(&a);
+        jv *v = json_parse(&a, line, len, &je);
+        if (!v) {
+            char what[160];
+            snprintf(what, sizeof what, "%s: %s at byte %zu", complete ? "bad JSON" : "torn last line", je.what,
+                     je.offset);
+            problem(s, lr.lineno, "%s", what);
+            continue;
+        }
+        if (!complete) problem(s, lr.lineno, "%s", "the last line has no newline");
+        check_event(s, lr.lineno, v);
+    }
+    if (!s->seen_any && r == 0) problem(s, 0, "%s", "no events");
+    int rc = r < 0 ? -1 : 0;
+    if (r < 0) cli_error("validate", "read error in %s", path);
+    *total += s->problems;
+    if (!s->problems && rc == 0) printf("%s: ok (%llu lines)\n", path, (unsigned long long)lr.lineno);
+    json_arena_free(&a);
+    lr_close(&lr);
+    free(s);
+    return rc;
+}
+
+int cmd_validate(int argc, char **argv)
+{
+    int n = 0, rc = 0;
+    uint64_t problems = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            printf("usage: tally validate FILE...\n\n"
+                   "Checks JSONL files against the toy/v1 wire format and prints each problem\n"
+                   "with its line number: bad JSON, missing required keys, wrong types, t going\n"
+                   "backwards, run_start not first, more than one run_end, a torn last line.\n"
+                   "Exit status: 0 clean, 1 problems found, 2 usage or unreadable file.\n");
+            return 0;
+        }
+        if (argv[i][0] == '-' && argv[i][1]) {
+            cli_error("validate", "unknown option %s (try --help)", argv[i]);
+            return 2;
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        n++;
+        if (validate_file(argv[i], &problems) != 0) rc = 2;
+    }
+    if (!n) {
+        cli_error("validate", "no FILE given");
+        return 2;
+    }
+    if (rc) return rc;
+    if (problems) printf("%llu problems\n", (unsigned long long)problems);
+    return problems ? 1 : 0;
+}
