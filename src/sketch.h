@@ -19,7 +19,7 @@
 
 #define SKETCH_ALPHA 0.005
 #define SKETCH_MAX_VALUE 3.6e9
-#define SKETCH_BUCKETS 2200
+#define SKETCH_BUCKETS 2208
 
 typedef struct sketch {
     uint64_t n, low;          /* all values; values below 1 */

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# test_cli -- the tally command end to end: validate on good and bad
+# files, tail with -f across appends, truncation, rotation and a torn
+# line, runs --sort, and usage errors.  Each check can fail; the script
+# prints "N passed, N failed" and exits non-zero on any failure.
+set -u
+TALLY=${1:?usage: test_cli.sh PATH-TO-tally}
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"; [ -n "${tailpid:-}" ] && kill "$tailpid" 2>/dev/null' EXIT
+pass=0 fail=0
+check() { # name, then a command that must succeed
+    local name=$1; shift
+    if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $name"; fi
+}
+
+start='{"kind":"run_start","t":0,"ts":1800000000.0,"run_id":"r1","schema":"toy/v1","started_at":"2027-01-15T08:00:00Z","host":{"name":"h","os":"linux","arch":"x86_64"},"backend":{"kind":"cpu"},"model":{"name":"m"},"config":{}}'
+req='{"kind":"eval","t":1,"ts":1800000001.0,"phase":"serve","name":"request","extra":{"model":"m","prompt_tokens":1,"completion_tokens":2,"latency_us":3}}'
+end='{"kind":"run_end","t":2,"ts":1800000002.0,"ended_at":"2027-01-15T08:00:02Z","reason":"completed","stats":{"requests":1,"errors":0,"tokens_out":2}}'
+
+# validate: a clean file, seed 000's shape (integer t, no ts, no run_id), and problems
+printf '%s\n%s\n%s\n' "$start" "$req" "$end" >"$dir/good.jsonl"
+check "validate clean" "$TALLY" validate "$dir/good.jsonl"
+printf '%s\n' '{"kind":"run_start","schema":"toy/v1","t":0,"started_at":"2026-01-01T00:00:00Z","host":{"name":"h","os":"linux","arch":"x86_64"},"backend":{"kind":"cpu"},"model":{"name":"m","path":""},"config":{}}' \
+    '{"kind":"eval","phase":"serve","t":3,"name":"request","extra":{"model":"m","prompt_tokens":5,"completion_tokens":2,"latency_us":9,"request_id":"x"}}' \
+    '{"kind":"run_end","t":4,"ended_at":"2026-01-01T00:00:04Z","reason":"completed","stats":{"requests":1,"errors":0,"tokens_out":2}}' >"$dir/tep.jsonl"
+check "validate seed 000" "$TALLY" validate "$dir/tep.jsonl"
+printf '%s\n%s\n%s\n%s\n%s\n%s\n{"kind":"no' "$req" "$start" "$req" '{"kind":"eval","t":0.5,"phase":"serve","name":"request","extra":{"model":"m","prompt_tokens":"1","completion_tokens":2}}' "$end" "$end" >"$dir/bad.jsonl"
+out=$("$TALLY" validate "$dir/bad.jsonl"); rc=$?
+check "validate exit 1" test "$rc" -eq 1
+check "validate run_start first" grep -q 'bad.jsonl:1: run_start is not the first event' <<<"$out"
+check "validate t backwards" grep -q 'bad.jsonl:4: t goes backwards' <<<"$out"
+check "validate type" grep -q 'bad.jsonl:4: extra.prompt_tokens must be an integer' <<<"$out"
+check "validate missing" grep -q 'bad.jsonl:4: extra.latency_us is missing' <<<"$out"
+check "validate two run_end" grep -q 'bad.jsonl:6: more than one run_end' <<<"$out"
+check "validate torn" grep -q 'bad.jsonl:7: torn last line' <<<"$out"
+
+# tail without -f: the last N, and a torn last line is reported, not shown
+printf '%s\n%s\n%s\n{"kind":"no' "$start" "$req" "$end" >"$dir/t.jsonl"
+out=$("$TALLY" tail -n 2 "$dir/t.jsonl" 2>&1)
+check "tail -n" grep -q 'request m tokens=1/2' <<<"$out"
+check "tail -n count" test "$(grep -c . <<<"$out")" -eq 3
+check "tail torn" grep -q 'last line is torn' <<<"$out"
+
+# tail -f: appends, a torn line completed later, truncation, rotation
+f="$dir/live.jsonl"
+printf '%s\n' "$start" >"$f"
+"$TALLY" tail -f -n 0 "$f" >"$dir/tail.out" 2>&1 &
+tailpid=$!
+sleep 0.5
+note() { printf '{"kind":"note","t":%s,"ts":1800000000.0,"text":"%s"}' "$1" "$2"; }
+note 1 one >>"$f"; echo >>"$f"
+printf '{"kind":"note","t":2,"ts":1800000000.0,"text":"tw' >>"$f"; sleep 0.5; printf 'o"}\n' >>"$f" # torn, then completed
+sleep 0.5
+truncate -s 0 "$f"; sleep 0.5
+note 3 three >>"$f"; echo >>"$f"; sleep 0.5
+mv "$f" "$f.1"; note 4 four >"$f"; echo >>"$f"; sleep 0.8
+kill "$tailpid"; wait "$tailpid" 2>/dev/null; tailpid=
+[ -n "${TALLY_TEST_DEBUG:-}" ] && cat "$dir/tail.out"
+out=$(cat "$dir/tail.out")
+check "tail -f append" grep -q 'note one' <<<"$out"
+check "tail -f torn completed" grep -q 'note two' <<<"$out"
+check "tail -f truncation" grep -q 'note three' <<<"$out"
+check "tail -f rotation" grep -q 'note four' <<<"$out"
+check "tail -f each line once" test "$(grep -c 'run_start' <<<"$out")" -eq 1 -a "$(grep -c 'note one' <<<"$out")" -eq 1
+
+# runs
+mkdir -p "$dir/runs/a" "$dir/runs/b"
+printf '%s\n%s\n%s\n' "$start" "$req" "$end" >"$dir/runs/a/events.jsonl"
+printf '%s\n%s\n%s\n' '{"kind":"run_start","t":0,"ts":1800000000.0,"run_id":"t1","started_at":"x","host":{},"backend":{"kind":"cuda"},"model":{"name":"tiny"},"phase":"train"}' \
+    '{"kind":"step","t":1,"ts":1800000001.0,"phase":"train","step":0,"loss":2.5,"wall_us":5}' \
+    '{"kind":"run_end","t":2,"ts":1800000003.0,"ended_at":"x","reason":"interrupted","stats":{"requests":0,"errors":0,"tokens_out":0}}' >"$dir/runs/b/events.jsonl"
+out=$("$TALLY" runs "$dir/runs" --sort final_loss)
+check "runs train line" grep -qE '^t1 +train +tiny .* 1st +2.5 +interrupted' <<<"$out"
+check "runs serve line" grep -qE '^r1 +serve +m .* 1rq .* completed' <<<"$out"
+check "runs bad sort" bash -c "! '$TALLY' runs --sort colour '$dir/runs' 2>/dev/null"
+
+# usage errors: one line on stderr, non-zero
+err=$("$TALLY" nosuch 2>&1 >/dev/null); rc=$?
+check "unknown command" test "$rc" -eq 2 -a "$(wc -l <<<"$err")" -eq 1
+err=$("$TALLY" validate /no/such 2>&1 >/dev/null); rc=$?
+check "validate missing file" test "$rc" -eq 2
+check "version" bash -c "'$TALLY' --version | grep -q '^tally [0-9]'"
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
