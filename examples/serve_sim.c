@@ -5,7 +5,7 @@
  * Some stream (and so have a time to first token), some fail, some are
  * degraded.  Events go to runs/<run_id>/events.jsonl.
  *
- *   serve_sim [--requests N] [--threads N] [--runs DIR] [--seed N]
+ *   serve_sim [--requests N] [--threads N] [--runs DIR] [--seed N] [--queue-mb N]
  */
 #include <math.h>
 #include <pthread.h>
@@ -90,7 +90,7 @@ static void *work(void *arg)
 
 int main(int argc, char **argv)
 {
-    int requests = 4000, threads = 4;
+    int requests = 4000, threads = 4, queue_mb = 0;
     unsigned seed = 42;
     const char *runs = "runs";
     for (int i = 1; i < argc; i++) {
@@ -98,8 +98,9 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = (int)strtol(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--runs") == 0 && i + 1 < argc) runs = argv[++i];
         else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) seed = (unsigned)strtoul(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--queue-mb") == 0 && i + 1 < argc) queue_mb = (int)strtol(argv[++i], NULL, 10);
         else {
-            fprintf(stderr, "usage: serve_sim [--requests N] [--threads N] [--runs DIR] [--seed N]\n");
+            fprintf(stderr, "usage: serve_sim [--requests N] [--threads N] [--runs DIR] [--seed N] [--queue-mb N]\n");
             return 2;
         }
     }
@@ -115,6 +116,7 @@ int main(int argc, char **argv)
     cfg.backend_device = "sim-gpu-0";
     cfg.model = "multi";
     cfg.config_json = "{\"workers\":4,\"max_batch\":32}";
+    if (queue_mb > 0) cfg.queue_bytes = (size_t)queue_mb << 20;
     tally_t *t = tally_open(&cfg);
     tally_run_start(t);
     tally_note(t, "serve_sim starting");
