@@ -15,6 +15,7 @@
 
 #include "cli.h"
 #include "encode.h"
+#include "prices.h"
 #include "sketch.h"
 #include "source.h"
 #include "util.h"
@@ -68,6 +69,8 @@ typedef struct agg {
     size_t *slot;
     size_t nslot;
     int too_many;
+    prices prices;       /* --prices: re-cost every request */
+    int reprice;
 } agg;
 
 /* ---- keys -------------------------------------------------------------- */
@@ -212,6 +215,20 @@ static int on_event(void *ud, const sev *e)
     }
     group *g = group_for(a, a->nby ? key : "all");
     if (!g) return a->too_many ? 1 : 0;
+    sev priced;
+    if (e->is_request && a->reprice) {
+        /* --prices: the stored cost is replaced by the file's, at the price
+         * of the request's day; no price means unpriced, not $0. */
+        priced = *e;
+        cost c;
+        priced.has &= ~(unsigned)SEV_COST;
+        if (e->model && prices_cost(&a->prices, e->model, (e->has & SEV_TS) ? e->ts : 0, e->prompt, e->cached,
+                                    e->cache_write, e->completion, e->reasoning, &c) == 0) {
+            priced.cost_usd = (double)c.total / 1e9;
+            priced.has |= SEV_COST;
+        }
+        e = &priced;
+    }
     if (e->is_request) {
         g->requests++;
         if ((e->has & SEV_OK) && !e->ok) g->failed++;
@@ -588,6 +605,7 @@ static void usage(FILE *out)
             "  --since WHEN     a duration back from now (30m, 24h, 7d) or an ISO-8601 time\n"
             "  --until WHEN     the same\n"
             "  --where K=V      keep events whose KEY is V (K!=V: is not); repeatable\n"
+            "  --prices FILE    re-cost every request with this price file (docs/prices.md)\n"
             "  --json, --csv    machine-readable output (default: an aligned table)\n"
             "  --strict         fail on the first line that does not parse\n"
             "  -h, --help       this text\n"
@@ -638,6 +656,20 @@ int cmd_stats(int argc, char **argv)
             csv = 1;
         } else if (!strcmp(s, "--strict")) {
             o.strict = 1;
+        } else if (!strcmp(s, "--prices")) {
+            char perr[600];
+            if (!val || a.reprice) {
+                cli_error("stats", "--prices needs one price file");
+                rc = 2;
+                goto out;
+            }
+            if (prices_load(&a.prices, val, perr, sizeof perr) != 0) {
+                cli_error("stats", "%s", perr);
+                rc = 1;
+                goto out;
+            }
+            a.reprice = 1;
+            i++;
         } else if (!strcmp(s, "--by") || !strcmp(s, "--since") || !strcmp(s, "--until") || !strcmp(s, "--where")) {
             if (!val) {
                 cli_error("stats", "%s needs a value", s);
@@ -740,6 +772,7 @@ out:
     }
     free(a.g);
     free(a.slot);
+    prices_free(&a.prices);
     free(srcs);
     return rc;
 }

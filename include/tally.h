@@ -63,6 +63,10 @@ typedef struct tally_config {
      * `retention_max_rows`, are deleted by the writer thread every 100
      * batches (0 = keep everything). */
     const char *sqlite_path;
+    /* Price file (docs/prices.md): requests recorded without a cost are
+     * costed by the writer thread at the price in effect on their day.
+     * TALLY_PRICES overrides it. */
+    const char *prices_path;
     int64_t retention_max_age_s;
     int64_t retention_max_rows;
 
@@ -243,6 +247,7 @@ typedef struct tally_counters {
     uint64_t requests;       /* request events recorded */
     uint64_t errors;         /* error events (tally_error, tally_error_at) */
     uint64_t tokens_out;     /* completion tokens of requests */
+    uint64_t unpriced;       /* requests with no cost and no price for their model */
 } tally_counters;
 
 /* This process's counters.  offered == written + dropped once flushed. */

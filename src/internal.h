@@ -16,6 +16,7 @@
 
 #include "buf.h"
 #include "json.h"
+#include "prices.h"
 #include "ring.h"
 #include "tally.h"
 
@@ -52,7 +53,7 @@ struct sink {
 
 /* Totals of every process sharing the run (MAP_SHARED), for run_end. */
 typedef struct shared_totals {
-    _Atomic uint64_t requests, errors, tokens_out, written, dropped, processes;
+    _Atomic uint64_t requests, errors, tokens_out, written, dropped, processes, unpriced;
 } shared_totals;
 
 /* Counter snapshot of one process. */
@@ -123,7 +124,9 @@ struct tally {
     counts retired;           /* counters of rings already freed */
     counts published;         /* what was added to `shared` so far */
     uint64_t published_written;
-    _Atomic uint64_t written, sink_failures;
+    _Atomic uint64_t written, sink_failures, unpriced;
+    uint64_t published_unpriced;
+    prices prices;            /* loaded price table (n == 0: none) */
     shared_totals *shared;
     int warned_drop, warned_sink;
     const char *end_reason;   /* set by tally_close for the writer */

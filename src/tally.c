@@ -127,6 +127,8 @@ static void fork_child(void)
         h->published_written = 0;
         atomic_store(&h->written, 0);
         atomic_store(&h->sink_failures, 0);
+        atomic_store(&h->unpriced, 0);
+        h->published_unpriced = 0;
         atomic_store(&h->lost_no_ring, 0);
         if (h->shared) atomic_fetch_add(&h->shared->processes, 1);
     }
@@ -381,6 +383,13 @@ tally_t *tally_open(const tally_config *cfg_in)
         h->path = strdup(p);
     }
 
+    const char *env_prices = getenv("TALLY_PRICES");
+    const char *pp = env_prices ? env_prices : cfg->prices_path;
+    if (pp && *pp) {
+        char perr[512];
+        if (prices_load(&h->prices, pp, perr, sizeof perr) != 0)
+            tally__log(h, TALLY_LOG_WARN, "%s: requests without a cost stay unpriced", perr);
+    }
     h->retention_max_age_s = cfg->retention_max_age_s;
     h->retention_max_rows = cfg->retention_max_rows;
     tally__new_nonce(h);
@@ -877,6 +886,7 @@ void tally_get_counters(const tally_t *hc, tally_counters *out)
     out->errors = c.errors;
     out->tokens_out = c.tokens_out;
     out->written = atomic_load(&h->written);
+    out->unpriced = atomic_load(&h->unpriced);
     out->sink_failures = atomic_load(&h->sink_failures);
 }
 
@@ -938,6 +948,7 @@ static void close_impl(tally_t *h, const char *reason, int has_code, int code)
             tls_cache[i].r = NULL;
         }
     buf_free(&h->line);
+    prices_free(&h->prices);
     if (h->shared) munmap(h->shared, sizeof(shared_totals));
     free_handle(h);
 }

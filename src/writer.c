@@ -443,6 +443,35 @@ static void emit_run_start(struct tally *h)
     emit(h, &ev);
 }
 
+/* ---- pricing ------------------------------------------------------------------ */
+
+/* A request recorded without a cost is costed here, off the caller's
+ * thread, at the price in effect at its time; the record (which the writer
+ * owns until it moves the ring's tail) is updated in place so that every
+ * sink sees the same cost.  No price: no cost, and counted as unpriced. */
+static void price_request(struct tally *h, rec_request *q, int64_t ts_us)
+{
+    if (q->flags & TALLY_HAS_COST) return;
+    char model[256];
+    size_t n = q->s[RQ_MODEL].len < sizeof model - 1 ? q->s[RQ_MODEL].len : sizeof model - 1;
+    memcpy(model, (const char *)q + q->s[RQ_MODEL].off, n);
+    model[n] = 0;
+    cost c;
+    if (h->prices.n && q->s[RQ_MODEL].off &&
+        prices_cost(&h->prices, model, (double)ts_us / 1e6, q->prompt, q->cached, q->cache_write, q->completion,
+                    q->reasoning, &c) == 0) {
+        q->cost = c.total;
+        q->cost_input = c.input;
+        q->cost_cached = c.cached;
+        q->cost_cache_write = c.cache_write;
+        q->cost_output = c.output;
+        q->cost_reasoning = c.reasoning;
+        q->flags |= TALLY_HAS_COST;
+    } else {
+        ring_bump(&h->unpriced, 1);
+    }
+}
+
 /* ---- draining -------------------------------------------------------------- */
 
 /* Unlinks a ring whose thread has gone and which is empty (under mu). */
@@ -485,6 +514,7 @@ static uint64_t drain(struct tally *h, int64_t *oldest)
             emit_run_start(h);
             wev ev = {hd->type, hd + 1, 0, 0, {0}};
             stamp(h, &ev, hd->mono_ns);
+            if (hd->type == REC_REQUEST) price_request(h, (rec_request *)(hd + 1), ev.ts_us);
             if (!*oldest || hd->mono_ns < *oldest) *oldest = hd->mono_ns;
             emit(h, &ev);
             done++;
@@ -523,6 +553,9 @@ static void publish(struct tally *h)
     atomic_fetch_add(&h->shared->tokens_out, c.tokens_out - h->published.tokens_out);
     atomic_fetch_add(&h->shared->dropped, c.dropped - h->published.dropped);
     atomic_fetch_add(&h->shared->written, w - h->published_written);
+    uint64_t up = atomic_load(&h->unpriced);
+    atomic_fetch_add(&h->shared->unpriced, up - h->published_unpriced);
+    h->published_unpriced = up;
     h->published = c;
     h->published_written = w;
 }
@@ -678,6 +711,8 @@ static void writer_finish(struct tally *h)
         enc_i64(b, (int64_t)(s ? atomic_load(&s->dropped) : c.dropped));
         ENC_NKEY(b, "sink_failures");
         enc_i64(b, (int64_t)atomic_load(&h->sink_failures));
+        ENC_NKEY(b, "unpriced");
+        enc_i64(b, (int64_t)(s ? atomic_load(&s->unpriced) : atomic_load(&h->unpriced)));
         ENC_NKEY(b, "processes");
         enc_i64(b, (int64_t)(s ? atomic_load(&s->processes) : 1));
         buf_putc(b, '}');
