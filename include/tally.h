@@ -70,6 +70,14 @@ typedef struct tally_config {
     int64_t retention_max_age_s;
     int64_t retention_max_rows;
 
+    /* Energy (docs/energy.md): sample NVIDIA GPUs (NVML, loaded at run
+     * time) and CPU packages / DRAM (powercap) every `energy_interval_ms`
+     * (0 = 100) on a background thread, and give each request that was
+     * begun with tally_request_begin() its share of the energy used while
+     * it was in flight.  TALLY_ENERGY=1 turns it on. */
+    int energy;
+    uint32_t energy_interval_ms;
+
     /* Flush policy: the writer writes after `flush_events` events are
      * queued on one thread or `flush_ms` milliseconds, whichever is first.
      * 0 means the default (1000 events, 1000 ms). */
@@ -178,7 +186,18 @@ typedef struct tally_request {
     const char *sampling_json;         /* JSON object, optional */
     const char *text;                  /* kept only with capture_text */
     const char *extra_json;            /* caller's own fields, JSON object */
+
+    /* Energy attribution: the token tally_request_begin() returned, and
+     * the device the request ran on (0 = every sampled device, k = device
+     * k-1 in run_end's order).  Without a token, no energy is attributed. */
+    int64_t begin_token;
+    int device;
 } tally_request;
+
+/* Marks a request as in flight on `device` (see tally_request.device) for
+ * energy attribution; returns the token to put in begin_token.  Without
+ * energy sampling it returns a token all the same (a timestamp). */
+int64_t tally_request_begin(tally_t *h, int device);
 
 /* Records one inference request (kind "eval", phase "serve", name "request"). */
 void tally_request_record(tally_t *h, const tally_request *req);

@@ -17,6 +17,8 @@
 #include "buf.h"
 #include "json.h"
 #include "prices.h"
+
+struct energy;
 #include "ring.h"
 #include "tally.h"
 
@@ -127,6 +129,7 @@ struct tally {
     _Atomic uint64_t written, sink_failures, unpriced;
     uint64_t published_unpriced;
     prices prices;            /* loaded price table (n == 0: none) */
+    struct energy *energy;    /* samplers, when asked for */
     shared_totals *shared;
     int warned_drop, warned_sink;
     const char *end_reason;   /* set by tally_close for the writer */

@@ -45,7 +45,9 @@ typedef struct rec_request {
     int64_t prompt, completion, latency_us, cached, cache_write, reasoning, ttft_us;
     int64_t cost, cost_input, cost_cached, cost_cache_write, cost_output, cost_reasoning;
     double energy_j, gpu_util;
-    uint32_t flags, n_stages, truncated, pad_;
+    uint32_t flags, n_stages, truncated;
+    int32_t device;
+    int64_t begin_ns, end_ns;          /* energy span (0: none) */
     rstr s[RQ_NSTR];
     /* followed by n_stages rec_stage, then string bytes */
 } rec_request;

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "encode.h"
+#include "energy.h"
 #include "record.h"
 
 /* ---- process-wide state --------------------------------------------- */
@@ -113,6 +114,7 @@ static void fork_child(void)
         h->is_child = 1;
         h->pid = (int)getpid();
         h->run_start_written = 1; /* the parent writes run_start and run_end */
+        h->energy = NULL;         /* the sampler stays with the parent (docs/energy.md) */
         for (ring *r = atomic_load(&h->rings); r; r = r->next) {
             ring_reset(r);
             /* Rings of threads that do not exist here are freed by the
@@ -165,7 +167,7 @@ static inline int handle_live(tally_t *h)
 
 __attribute__((format(printf, 3, 0))) static void vlog(tally_t *h, int level, const char *fmt, va_list ap)
 {
-    if (!h->log) return;
+    if (!h || !h->log) return;
     char msg[512];
     vsnprintf(msg, sizeof msg, fmt, ap);
     h->log(h->log_ud, level, msg);
@@ -422,6 +424,8 @@ tally_t *tally_open(const tally_config *cfg_in)
         tally__log(h, TALLY_LOG_WARN, "no shared counters (mmap: %s): run_end counts this process only", strerror(errno));
     }
 
+    if (cfg->energy || env_true("TALLY_ENERGY")) h->energy = energy_start(h, cfg->energy_interval_ms);
+
     register_handle(h);
     if (writer_start(h) != 0) {
         tally__log(h, TALLY_LOG_ERROR, "cannot start the writer thread: events will be dropped");
@@ -571,6 +575,13 @@ static inline rstr pk_str(pk *p, const char *s, size_t n)
     return r;
 }
 
+int64_t tally_request_begin(tally_t *h, int device)
+{
+    if (!handle_live(h)) return 0;
+    int64_t t = tally__mono_ns();
+    return h->energy ? energy_begin(h->energy, device, t) : t;
+}
+
 void tally_request_record(tally_t *h, const tally_request *q)
 {
     if (!handle_live(h) || !q) return;
@@ -598,6 +609,8 @@ void tally_request_record(tally_t *h, const tally_request *q)
     ring *r;
     uint64_t nh;
     rec_hdr *hd = rec_begin(h, REC_REQUEST, fixed + total, &r, &nh);
+    int64_t end_ns = 0;
+    if (q->begin_token && h->energy) end_ns = energy_end(h->energy, q->device, tally__mono_ns());
     if (!r) return;
     /* Counters advance whether or not the event fit. */
     ring_bump(&r->requests, 1);
@@ -622,6 +635,9 @@ void tally_request_record(tally_t *h, const tally_request *q)
     rq->flags = q->flags;
     rq->n_stages = (uint32_t)nst;
     rq->truncated = trunc;
+    rq->device = q->device;
+    rq->begin_ns = end_ns ? q->begin_token : 0;
+    rq->end_ns = end_ns;
     pk p = {(char *)rq, (uint32_t)fixed};
     for (int i = 0; i < RQ_NSTR; i++) rq->s[i] = pk_str(&p, strs[i], lens[i]);
     rec_stage *st = (rec_stage *)(rq + 1);
@@ -930,6 +946,9 @@ static void close_impl(tally_t *h, const char *reason, int has_code, int code)
     pthread_mutex_unlock(&h->span_mu);
     if (so) record_step(h, h->step_no, sw, NULL, 1);
     if (eo) record_epoch(h, h->epoch_no, ew, NULL, 1);
+    /* A last sample now, so that every request recorded so far can be
+     * given its energy before the writer's final drain. */
+    if (h->energy && !h->is_child) energy_stop(h->energy, tally__mono_ns());
 
     writer_stop(h, reason, has_code, code);
     unregister_handle(h);
@@ -949,6 +968,7 @@ static void close_impl(tally_t *h, const char *reason, int has_code, int code)
         }
     buf_free(&h->line);
     prices_free(&h->prices);
+    if (!h->is_child) energy_free(h->energy);
     if (h->shared) munmap(h->shared, sizeof(shared_totals));
     free_handle(h);
 }

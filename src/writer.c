@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "encode.h"
+#include "energy.h"
 #include "internal.h"
 #include "record.h"
 
@@ -472,6 +473,27 @@ static void price_request(struct tally *h, rec_request *q, int64_t ts_us)
     }
 }
 
+/* The request's share of the energy used while it was in flight, unless
+ * the caller gave its own. */
+static void attribute_energy(struct tally *h, rec_request *q)
+{
+    if (!h->energy || !q->end_ns) return;
+    if (!(q->flags & TALLY_HAS_ENERGY)) {
+        double j = energy_of(h->energy, q->device, q->begin_ns, q->end_ns);
+        if (j >= 0) {
+            q->energy_j = j;
+            q->flags |= TALLY_HAS_ENERGY;
+        }
+    }
+    if (!(q->flags & TALLY_HAS_GPU_UTIL)) {
+        double u = energy_util(h->energy, q->device);
+        if (u == u) {
+            q->gpu_util = u;
+            q->flags |= TALLY_HAS_GPU_UTIL;
+        }
+    }
+}
+
 /* ---- draining -------------------------------------------------------------- */
 
 /* Unlinks a ring whose thread has gone and which is empty (under mu). */
@@ -509,12 +531,20 @@ static uint64_t drain(struct tally *h, int64_t *oldest)
             uint64_t off = tail & r->mask;
             if (r->cap - off < sizeof(rec_hdr)) { tail += r->cap - off; continue; }
             const rec_hdr *hd = (const rec_hdr *)(r->data + off);
+            /* A request whose energy span has not been sampled to its end
+             * waits here (at most one sampling interval), and the ring
+             * with it. */
+            if (hd->type == REC_REQUEST && h->energy && ((const rec_request *)(hd + 1))->end_ns > energy_ready_until(h->energy))
+                break;
             tail += hd->len;
             if (hd->type == REC_PAD) continue;
             emit_run_start(h);
             wev ev = {hd->type, hd + 1, 0, 0, {0}};
             stamp(h, &ev, hd->mono_ns);
-            if (hd->type == REC_REQUEST) price_request(h, (rec_request *)(hd + 1), ev.ts_us);
+            if (hd->type == REC_REQUEST) {
+                price_request(h, (rec_request *)(hd + 1), ev.ts_us);
+                attribute_energy(h, (rec_request *)(hd + 1));
+            }
             if (!*oldest || hd->mono_ns < *oldest) *oldest = hd->mono_ns;
             emit(h, &ev);
             done++;
@@ -723,6 +753,28 @@ static void writer_finish(struct tally *h)
         if (h->has_final & 2) {
             ENC_NKEY(b, "final_loss");
             enc_double(b, h->final_loss);
+        }
+        if (h->energy) {
+            energy_device_total d[ENERGY_MAX_DEVICES];
+            int nd = energy_devices(h->energy, d, ENERGY_MAX_DEVICES);
+            ENC_NKEY(b, "energy_j");
+            buf_putc(b, '{');
+            for (int i = 0; i < nd; i++) {
+                if (i) buf_putc(b, ',');
+                enc_cstr(b, d[i].name);
+                buf_putc(b, ':');
+                enc_double(b, d[i].total_j);
+            }
+            buf_putc(b, '}');
+            ENC_NKEY(b, "energy_idle_j");
+            buf_putc(b, '{');
+            for (int i = 0; i < nd; i++) {
+                if (i) buf_putc(b, ',');
+                enc_cstr(b, d[i].name);
+                buf_putc(b, ':');
+                enc_double(b, d[i].idle_j);
+            }
+            buf_putc(b, '}');
         }
         if (has_code) {
             ENC_NKEY(b, "exit_code");
