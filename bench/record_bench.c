@@ -8,7 +8,7 @@
  * the TSC (calibrated against CLOCK_MONOTONIC, timer overhead subtracted),
  * reported as p50 / p99 / p99.9 / max over every call.
  *
- *   record_bench [--calls N] [--dir DIR] [--price]
+ *   record_bench [--calls N] [--dir DIR] [--prices FILE]   (FILE: e.g. bench/prices.json)
  */
 #include <math.h>
 #include <pthread.h>
@@ -109,7 +109,7 @@ static void fill_request(tally_request *q, int i, char *rid, size_t rlen)
 
 typedef struct job {
     tally_t *h;
-    int id, n, price;
+    int id, n, price; /* price: the request is begun (energy) and priced */
     uint64_t *ticks;
     size_t allocs_after_first;
 } job;
@@ -125,6 +125,7 @@ static void *tally_worker(void *arg)
     for (int i = 0; i < j->n; i++) {
         fill_request(&q, i, rid, sizeof rid);
         uint64_t a = tick();
+        if (j->price) q.begin_token = tally_request_begin(j->h, 0);
         tally_request_record(j->h, &q);
         uint64_t b = tick();
         j->ticks[i] = b - a > timer_overhead ? b - a - timer_overhead : 0;
@@ -187,6 +188,51 @@ static void path_of(char *out, size_t n, const char *name)
 }
 
 /* One latency case: `threads` threads each recording `calls` requests. */
+static const char *price_file;
+
+/* One thread: a plain request, then the same with pricing and energy on
+ * (tally_request_begin + record, the writer pricing and attributing), in
+ * the same process.  Energy needs a readable device: on a machine without
+ * one, run with TALLY_NVML_LIB pointing at the test suite's fake NVML. */
+static void priced_case(void)
+{
+    uint64_t *ticks = malloc(sizeof(uint64_t) * (size_t)calls);
+    lat l[2];
+    int energy_on = 0;
+    for (int k = 0; k < 2; k++) {
+        char path[512];
+        path_of(path, sizeof path, k ? "priced" : "plain");
+        tally_config cfg;
+        tally_config_init(&cfg);
+        cfg.path = path;
+        cfg.queue_bytes = (size_t)calls * 512;
+        if (k) {
+            cfg.prices_path = price_file;
+            cfg.energy = 1;
+        }
+        tally_t *h = tally_open(&cfg);
+        job j = {h, 0, calls, k, ticks, 0};
+        pthread_t th;
+        pthread_create(&th, NULL, tally_worker, &j);
+        pthread_join(th, NULL);
+        tally_close(h, NULL);
+        l[k] = summarize(ticks, (size_t)calls);
+        if (k) {
+            /* Was energy really on?  The last line is run_end. */
+            FILE *f = fopen(path, "r");
+            char line[4096], last[4096] = "";
+            while (f && fgets(line, sizeof line, f)) memcpy(last, line, sizeof last);
+            if (f) fclose(f);
+            energy_on = strstr(last, "energy_j") != NULL;
+        }
+        unlink(path);
+    }
+    printf("case=request_priced_energy calls=%d plain_p50_ns=%.0f plain_p99_ns=%.0f priced_p50_ns=%.0f "
+           "priced_p99_ns=%.0f energy_sampling=%s ratio_vs_plain=%.2f\n",
+           calls, l[0].p50, l[0].p99, l[1].p50, l[1].p99, energy_on ? "on" : "off(no device)", l[1].p50 / l[0].p50);
+    free(ticks);
+}
+
 static void latency_case(int threads)
 {
     char path[512], npath[512];
@@ -318,8 +364,9 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--calls") && i + 1 < argc) calls = (int)strtol(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--dir") && i + 1 < argc) dir = argv[++i];
+        else if (!strcmp(argv[i], "--prices") && i + 1 < argc) price_file = argv[++i];
         else {
-            fprintf(stderr, "usage: record_bench [--calls N] [--dir DIR]\n");
+            fprintf(stderr, "usage: record_bench [--calls N] [--dir DIR] [--prices FILE]\n");
             return 2;
         }
     }
@@ -332,5 +379,6 @@ int main(int argc, char **argv)
     sustained_case();
     latency_case(1);
     latency_case(2);
+    if (price_file) priced_case();
     return 0;
 }

@@ -1,7 +1,7 @@
 /*
  * energy -- samplers and attribution (see energy.h for the rule).
  *
- * Why the in-flight count is tracked at begin and end, under one lock:
+ * Why the in-flight count is tracked at begin and end, under one spinlock:
  * attribution needs, for every sampling interval, the request-seconds in
  * flight (L).  Requests still running when the interval closes count too,
  * and only begin/end calls can say which those are.  The lock is taken
@@ -57,7 +57,7 @@ typedef struct edev {
     double prev_raw, counter_j, prev_power_w;
     int64_t prev_ns;
     double util, mem_mb, temp;
-    /* attribution, under energy.mu */
+    /* attribution, under energy.lk */
     int n;
     double lacc_s;
     int started;
@@ -70,7 +70,8 @@ typedef struct edev {
 
 struct energy {
     struct tally *h;
-    pthread_mutex_t mu;
+    pthread_mutex_t mu;       /* the sampler's sleep and stop */
+    pthread_spinlock_t lk;    /* attribution state: held for a few instructions */
     int64_t t_last_ns;        /* the last breakpoint of every device's load */
     _Atomic int64_t ready_ns;
     edev *dev[ENERGY_MAX_DEVICES];
@@ -101,6 +102,7 @@ static energy *energy_alloc(void)
     energy *e = calloc(1, sizeof *e);
     if (!e) return NULL;
     pthread_mutex_init(&e->mu, NULL);
+    pthread_spin_init(&e->lk, PTHREAD_PROCESS_PRIVATE);
     pthread_cond_init(&e->cv, NULL);
     e->t_last_ns = now_ns();
     return e;
@@ -121,7 +123,7 @@ energy *energy_new_manual(int ndevices)
 
 static int matches(int device, int i) { return device <= 0 || device - 1 == i; }
 
-/* Moves every device's load integral up to t (under mu). */
+/* Moves every device's load integral up to t (under lk). */
 static int64_t advance(energy *e, int64_t t)
 {
     if (t < e->t_last_ns) t = e->t_last_ns; /* a sample closed the interval first */
@@ -134,26 +136,26 @@ static int64_t advance(energy *e, int64_t t)
 int64_t energy_begin(energy *e, int device, int64_t t_ns)
 {
     if (!e) return t_ns;
-    pthread_mutex_lock(&e->mu);
+    pthread_spin_lock(&e->lk);
     t_ns = advance(e, t_ns);
     for (int i = 0; i < e->ndev; i++)
         if (matches(device, i)) e->dev[i]->n++;
-    pthread_mutex_unlock(&e->mu);
+    pthread_spin_unlock(&e->lk);
     return t_ns;
 }
 
 int64_t energy_end(energy *e, int device, int64_t t_ns)
 {
     if (!e) return t_ns;
-    pthread_mutex_lock(&e->mu);
+    pthread_spin_lock(&e->lk);
     t_ns = advance(e, t_ns);
     for (int i = 0; i < e->ndev; i++)
         if (matches(device, i) && e->dev[i]->n > 0) e->dev[i]->n--;
-    pthread_mutex_unlock(&e->mu);
+    pthread_spin_unlock(&e->lk);
     return t_ns;
 }
 
-/* One sample of one device (under mu). */
+/* One sample of one device (under lk). */
 static void tick_locked(energy *e, edev *d, int64_t t, double counter_j)
 {
     if (!d->started) {
@@ -185,17 +187,17 @@ static void tick_locked(energy *e, edev *d, int64_t t, double counter_j)
 
 void energy_tick(energy *e, int device, int64_t t_ns, double counter_j)
 {
-    pthread_mutex_lock(&e->mu);
+    pthread_spin_lock(&e->lk);
     t_ns = advance(e, t_ns);
     tick_locked(e, e->dev[device], t_ns, counter_j);
     atomic_store(&e->ready_ns, t_ns);
-    pthread_mutex_unlock(&e->mu);
+    pthread_spin_unlock(&e->lk);
 }
 
 int64_t energy_ready_until(energy *e) { return e ? atomic_load(&e->ready_ns) : 0; }
 
 /* R at time x, interpolated between samples; -1 when x is before the kept
- * history (after history wrapped).  Under mu. */
+ * history (after history wrapped).  Under lk. */
 static int R_at(const edev *d, int64_t x, double *out)
 {
     if (!d->hcount) {
@@ -229,7 +231,7 @@ double energy_of(energy *e, int device, int64_t b_ns, int64_t e_ns)
     if (!e) return -1;
     double sum = 0;
     int any = 0;
-    pthread_mutex_lock(&e->mu);
+    pthread_spin_lock(&e->lk);
     for (int i = 0; i < e->ndev; i++) {
         if (!matches(device, i)) continue;
         double rb, re;
@@ -240,7 +242,7 @@ double energy_of(energy *e, int device, int64_t b_ns, int64_t e_ns)
         sum += re - rb;
         any = 1;
     }
-    pthread_mutex_unlock(&e->mu);
+    pthread_spin_unlock(&e->lk);
     return any > 0 ? sum : -1;
 }
 
@@ -249,20 +251,20 @@ double energy_util(energy *e, int device)
     if (!e) return NAN;
     double s = 0;
     int n = 0;
-    pthread_mutex_lock(&e->mu);
+    pthread_spin_lock(&e->lk);
     for (int i = 0; i < e->ndev; i++)
         if (matches(device, i) && e->dev[i]->kind == DEV_NVML && !isnan(e->dev[i]->util)) {
             s += e->dev[i]->util;
             n++;
         }
-    pthread_mutex_unlock(&e->mu);
+    pthread_spin_unlock(&e->lk);
     return n ? s / n : NAN;
 }
 
 int energy_devices(energy *e, energy_device_total *out, int max)
 {
     if (!e) return 0;
-    pthread_mutex_lock(&e->mu);
+    pthread_spin_lock(&e->lk);
     int n = e->ndev < max ? e->ndev : max;
     for (int i = 0; i < n; i++) {
         snprintf(out[i].name, sizeof out[i].name, "%s", e->dev[i]->name);
@@ -272,7 +274,7 @@ int energy_devices(energy *e, energy_device_total *out, int max)
         out[i].mem_used_mb = e->dev[i]->mem_mb;
         out[i].temp_c = e->dev[i]->temp;
     }
-    pthread_mutex_unlock(&e->mu);
+    pthread_spin_unlock(&e->lk);
     return n;
 }
 
@@ -340,12 +342,12 @@ static void sample_all(energy *e, int64_t t)
     double c[ENERGY_MAX_DEVICES];
     int ok[ENERGY_MAX_DEVICES];
     for (int i = 0; i < e->ndev; i++) ok[i] = read_device(e, e->dev[i], t, &c[i]) == 0;
-    pthread_mutex_lock(&e->mu);
+    pthread_spin_lock(&e->lk);
     t = advance(e, t);
     for (int i = 0; i < e->ndev; i++)
         if (ok[i]) tick_locked(e, e->dev[i], t, c[i]);
     atomic_store(&e->ready_ns, t);
-    pthread_mutex_unlock(&e->mu);
+    pthread_spin_unlock(&e->lk);
 }
 
 static void *sampler(void *arg)
@@ -496,6 +498,7 @@ void energy_free(energy *e)
         dlclose(e->nv.lib);
     }
     pthread_mutex_destroy(&e->mu);
+    pthread_spin_destroy(&e->lk);
     pthread_cond_destroy(&e->cv);
     free(e);
 }

@@ -610,7 +610,7 @@ void tally_request_record(tally_t *h, const tally_request *q)
     uint64_t nh;
     rec_hdr *hd = rec_begin(h, REC_REQUEST, fixed + total, &r, &nh);
     int64_t end_ns = 0;
-    if (q->begin_token && h->energy) end_ns = energy_end(h->energy, q->device, tally__mono_ns());
+    if (q->begin_token && h->energy) end_ns = energy_end(h->energy, q->device, hd ? hd->mono_ns : tally__mono_ns());
     if (!r) return;
     /* Counters advance whether or not the event fit. */
     ring_bump(&r->requests, 1);
