@@ -282,8 +282,8 @@ static void walk(list *l, const char *dir, int depth)
 char **collect_jsonl(char **args, int nargs, size_t *n, char *err, size_t errlen)
 {
     list l = {0};
-    push(&l, "");
-    l.n = 0;
+    l.v = calloc(1, sizeof *l.v); /* an empty, NULL-ended list */
+    l.cap = l.v ? 1 : 0;
     for (int i = 0; i < nargs; i++) {
         struct stat st;
         if (!strcmp(args[i], "-")) {
