@@ -39,20 +39,6 @@ static void report(import_stats *st, const char *path, uint64_t lineno, const ch
     if (st->reported++ < MAX_REPORTED) fprintf(stderr, "  %s:%llu: %s\n", path, (unsigned long long)lineno, why);
 }
 
-/* runs/<run_id>/events.jsonl -> run_id; other paths -> the file name. */
-static void run_id_from_path(const char *path, char *out, size_t n)
-{
-    const char *slash = strrchr(path, '/');
-    const char *base = slash ? slash + 1 : path;
-    if (slash && !strcmp(base, "events.jsonl")) {
-        const char *p = slash;
-        while (p > path && p[-1] != '/') p--;
-        snprintf(out, n, "%.*s", (int)(slash - p), p);
-    } else {
-        snprintf(out, n, "%s", base);
-    }
-}
-
 /* Seed 002's tags as toy/v1 kinds. */
 static const char *tag_kind(const char *tag)
 {
@@ -163,8 +149,7 @@ static int import_file(store *db, const char *path, import_stats *st, json_arena
     file_state fs;
     memset(&fs, 0, sizeof fs);
     fs.path = path;
-    if (!strcmp(path, "-")) snprintf(fs.run_id, sizeof fs.run_id, "stdin");
-    else run_id_from_path(path, fs.run_id, sizeof fs.run_id);
+    run_id_from_path(path, fs.run_id, sizeof fs.run_id);
     st->files++;
     char *line;
     size_t len;

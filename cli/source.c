@@ -218,15 +218,7 @@ static int read_jsonl(const char *path, const source_opts *o, sev_fn fn, void *u
     }
     jstate js;
     memset(&js, 0, sizeof js);
-    const char *slash = strrchr(path, '/');
-    const char *base = slash ? slash + 1 : path;
-    if (slash && !strcmp(base, "events.jsonl")) {
-        const char *p = slash;
-        while (p > path && p[-1] != '/') p--;
-        snprintf(js.run_id, sizeof js.run_id, "%.*s", (int)(slash - p), p);
-    } else {
-        snprintf(js.run_id, sizeof js.run_id, "%s", strcmp(path, "-") ? base : "stdin");
-    }
+    run_id_from_path(path, js.run_id, sizeof js.run_id);
     json_arena a;
     json_arena_init(&a, (size_t)64 << 20);
     char *line;

@@ -309,6 +309,23 @@ void free_list(char **items)
     free(items);
 }
 
+void run_id_from_path(const char *path, char *out, size_t n)
+{
+    if (!strcmp(path, "-")) {
+        snprintf(out, n, "stdin");
+        return;
+    }
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    if (slash && !strcmp(base, "events.jsonl")) {
+        const char *p = slash;
+        while (p > path && p[-1] != '/') p--;
+        snprintf(out, n, "%.*s", (int)(slash - p), p);
+    } else {
+        snprintf(out, n, "%s", base);
+    }
+}
+
 static uint64_t fnv(uint64_t h, const void *p, size_t n)
 {
     const unsigned char *u = p;

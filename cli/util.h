@@ -47,6 +47,10 @@ void free_list(char **list);
 /* 128-bit FNV-1a pair, as 32 hex digits, for deterministic ids. */
 void hash_id(const char *a, size_t an, uint64_t b, const char *c, size_t cn, char out[34]);
 
+/* The run a JSONL file belongs to when it names none: the directory of
+ * runs/<run_id>/events.jsonl, else the file name ("stdin" for "-"). */
+void run_id_from_path(const char *path, char *out, size_t n);
+
 /* Prints "tally CMD: message" to stderr. */
 void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

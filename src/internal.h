@@ -143,6 +143,7 @@ void tally__warn_once(struct tally *h, int *flag, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 int64_t tally__mono_ns(void);
+int tally__mkdir_p(const char *path, int parents_only);
 int64_t tally__real_us(void);
 
 /* Sums every ring's counters with the retired ones. */

@@ -34,27 +34,12 @@ typedef struct jsonl {
     uint64_t lost;        /* events lost since the last commit */
 } jsonl;
 
-static int make_parent_dirs(const char *path)
-{
-    char tmp[4096];
-    size_t n = strlen(path);
-    if (n >= sizeof tmp) return -1;
-    memcpy(tmp, path, n + 1);
-    for (size_t i = 1; i < n; i++) {
-        if (tmp[i] != '/') continue;
-        tmp[i] = 0;
-        if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
-        tmp[i] = '/';
-    }
-    return 0;
-}
-
 static void try_open(struct tally *h, jsonl *j)
 {
     int64_t now = tally__mono_ns();
     if (j->last_try_ns && now - j->last_try_ns < 5000000000LL) return;
     j->last_try_ns = now;
-    make_parent_dirs(j->path);
+    tally__mkdir_p(j->path, 1);
     j->fd = open(j->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (j->fd >= 0) {
         /* A file left with a torn last line (a crash): start on a new line. */

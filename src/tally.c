@@ -236,7 +236,8 @@ static char *dup_or(const char *s, const char *def)
     return v ? strdup(v) : NULL;
 }
 
-static int mkdir_p(const char *path)
+/* mkdir -p; with parents_only, the last component (a file name) is left. */
+int tally__mkdir_p(const char *path, int parents_only)
 {
     char tmp[4096];
     size_t n = strlen(path);
@@ -248,7 +249,7 @@ static int mkdir_p(const char *path)
         if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
         tmp[i] = '/';
     }
-    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
+    if (!parents_only && mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
     return 0;
 }
 
@@ -263,7 +264,7 @@ static char *make_run_id(tally_t *h, const char *run_dir, const char *prefix)
     char day[16];
     strftime(day, sizeof day, "%Y%m%d", &tm);
     if (run_dir && *run_dir) {
-        if (mkdir_p(run_dir) == 0) {
+        if (tally__mkdir_p(run_dir, 0) == 0) {
             for (int n = 1; n < 100000; n++) {
                 char dir[4096];
                 snprintf(id, sizeof id, "%s-%s-%03d", prefix, day, n);
@@ -357,7 +358,7 @@ tally_t *tally_open(const tally_config *cfg_in)
     if (cfg->run_id && *cfg->run_id && run_dir && *run_dir) {
         char dir[4096];
         snprintf(dir, sizeof dir, "%s/%s", run_dir, cfg->run_id);
-        mkdir_p(dir);
+        tally__mkdir_p(dir, 0);
     }
     char hostbuf[256] = "";
     gethostname(hostbuf, sizeof hostbuf - 1);
