@@ -700,6 +700,19 @@ void writer_stop(struct tally *h, const char *reason, int has_code, int code)
     h->writer_running = 0;
 }
 
+/* {"device": joules, ...}: each device's total, or its idle part. */
+static void put_device_map(buf *b, const energy_device_total *d, int nd, int idle)
+{
+    buf_putc(b, '{');
+    for (int i = 0; i < nd; i++) {
+        if (i) buf_putc(b, ',');
+        enc_cstr(b, d[i].name);
+        buf_putc(b, ':');
+        enc_double(b, idle ? d[i].idle_j : d[i].total_j);
+    }
+    buf_putc(b, '}');
+}
+
 /* The end of the writer: run_end (in the opening process), the last
  * commit, and the sinks closed. */
 static void writer_finish(struct tally *h)
@@ -758,23 +771,9 @@ static void writer_finish(struct tally *h)
             energy_device_total d[ENERGY_MAX_DEVICES];
             int nd = energy_devices(h->energy, d, ENERGY_MAX_DEVICES);
             ENC_NKEY(b, "energy_j");
-            buf_putc(b, '{');
-            for (int i = 0; i < nd; i++) {
-                if (i) buf_putc(b, ',');
-                enc_cstr(b, d[i].name);
-                buf_putc(b, ':');
-                enc_double(b, d[i].total_j);
-            }
-            buf_putc(b, '}');
+            put_device_map(b, d, nd, 0);
             ENC_NKEY(b, "energy_idle_j");
-            buf_putc(b, '{');
-            for (int i = 0; i < nd; i++) {
-                if (i) buf_putc(b, ',');
-                enc_cstr(b, d[i].name);
-                buf_putc(b, ':');
-                enc_double(b, d[i].idle_j);
-            }
-            buf_putc(b, '}');
+            put_device_map(b, d, nd, 1);
         }
         if (has_code) {
             ENC_NKEY(b, "exit_code");

@@ -2,6 +2,7 @@
 #include "helpers.h"
 
 #include <dirent.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -115,4 +116,18 @@ const jv *th_get(const jv *v, const char *path)
         path += n + (dot ? 1 : 0);
     }
     return v;
+}
+
+int th_run_cli(const char *args, char *out, size_t outlen)
+{
+    const char *cli = getenv("TALLY_CLI");
+    if (!cli) fail_msg("TALLY_CLI is not set (run through ctest)");
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", cli, args);
+    FILE *p = popen(cmd, "r");
+    if (!p) fail_msg("cannot run %s", cmd);
+    size_t n = fread(out, 1, outlen - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }

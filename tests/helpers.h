@@ -34,6 +34,10 @@ void th_lines_free(th_lines *l);
 /* The memory sink's lines as a th_lines copy. */
 void th_memory_lines(tally_t *h, th_lines *out);
 
+/* Runs the tally command ($TALLY_CLI, set by ctest) with `args`, stdout
+ * and stderr together into out; returns its exit status. */
+int th_run_cli(const char *args, char *out, size_t outlen);
+
 /* Parses a line (fails the test when it does not parse). */
 const jv *th_parse(json_arena *a, const char *line);
 /* Path lookup: "extra.model" */

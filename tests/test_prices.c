@@ -154,18 +154,14 @@ static void test_library_costs(void **state)
 
     /* tally stats --prices re-costs: a cheaper table halves nothing but
      * replaces the stored costs, and the unknown model stays unpriced. */
-    const char *cli = getenv("TALLY_CLI");
-    if (!cli) fail_msg("TALLY_CLI is not set (run through ctest)");
     snprintf(pfile, sizeof pfile, "%s/flat.json", dir);
     f = fopen(pfile, "w");
     fputs("{\"prices\":[{\"model\":\"gpt-*\",\"input\":1,\"output\":1}]}", f);
     fclose(f);
-    char cmd[2000], out[8192];
-    snprintf(cmd, sizeof cmd, "%s stats --json --by model --prices %s %s", cli, pfile, path);
-    FILE *p = popen(cmd, "r");
-    size_t n = fread(out, 1, sizeof out - 1, p);
-    out[n] = 0;
-    pclose(p);
+    char args[2000], out[8192];
+    snprintf(args, sizeof args, "stats --json --by model --prices %s %s", pfile, path);
+    assert_int_equal(th_run_cli(args, out, sizeof out), 0);
+    size_t n = strlen(out);
     json_arena_reset(&a);
     const jv *root = json_parse(&a, out, n, NULL);
     assert_non_null(root);

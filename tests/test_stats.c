@@ -12,18 +12,7 @@
 
 static char out[1 << 20];
 
-static int run_cli(const char *args)
-{
-    const char *cli = getenv("TALLY_CLI");
-    if (!cli) fail_msg("TALLY_CLI is not set (run through ctest)");
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", cli, args);
-    FILE *p = popen(cmd, "r");
-    size_t n = fread(out, 1, sizeof out - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+static int run_cli(const char *args) { return th_run_cli(args, out, sizeof out); }
 
 /* The group whose `key` member is `value` in a --json answer. */
 static const jv *group_of(const jv *root, const char *key, const char *value)

@@ -243,18 +243,7 @@ static void test_two_processes(void **state)
     th_rmrf(dir);
 }
 
-static int run_cli(const char *args, char *out, size_t outlen)
-{
-    const char *cli = getenv("TALLY_CLI");
-    if (!cli) fail_msg("TALLY_CLI is not set (run through ctest)");
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", cli, args);
-    FILE *p = popen(cmd, "r");
-    size_t n = fread(out, 1, outlen - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+static int run_cli(const char *args, char *out, size_t outlen) { return th_run_cli(args, out, outlen); }
 
 /* A file with events a day apart, ending now. */
 static void write_aged(const char *path, double now, int days)
