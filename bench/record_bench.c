@@ -8,7 +8,7 @@
  * the TSC (calibrated against CLOCK_MONOTONIC, timer overhead subtracted),
  * reported as p50 / p99 / p99.9 / max over every call.
  *
- *   record_bench [--calls N] [--dir DIR] [--prices FILE]   (FILE: e.g. bench/prices.json)
+ *   record_bench [--calls N] [--dir DIR] [--prices FILE]   (FILE: e.g. examples/prices.json)
  */
 #include <math.h>
 #include <pthread.h>

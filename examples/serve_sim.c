@@ -5,7 +5,9 @@
  * Some stream (and so have a time to first token), some fail, some are
  * degraded.  Events go to runs/<run_id>/events.jsonl.
  *
- *   serve_sim [--requests N] [--threads N] [--runs DIR] [--seed N] [--queue-mb N]
+ *   serve_sim [--requests N] [--threads N] [--runs DIR] [--seed N] [--queue-mb N] [--prices FILE]
+ *
+ * With --prices (examples/prices.json), tally costs each request itself.
  */
 #include <math.h>
 #include <pthread.h>
@@ -92,15 +94,16 @@ int main(int argc, char **argv)
 {
     int requests = 4000, threads = 4, queue_mb = 0;
     unsigned seed = 42;
-    const char *runs = "runs";
+    const char *runs = "runs", *prices = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--requests") == 0 && i + 1 < argc) requests = (int)strtol(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = (int)strtol(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--runs") == 0 && i + 1 < argc) runs = argv[++i];
         else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) seed = (unsigned)strtoul(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--queue-mb") == 0 && i + 1 < argc) queue_mb = (int)strtol(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--prices") == 0 && i + 1 < argc) prices = argv[++i];
         else {
-            fprintf(stderr, "usage: serve_sim [--requests N] [--threads N] [--runs DIR] [--seed N] [--queue-mb N]\n");
+            fprintf(stderr, "usage: serve_sim [--requests N] [--threads N] [--runs DIR] [--seed N] [--queue-mb N] [--prices FILE]\n");
             return 2;
         }
     }
@@ -117,6 +120,7 @@ int main(int argc, char **argv)
     cfg.model = "multi";
     cfg.config_json = "{\"workers\":4,\"max_batch\":32}";
     if (queue_mb > 0) cfg.queue_bytes = (size_t)queue_mb << 20;
+    cfg.prices_path = prices;
     tally_t *t = tally_open(&cfg);
     tally_run_start(t);
     tally_note(t, "serve_sim starting");
