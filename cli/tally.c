@@ -36,8 +36,11 @@ static void usage(FILE *out)
             "\n"
             "Run 'tally <command> --help' for a command's options.\n"
             "Environment for programs linked with libtally:\n"
-            "  TALLY_PATH=FILE   write events to FILE (overrides the program's setting)\n"
-            "  TALLY_DISABLE=1   record nothing\n");
+            "  TALLY_PATH=FILE     write events to FILE (overrides the program's setting)\n"
+            "  TALLY_DB=FILE       also write them to this SQLite database\n"
+            "  TALLY_PRICES=FILE   cost requests that come without a cost (docs/prices.md)\n"
+            "  TALLY_ENERGY=1      sample GPU / CPU energy and attribute it to requests\n"
+            "  TALLY_DISABLE=1     record nothing\n");
 }
 
 int main(int argc, char **argv)
