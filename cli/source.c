@@ -90,57 +90,57 @@ static int sev_from_json(const jv *v, jstate *js, sev *e)
     memset(e, 0, sizeof *e);
     e->json = v;
     e->run_id = js->run_id;
-    const char *kind = str_of(jv_get(v, "kind"));
-    const char *tag = str_of(jv_get(v, "tag"));
+    const char *kind = str_of(JV_GET(v, "kind"));
+    const char *tag = str_of(JV_GET(v, "tag"));
     double x;
-    if (num(jv_get(v, "ts"), &e->ts)) e->has |= SEV_TS;
+    if (num(JV_GET(v, "ts"), &e->ts)) e->has |= SEV_TS;
     if (kind) {
         e->kind = kind;
-        e->phase = str_of(jv_get(v, "phase"));
-        e->name = str_of(jv_get(v, "name"));
-        if (!strcmp(kind, "run_end")) e->reason = str_of(jv_get(v, "reason"));
+        e->phase = str_of(JV_GET(v, "phase"));
+        e->name = str_of(JV_GET(v, "name"));
+        if (!strcmp(kind, "run_end")) e->reason = str_of(JV_GET(v, "reason"));
         if (!strcmp(kind, "run_start")) {
-            const jv *m = jv_get(v, "model");
-            e->run_model = m && m->type == JV_OBJ ? str_of(jv_get(m, "name")) : str_of(m);
-            const char *rid = str_of(jv_get(v, "run_id"));
+            const jv *m = JV_GET(v, "model");
+            e->run_model = m && m->type == JV_OBJ ? str_of(JV_GET(m, "name")) : str_of(m);
+            const char *rid = str_of(JV_GET(v, "run_id"));
             if (rid) snprintf(js->run_id, sizeof js->run_id, "%s", rid);
             if (e->has & SEV_TS) {
                 js->started = e->ts;
                 js->have_started = 1;
-            } else if (parse_iso8601(str_of(jv_get(v, "started_at")), &x) == 0) {
+            } else if (parse_iso8601(str_of(JV_GET(v, "started_at")), &x) == 0) {
                 js->started = x;
                 js->have_started = 1;
             }
         }
-        if (!(e->has & SEV_TS) && js->have_started && num(jv_get(v, "t"), &x)) {
+        if (!(e->has & SEV_TS) && js->have_started && num(JV_GET(v, "t"), &x)) {
             e->ts = js->started + x;
             e->has |= SEV_TS;
         }
-        const jv *ex = jv_get(v, "extra");
+        const jv *ex = JV_GET(v, "extra");
         if (!strcmp(kind, "eval") && e->name && !strcmp(e->name, "request") && ex && ex->type == JV_OBJ) {
             e->is_request = 1;
-            e->model = str_of(jv_get(ex, "model"));
-            e->engine = str_of(jv_get(ex, "engine"));
-            e->route = str_of(jv_get(ex, "route"));
-            e->principal = str_of(jv_get(ex, "principal_id"));
-            e->error = str_of(jv_get(ex, "error"));
-            e->degraded = str_of(jv_get(ex, "degraded"));
-            inum(jv_get(ex, "prompt_tokens"), &e->prompt);
-            inum(jv_get(ex, "cached_tokens"), &e->cached);
-            inum(jv_get(ex, "cache_write_tokens"), &e->cache_write);
-            inum(jv_get(ex, "completion_tokens"), &e->completion);
-            inum(jv_get(ex, "reasoning_tokens"), &e->reasoning);
+            e->model = str_of(JV_GET(ex, "model"));
+            e->engine = str_of(JV_GET(ex, "engine"));
+            e->route = str_of(JV_GET(ex, "route"));
+            e->principal = str_of(JV_GET(ex, "principal_id"));
+            e->error = str_of(JV_GET(ex, "error"));
+            e->degraded = str_of(JV_GET(ex, "degraded"));
+            inum(JV_GET(ex, "prompt_tokens"), &e->prompt);
+            inum(JV_GET(ex, "cached_tokens"), &e->cached);
+            inum(JV_GET(ex, "cache_write_tokens"), &e->cache_write);
+            inum(JV_GET(ex, "completion_tokens"), &e->completion);
+            inum(JV_GET(ex, "reasoning_tokens"), &e->reasoning);
             e->total_tokens = e->prompt + e->completion;
-            if (num(jv_get(ex, "latency_us"), &e->latency_us)) e->has |= SEV_LATENCY;
-            if (num(jv_get(ex, "ttft_us"), &e->ttft_us)) e->has |= SEV_TTFT;
+            if (num(JV_GET(ex, "latency_us"), &e->latency_us)) e->has |= SEV_LATENCY;
+            if (num(JV_GET(ex, "ttft_us"), &e->ttft_us)) e->has |= SEV_TTFT;
             int64_t nusd;
-            if (inum(jv_get(ex, "cost_nusd"), &nusd)) {
+            if (inum(JV_GET(ex, "cost_nusd"), &nusd)) {
                 e->cost_usd = (double)nusd / 1e9;
                 e->has |= SEV_COST;
             }
-            if (num(jv_get(ex, "energy_j"), &e->energy_j)) e->has |= SEV_ENERGY;
-            if (num(jv_get(ex, "gpu_util_pct"), &e->gpu_util)) e->has |= SEV_GPU;
-            const jv *ok = jv_get(ex, "ok");
+            if (num(JV_GET(ex, "energy_j"), &e->energy_j)) e->has |= SEV_ENERGY;
+            if (num(JV_GET(ex, "gpu_util_pct"), &e->gpu_util)) e->has |= SEV_GPU;
+            const jv *ok = JV_GET(ex, "ok");
             e->ok = ok ? ok->type == JV_TRUE : e->error == NULL;
             e->has |= SEV_OK;
             if ((e->has & SEV_LATENCY) && e->latency_us > 0) {
@@ -148,21 +148,21 @@ static int sev_from_json(const jv *v, jstate *js, sev *e)
                 e->has |= SEV_TPUT;
             }
         } else if (!strcmp(kind, "step")) {
-            if (inum(jv_get(v, "step"), &e->step)) e->has |= SEV_STEP;
-            if (num(jv_get(v, "loss"), &e->loss)) e->has |= SEV_LOSS;
-            if (num(jv_get(v, "wall_us"), &e->wall_us)) e->has |= SEV_WALL;
-            if (inum(jv_get(v, "tokens"), &e->step_tokens)) e->has |= SEV_TOKENS;
-            if (jv_get(v, "unfinished")) e->has &= ~(unsigned)SEV_WALL;
+            if (inum(JV_GET(v, "step"), &e->step)) e->has |= SEV_STEP;
+            if (num(JV_GET(v, "loss"), &e->loss)) e->has |= SEV_LOSS;
+            if (num(JV_GET(v, "wall_us"), &e->wall_us)) e->has |= SEV_WALL;
+            if (inum(JV_GET(v, "tokens"), &e->step_tokens)) e->has |= SEV_TOKENS;
+            if (JV_GET(v, "unfinished")) e->has &= ~(unsigned)SEV_WALL;
         } else if (!strcmp(kind, "error")) {
-            e->error = str_of(jv_get(v, "message"));
-            e->name = str_of(jv_get(v, "type"));
+            e->error = str_of(JV_GET(v, "message"));
+            e->name = str_of(JV_GET(v, "type"));
         }
         return 1;
     }
     if (tag) {
         /* Seed 002: {"ts":..,"tag":"step_end","step":N,"context":{..}} */
         if (!strcmp(tag, "step_begin")) {
-            js->have_begin = inum(jv_get(v, "step"), &js->begin_step) && (e->has & SEV_TS);
+            js->have_begin = inum(JV_GET(v, "step"), &js->begin_step) && (e->has & SEV_TS);
             js->begin_step_ts = e->ts;
             e->kind = "step_begin";
             return 1;
@@ -170,8 +170,8 @@ static int sev_from_json(const jv *v, jstate *js, sev *e)
         e->phase = "train";
         if (!strcmp(tag, "step_end")) {
             e->kind = "step";
-            if (inum(jv_get(v, "step"), &e->step)) e->has |= SEV_STEP;
-            if (num(jv_get(jv_get(v, "context"), "loss"), &e->loss)) e->has |= SEV_LOSS;
+            if (inum(JV_GET(v, "step"), &e->step)) e->has |= SEV_STEP;
+            if (num(JV_GET(jv_get(v, "context"), "loss"), &e->loss)) e->has |= SEV_LOSS;
             if (js->have_begin && (e->has & SEV_STEP) && js->begin_step == e->step && (e->has & SEV_TS)) {
                 e->wall_us = (e->ts - js->begin_step_ts) * 1e6;
                 e->has |= SEV_WALL;
@@ -182,8 +182,8 @@ static int sev_from_json(const jv *v, jstate *js, sev *e)
         } else if (!strcmp(tag, "error")) {
             e->kind = "error";
             e->phase = NULL;
-            e->name = str_of(jv_get(v, "type"));
-            e->error = str_of(jv_get(v, "message"));
+            e->name = str_of(JV_GET(v, "type"));
+            e->error = str_of(JV_GET(v, "message"));
         } else {
             e->kind = tag;
         }
@@ -229,7 +229,7 @@ static int read_jsonl(const char *path, const source_opts *o, sev_fn fn, void *u
         if (len == 0) continue;
         json_error je;
         json_arena_reset(&a);
-        jv *v = toolong ? NULL : json_parse(&a, line, len, &je);
+        jv *v = toolong ? NULL : json_parse_inplace(&a, line, len, &je);
         sev e;
         if (!v || v->type != JV_OBJ || !sev_from_json(v, &js, &e)) {
             if (!complete && !toolong) {

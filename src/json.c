@@ -83,6 +83,7 @@ typedef struct parser {
     json_arena *a;
     json_error *err;
     int depth;
+    unsigned char *inplace;   /* json_parse_inplace: the writable input */
 } parser;
 
 static jv *fail(parser *ps, const char *what)
@@ -177,6 +178,14 @@ static const char *parse_string(parser *ps, size_t *outlen)
     }
     if (q >= ps->end) { fail(ps, "unterminated string"); return NULL; }
     size_t rawlen = (size_t)(q - p);
+    if (simple && ps->inplace) {
+        /* No escapes: the string is its own bytes; the closing quote
+         * becomes its terminator. */
+        ps->inplace[q - ps->s] = 0;
+        *outlen = rawlen;
+        ps->p = q + 1;
+        return (const char *)ps->inplace + (p - ps->s);
+    }
     char *out = arena_alloc(ps->a, rawlen + 1);
     if (!out) { fail(ps, "document too large"); return NULL; }
     if (simple) {
@@ -401,10 +410,10 @@ static jv *parse_value(parser *ps)
     }
 }
 
-jv *json_parse(json_arena *a, const char *s, size_t n, json_error *err)
+jv *json_parse_inplace(json_arena *a, char *s, size_t n, json_error *err)
 {
-    parser ps = {(const unsigned char *)s, (const unsigned char *)s,
-                 (const unsigned char *)s + n, a, err, 0};
+    parser ps = {(const unsigned char *)s, (const unsigned char *)s, (const unsigned char *)s + n, a, err, 0,
+                 (unsigned char *)s};
     if (err) { err->offset = 0; err->what = NULL; }
     if (!s) return fail(&ps, "no input");
     jv *v = parse_value(&ps);
@@ -414,14 +423,28 @@ jv *json_parse(json_arena *a, const char *s, size_t n, json_error *err)
     return v;
 }
 
-const jv *jv_get(const jv *obj, const char *key)
+jv *json_parse(json_arena *a, const char *s, size_t n, json_error *err)
+{
+    parser ps = {(const unsigned char *)s, (const unsigned char *)s,
+                 (const unsigned char *)s + n, a, err, 0, NULL};
+    if (err) { err->offset = 0; err->what = NULL; }
+    if (!s) return fail(&ps, "no input");
+    jv *v = parse_value(&ps);
+    if (!v) return NULL;
+    skip_ws(&ps);
+    if (ps.p != ps.end) return fail(&ps, "trailing characters");
+    return v;
+}
+
+const jv *jv_getn(const jv *obj, const char *key, size_t kl)
 {
     if (!obj || obj->type != JV_OBJ || !key) return NULL;
-    size_t kl = strlen(key);
     for (const jv *e = obj->child; e; e = e->next)
-        if (e->keylen == kl && memcmp(e->key, key, kl) == 0) return e;
+        if (e->keylen == kl && e->key[0] == key[0] && memcmp(e->key, key, kl) == 0) return e;
     return NULL;
 }
+
+const jv *jv_get(const jv *obj, const char *key) { return key ? jv_getn(obj, key, strlen(key)) : NULL; }
 
 int64_t jv_int(const jv *v, int64_t def)
 {

@@ -57,8 +57,17 @@ typedef struct json_error {
  * error, with `err` filled when given. */
 jv *json_parse(json_arena *a, const char *s, size_t n, json_error *err);
 
+/* The same on a writable buffer: strings without escapes are terminated
+ * in place (their closing quote is overwritten) instead of copied, so the
+ * buffer no longer holds the original text.  For readers that only need
+ * the values. */
+jv *json_parse_inplace(json_arena *a, char *s, size_t n, json_error *err);
+
 /* Member of an object by key, or NULL. */
 const jv *jv_get(const jv *obj, const char *key);
+const jv *jv_getn(const jv *obj, const char *key, size_t keylen);
+/* jv_get with a literal key: its length known at compile time. */
+#define JV_GET(obj, lit) jv_getn((obj), "" lit, sizeof(lit) - 1)
 /* Convenience: numeric value as int64 / double; def when absent or not a number. */
 int64_t jv_int(const jv *v, int64_t def);
 double jv_num(const jv *v, double def);
