@@ -77,7 +77,7 @@ static int import_line(store *db, file_state *fs, import_stats *st, json_arena *
             if (ts && ts->type == JV_NUM) {
                 fs->started = ts->num;
                 fs->have_started = 1;
-            } else if (parse_iso8601(jv_str(jv_get(v, "started_at")), &s) == 0) {
+            } else if (iso8601_parse(jv_str(jv_get(v, "started_at")), &s) == 0) {
                 fs->started = s;
                 fs->have_started = 1;
             }

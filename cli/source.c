@@ -1,6 +1,8 @@
 /* source -- see source.h. */
 #include "source.h"
 
+#include "encode.h"
+
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,7 +109,7 @@ static int sev_from_json(const jv *v, jstate *js, sev *e)
             if (e->has & SEV_TS) {
                 js->started = e->ts;
                 js->have_started = 1;
-            } else if (parse_iso8601(str_of(JV_GET(v, "started_at")), &x) == 0) {
+            } else if (iso8601_parse(str_of(JV_GET(v, "started_at")), &x) == 0) {
                 js->started = x;
                 js->have_started = 1;
             }

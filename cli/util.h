@@ -11,9 +11,6 @@
 
 /* "90s", "30m", "24h", "7d", "2w" (a bare number is seconds).  0 or -1. */
 int parse_duration(const char *s, double *seconds);
-/* ISO-8601 UTC ("2026-11-23", "2026-11-23T11:14:25Z", with fraction or
- * offset) to Unix seconds.  0 or -1. */
-int parse_iso8601(const char *s, double *out);
 /* --since / --until: a duration back from `now`, or an ISO-8601 time. */
 int parse_when(const char *s, double now, double *out);
 

@@ -7,6 +7,7 @@
  */
 #include "encode.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -188,4 +189,63 @@ void enc_iso8601(buf *b, time_t sec)
     buf_putc(b, '"');
     buf_put(b, tmp, n);
     buf_putc(b, '"');
+}
+
+static int digits(const char *s, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)s[i])) return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+int iso8601_parse(const char *s, double *out)
+{
+    if (!s) return -1;
+    size_t n = strlen(s);
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    int y, mo, d, h = 0, mi = 0, se = 0;
+    if (n < 10 || digits(s, 4, &y) || s[4] != '-' || digits(s + 5, 2, &mo) || s[7] != '-' || digits(s + 8, 2, &d))
+        return -1;
+    const char *p = s + 10;
+    double frac = 0, off = 0;
+    if (*p == 'T' || *p == ' ') {
+        p++;
+        if (strlen(p) < 5 || digits(p, 2, &h) || p[2] != ':' || digits(p + 3, 2, &mi)) return -1;
+        p += 5;
+        if (*p == ':') {
+            if (digits(p + 1, 2, &se)) return -1;
+            p += 3;
+        }
+        if (*p == '.') {
+            char *end;
+            frac = strtod(p, &end);
+            p = end;
+        }
+        if (*p == 'Z') {
+            p++;
+        } else if (*p == '+' || *p == '-') {
+            int oh, om = 0;
+            if (digits(p + 1, 2, &oh)) return -1;
+            const char *q = p + 3;
+            if (*q == ':') q++;
+            if (*q && digits(q, 2, &om)) return -1;
+            off = (oh * 3600 + om * 60) * (*p == '-' ? -1 : 1);
+            p = *q ? q + 2 : q;
+        }
+    }
+    if (*p) return -1;
+    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || se > 60) return -1;
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mo - 1;
+    tm.tm_mday = d;
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    tm.tm_sec = se;
+    *out = (double)timegm(&tm) + frac - off;
+    return 0;
 }

@@ -29,6 +29,10 @@ void enc_us_as_seconds(buf *b, int64_t us);
 /* 2026-11-23T11:14:25Z */
 void enc_iso8601(buf *b, time_t sec);
 
+/* The reverse: ISO-8601 UTC ("2026-11-23", "2026-11-23T11:14:25Z", with
+ * a fraction or an offset) to Unix seconds.  0, or -1 when it is not one. */
+int iso8601_parse(const char *s, double *out);
+
 /* `"key":` for a literal key that needs no escaping. */
 #define ENC_KEY(b, lit) buf_put((b), "\"" lit "\":", sizeof(lit) + 2)
 /* `,"key":` */

@@ -156,7 +156,7 @@ int64_t energy_end(energy *e, int device, int64_t t_ns)
 }
 
 /* One sample of one device (under lk). */
-static void tick_locked(energy *e, edev *d, int64_t t, double counter_j)
+static void tick_locked(edev *d, int64_t t, double counter_j)
 {
     if (!d->started) {
         d->started = 1;
@@ -182,14 +182,13 @@ static void tick_locked(energy *e, edev *d, int64_t t, double counter_j)
     }
     d->hist_t[slot] = t;
     d->hist_R[slot] = d->R;
-    (void)e;
 }
 
 void energy_tick(energy *e, int device, int64_t t_ns, double counter_j)
 {
     pthread_spin_lock(&e->lk);
     t_ns = advance(e, t_ns);
-    tick_locked(e, e->dev[device], t_ns, counter_j);
+    tick_locked(e->dev[device], t_ns, counter_j);
     atomic_store(&e->ready_ns, t_ns);
     pthread_spin_unlock(&e->lk);
 }
@@ -345,7 +344,7 @@ static void sample_all(energy *e, int64_t t)
     pthread_spin_lock(&e->lk);
     t = advance(e, t);
     for (int i = 0; i < e->ndev; i++)
-        if (ok[i]) tick_locked(e, e->dev[i], t, c[i]);
+        if (ok[i]) tick_locked(e->dev[i], t, c[i]);
     atomic_store(&e->ready_ns, t);
     pthread_spin_unlock(&e->lk);
 }

@@ -136,6 +136,15 @@ struct tally {
     int end_has_code, end_code;
 };
 
+/* A sink whose file or database could not be opened tries again at most
+ * every 5 s: returns 1 (and notes the time) when a try is due. */
+static inline int sink_retry_due(int64_t *last_try_ns, int64_t now_ns)
+{
+    if (*last_try_ns && now_ns - *last_try_ns < 5000000000LL) return 0;
+    *last_try_ns = now_ns;
+    return 1;
+}
+
 /* Logging, at most once per flag. */
 void tally__log(struct tally *h, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

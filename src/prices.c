@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "encode.h"
 #include "json.h"
 
 #define PRICE_FILE_MAX ((size_t)16 << 20)
@@ -32,18 +33,10 @@ static int rates_of(const jv *o, price_rates *r)
            rate_of(jv_get(o, "reasoning"), &r->reasoning);
 }
 
+/* effective_from: a date alone, YYYY-MM-DD (UTC midnight). */
 static int parse_date(const char *s, double *out)
 {
-    struct tm tm;
-    memset(&tm, 0, sizeof tm);
-    int y, m, d;
-    char tail;
-    if (!s || sscanf(s, "%4d-%2d-%2d%c", &y, &m, &d, &tail) != 3 || m < 1 || m > 12 || d < 1 || d > 31) return -1;
-    tm.tm_year = y - 1900;
-    tm.tm_mon = m - 1;
-    tm.tm_mday = d;
-    *out = (double)timegm(&tm);
-    return 0;
+    return s && strlen(s) == 10 ? iso8601_parse(s, out) : -1;
 }
 
 int prices_parse(prices *p, const char *text, size_t len, char *err, size_t errlen)

@@ -36,9 +36,7 @@ typedef struct jsonl {
 
 static void try_open(struct tally *h, jsonl *j)
 {
-    int64_t now = tally__mono_ns();
-    if (j->last_try_ns && now - j->last_try_ns < 5000000000LL) return;
-    j->last_try_ns = now;
+    if (!sink_retry_due(&j->last_try_ns, tally__mono_ns())) return;
     tally__mkdir_p(j->path, 1);
     j->fd = open(j->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (j->fd >= 0) {

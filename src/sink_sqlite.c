@@ -36,9 +36,7 @@ typedef struct sqlsink {
 static void try_open(sink *s)
 {
     sqlsink *q = s->state;
-    int64_t now = tally__mono_ns();
-    if (q->last_try_ns && now - q->last_try_ns < 5000000000LL) return;
-    q->last_try_ns = now;
+    if (!sink_retry_due(&q->last_try_ns, tally__mono_ns())) return;
     char err[512];
     q->st = store_open(q->path, STORE_CREATE, err, sizeof err);
     if (!q->st) tally__warn_once(s->h, &q->warned_open, "%s (events are counted as lost)", err);
