@@ -28,23 +28,13 @@ typedef struct import_stats {
 
 typedef struct file_state {
     const char *path;
-    char run_id[256];
-    double started;          /* run_start's ts or started_at; 0 = unknown */
-    int have_started;
+    row_ctx ctx;
 } file_state;
 
 static void report(import_stats *st, const char *path, uint64_t lineno, const char *why)
 {
     st->unparseable++;
     if (st->reported++ < MAX_REPORTED) fprintf(stderr, "  %s:%llu: %s\n", path, (unsigned long long)lineno, why);
-}
-
-/* Seed 002's tags as toy/v1 kinds. */
-static const char *tag_kind(const char *tag)
-{
-    if (!strcmp(tag, "step_end")) return "step";
-    if (!strcmp(tag, "epoch_end")) return "epoch";
-    return tag; /* step_begin, epoch_begin, error, and anything else as is */
 }
 
 static int import_line(store *db, file_state *fs, import_stats *st, json_arena *a, char *line, size_t len,
@@ -64,78 +54,32 @@ static int import_line(store *db, file_state *fs, import_stats *st, json_arena *
         report(st, fs->path, lineno, why);
         return 0;
     }
-    store_row r;
-    const char *kind = jv_str(jv_get(v, "kind"));
-    const char *tag = jv_str(jv_get(v, "tag"));
-    if (kind) {
-        row_from_json(v, &r);
-        if (!strcmp(kind, "run_start")) {
-            const char *rid = jv_str(jv_get(v, "run_id"));
-            if (rid) snprintf(fs->run_id, sizeof fs->run_id, "%s", rid);
-            double s;
-            const jv *ts = jv_get(v, "ts");
-            if (ts && ts->type == JV_NUM) {
-                fs->started = ts->num;
-                fs->have_started = 1;
-            } else if (iso8601_parse(jv_str(jv_get(v, "started_at")), &s) == 0) {
-                fs->started = s;
-                fs->have_started = 1;
-            }
-        }
-        if (!(r.has & ROW_TS)) {
-            /* toy/v1 without ts: the run's start plus t (an integer for tep). */
-            const jv *t = jv_get(v, "t");
-            if (fs->have_started && t && t->type == JV_NUM) {
-                r.ts = fs->started + t->num;
-                r.has |= ROW_TS;
-            }
-        }
-    } else if (tag) {
-        memset(&r, 0, sizeof r);
-        r.kind.p = tag_kind(tag);
-        r.kind.n = strlen(r.kind.p);
-        const jv *ts = jv_get(v, "ts");
-        if (ts && ts->type == JV_NUM) {
-            r.ts = ts->num;
-            r.has |= ROW_TS;
-        }
-        const jv *stepv = jv_get(v, "step");
-        const jv *ctx = jv_get(v, "context");
-        if (stepv && stepv->type == JV_NUM) {
-            r.step = jv_int(stepv, 0);
-            r.has |= ROW_STEP;
-        }
-        if (!strncmp(tag, "step", 4) || !strncmp(tag, "epoch", 5)) r.phase = (sv){"train", 5};
-        const jv *loss = jv_get(ctx, "loss");
-        if (loss && loss->type == JV_NUM) {
-            r.loss = loss->num;
-            r.has |= ROW_LOSS;
-        }
-        if (!strcmp(tag, "error")) {
-            r.name = (sv){jv_str(jv_get(v, "type")), 0};
-            if (r.name.p) r.name.n = strlen(r.name.p);
-            r.error = (sv){jv_str(jv_get(v, "message")), 0};
-            if (r.error.p) r.error.n = strlen(r.error.p);
-        }
-    } else {
+    row r;
+    if (!row_from_json(v, &fs->ctx, &r)) {
         report(st, fs->path, lineno, "neither \"kind\" nor \"tag\"");
         return 0;
     }
-    if (!r.run_id.p) r.run_id = (sv){fs->run_id, strlen(fs->run_id)};
     char idbuf[34];
     if (!r.id.p) {
-        hash_id(fs->run_id, strlen(fs->run_id), offset, line, len, idbuf);
+        /* Other producers' lines: an id from their run, place and content. */
+        hash_id(fs->ctx.run_id, strlen(fs->ctx.run_id), offset, line, len, idbuf);
         r.id = (sv){idbuf, strlen(idbuf)};
     }
     r.json = (sv){line, len};
-    if (kind && (!strcmp(kind, "run_start") || !strcmp(kind, "run_end"))) store_run_event(db, v, r.run_id);
-    int rc = store_insert(db, &r);
+    int rc = store_insert(db, &r, STORE_DEDUP);
     if (rc < 0) {
         st->failed++;
         return -1;
     }
-    if (rc == 1) st->imported++;
-    else st->duplicates++;
+    if (rc == 0) {
+        st->duplicates++;
+        return 0;
+    }
+    st->imported++;
+    if ((SV_IS(r.kind, "run_start") || SV_IS(r.kind, "run_end")) && store_run_event(db, v, r.run_id) != 0) {
+        st->failed++;
+        return -1;
+    }
     return 0;
 }
 
@@ -147,9 +91,10 @@ static int import_file(store *db, const char *path, import_stats *st, json_arena
         return -1;
     }
     file_state fs;
-    memset(&fs, 0, sizeof fs);
+    char run_id[256];
     fs.path = path;
-    run_id_from_path(path, fs.run_id, sizeof fs.run_id);
+    run_id_from_path(path, run_id, sizeof run_id);
+    row_ctx_init(&fs.ctx, run_id);
     st->files++;
     char *line;
     size_t len;
@@ -240,7 +185,7 @@ int cmd_import(int argc, char **argv)
         cli_error("import", "%s", err);
         return 1;
     }
-    store *db = store_open(dbpath, STORE_CREATE, err, sizeof err);
+    store *db = store_open(dbpath, STORE_CREATE | STORE_CHECKPOINTER, err, sizeof err);
     if (!db) {
         cli_error("import", "%s", err);
         free_list(files);

@@ -28,18 +28,18 @@ typedef struct runs {
     int too_many;
 } runs;
 
-static void set(char **dst, const char *v)
+static void set(char **dst, sv v)
 {
-    if (!v) return;
+    if (!v.p) return;
     free(*dst);
-    *dst = strdup(v);
+    *dst = strndup(v.p, v.n);
 }
 
-static run *find(runs *rs, const char *id)
+static run *find(runs *rs, sv id)
 {
     /* Runs are few and arrive in order: search from the newest. */
     for (size_t i = rs->n; i-- > 0;)
-        if (!strcmp(rs->r[i].id, id)) return &rs->r[i];
+        if (strlen(rs->r[i].id) == id.n && !memcmp(rs->r[i].id, id.p, id.n)) return &rs->r[i];
     if (rs->n >= MAX_RUNS) {
         rs->too_many = 1;
         return NULL;
@@ -53,39 +53,44 @@ static run *find(runs *rs, const char *id)
     }
     run *r = &rs->r[rs->n++];
     memset(r, 0, sizeof *r);
-    r->id = strdup(id);
+    r->id = strndup(id.p, id.n);
     r->first = INFINITY;
     r->last = -INFINITY;
     return r;
 }
 
-static int on_event(void *ud, const sev *e)
+static int on_event(void *ud, const row *e)
 {
     runs *rs = ud;
-    run *r = find(rs, e->run_id ? e->run_id : "-");
+    run *r = find(rs, e->run_id.p ? e->run_id : SV_LIT("-"));
     if (!r) return rs->too_many;
-    if (e->has & SEV_TS) {
+    if (e->has & ROW_TS) {
         if (e->ts < r->first) r->first = e->ts;
         if (e->ts > r->last) r->last = e->ts;
     }
-    if (!e->kind) return 0;
-    if (!strcmp(e->kind, "run_start")) {
-        set(&r->model, e->run_model);
-        set(&r->phase, e->phase);
-    } else if (!strcmp(e->kind, "run_end")) {
-        set(&r->reason, e->reason);
-    } else if (e->is_request) {
+    switch (agg_kind(e)) {
+    case AGG_REQUEST:
         r->requests++;
-        if ((e->has & SEV_OK) && !e->ok) r->errors++;
+        if ((e->has & ROW_OK) && !e->ok) r->errors++;
         if (!r->model) set(&r->model, e->model);
-    } else if (!strcmp(e->kind, "step")) {
+        break;
+    case AGG_STEP:
         r->steps++;
-        if (e->has & SEV_LOSS) {
+        if (e->has & ROW_LOSS) {
             r->final_loss = e->loss;
             r->has_loss = 1;
         }
-    } else if (!strcmp(e->kind, "error") && (!e->phase || strcmp(e->phase, "serve"))) {
-        r->errors++;
+        break;
+    case AGG_ERROR:
+        if (!SV_IS(e->phase, "serve")) r->errors++;
+        break;
+    default:
+        if (SV_IS(e->kind, "run_start")) {
+            set(&r->model, e->run_model);
+            set(&r->phase, e->phase);
+        } else if (SV_IS(e->kind, "run_end")) {
+            set(&r->reason, e->reason);
+        }
     }
     return 0;
 }
@@ -180,7 +185,7 @@ int cmd_runs(int argc, char **argv)
         return 2;
     }
     runs rs = {0};
-    source_opts o = {0, 0, 0};
+    source_opts o = {0, 0, 0, NULL};
     source_stats st = {0};
     char err[600];
     if (source_read_all(srcs, ns, &o, on_event, &rs, &st, err, sizeof err)) {

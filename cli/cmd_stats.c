@@ -15,48 +15,28 @@
 
 #include "cli.h"
 #include "encode.h"
+#include "agg.h"
 #include "prices.h"
-#include "sketch.h"
 #include "source.h"
 #include "util.h"
 
 #define MAX_BY 8
 #define MAX_WHERE 16
 #define MAX_GROUPS 100000
-#define MAX_DEGRADED 16
+#define MAX_KEY 2048
 
 typedef struct group {
     char *key;                 /* the --by values joined by '\x1f' */
-    /* requests */
-    uint64_t requests, failed;
-    int64_t prompt, cached, cache_write, completion, reasoning, total_tokens;
-    uint64_t cost_n, unpriced;
-    double cost_usd, latency_sum_us;
-    uint64_t latency_n;
-    sketch latency, ttft, tpot, step_time;
-    double ttft_sum_us;
-    uint64_t ttft_n;
-    double tput_sum;
-    uint64_t tput_n;
-    double energy_j, energy_completion;
-    uint64_t energy_n;
-    double gpu_sum;
-    uint64_t gpu_n;
-    char *degraded[MAX_DEGRADED];
-    uint64_t degraded_n[MAX_DEGRADED], degraded_other;
-    /* training */
-    uint64_t steps, epochs, error_events;
-    double loss_first, loss_last, loss_min, first_ts, last_ts;
-    int has_loss;
-    double step_wall_us;
-    int64_t step_tokens;
-    uint64_t step_tokens_n;
+    size_t keylen;
+    uint64_t hash;
+    agg_cell c;
 } group;
 
 typedef struct where {
     int key;
     int neg;
     const char *value;
+    size_t len;
 } where;
 
 typedef struct agg {
@@ -68,7 +48,7 @@ typedef struct agg {
     /* open-addressing index over g */
     size_t *slot;
     size_t nslot;
-    int too_many;
+    int too_many, nomem;
     prices prices;       /* --prices: re-cost every request */
     int reprice;
 } agg;
@@ -88,56 +68,66 @@ static int key_index(const char *s)
     return -1;
 }
 
-static const char *key_value(const sev *e, int k, char *tmp, size_t n)
+/* Keys the database's rollup has (src/rollup.h); principal and error are
+ * not there, so questions about them read rows. */
+static int key_in_rollup(int k) { return k != K_PRINCIPAL && k != K_ERROR; }
+
+static sv or_dash(sv v) { return v.p ? v : SV_LIT("-"); }
+
+static sv key_value(const row *e, int k, char *tmp, size_t n)
 {
     switch (k) {
-    case K_MODEL: return e->model ? e->model : "-";
-    case K_ENGINE: return e->engine ? e->engine : "-";
-    case K_ROUTE: return e->route ? e->route : "-";
-    case K_PRINCIPAL: return e->principal ? e->principal : "-";
-    case K_RUN: return e->run_id ? e->run_id : "-";
-    case K_PHASE: return e->phase ? e->phase : "-";
-    case K_KIND: return e->kind ? e->kind : "-";
-    case K_OK: return (e->has & SEV_OK) ? (e->ok ? "true" : "false") : "-";
-    case K_ERROR: return e->error ? e->error : "-";
-    case K_DEGRADED: return e->degraded ? e->degraded : "-";
+    case K_MODEL: return or_dash(e->model);
+    case K_ENGINE: return or_dash(e->engine);
+    case K_ROUTE: return or_dash(e->route);
+    case K_PRINCIPAL: return or_dash(e->principal_id);
+    case K_RUN: return or_dash(e->run_id);
+    case K_PHASE: return or_dash(e->phase);
+    case K_KIND: return or_dash(e->kind);
+    case K_OK: return (e->has & ROW_OK) ? (e->ok ? SV_LIT("true") : SV_LIT("false")) : SV_LIT("-");
+    case K_ERROR: return or_dash(e->error);
+    case K_DEGRADED: return or_dash(e->degraded);
     case K_DAY:
     case K_HOUR: {
-        if (!(e->has & SEV_TS)) return "-";
+        if (!(e->has & ROW_TS)) return SV_LIT("-");
         time_t t = (time_t)floor(e->ts);
         struct tm tm;
         gmtime_r(&t, &tm);
-        strftime(tmp, n, k == K_DAY ? "%Y-%m-%d" : "%Y-%m-%dT%H", &tm);
-        return tmp;
+        size_t len = strftime(tmp, n, k == K_DAY ? "%Y-%m-%d" : "%Y-%m-%dT%H", &tm);
+        return (sv){tmp, len};
     }
     }
-    return "-";
+    return SV_LIT("-");
 }
 
-static uint64_t hash_str(const char *s)
+static uint64_t hash_bytes(const char *s, size_t n)
 {
     uint64_t h = 0xcbf29ce484222325ull;
-    while (*s) {
-        h ^= (unsigned char)*s++;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
         h *= 0x100000001b3ull;
     }
     return h;
 }
 
-static group *group_new(const char *key)
+static group *group_new(const char *key, size_t n, uint64_t hash)
 {
     group *g = calloc(1, sizeof *g);
     if (!g) return NULL;
-    g->key = strdup(key);
-    sketch_init(&g->latency);
-    sketch_init(&g->ttft);
-    sketch_init(&g->tpot);
-    sketch_init(&g->step_time);
-    g->loss_min = INFINITY;
+    g->key = malloc(n + 1);
+    if (!g->key) {
+        free(g);
+        return NULL;
+    }
+    memcpy(g->key, key, n);
+    g->key[n] = 0;
+    g->keylen = n;
+    g->hash = hash;
+    agg_cell_init(&g->c);
     return g;
 }
 
-static group *group_for(agg *a, const char *key)
+static group *group_for(agg *a, const char *key, size_t n)
 {
     if (a->ng * 2 >= a->nslot) {
         size_t ns = a->nslot ? a->nslot * 2 : 256;
@@ -145,7 +135,7 @@ static group *group_for(agg *a, const char *key)
         if (!nsl) return NULL;
         for (size_t i = 0; i < ns; i++) nsl[i] = SIZE_MAX;
         for (size_t i = 0; i < a->ng; i++) {
-            size_t h = hash_str(a->g[i]->key) & (ns - 1);
+            size_t h = a->g[i]->hash & (ns - 1);
             while (nsl[h] != SIZE_MAX) h = (h + 1) & (ns - 1);
             nsl[h] = i;
         }
@@ -153,9 +143,11 @@ static group *group_for(agg *a, const char *key)
         a->slot = nsl;
         a->nslot = ns;
     }
-    size_t h = hash_str(key) & (a->nslot - 1);
+    uint64_t hash = hash_bytes(key, n);
+    size_t h = hash & (a->nslot - 1);
     while (a->slot[h] != SIZE_MAX) {
-        if (!strcmp(a->g[a->slot[h]]->key, key)) return a->g[a->slot[h]];
+        group *g = a->g[a->slot[h]];
+        if (g->hash == hash && g->keylen == n && !memcmp(g->key, key, n)) return g;
         h = (h + 1) & (a->nslot - 1);
     }
     if (a->ng >= MAX_GROUPS) {
@@ -169,135 +161,90 @@ static group *group_for(agg *a, const char *key)
         a->g = ng;
         a->cap = nc;
     }
-    group *g = group_new(key);
+    group *g = group_new(key, n, hash);
     if (!g) return NULL;
     a->slot[h] = a->ng;
     a->g[a->ng++] = g;
     return g;
 }
 
-static void add_degraded(group *g, const char *reason)
+/* The group of an event that passes --where, or NULL (filtered out, or no
+ * memory: a->nomem / a->too_many say which). */
+static group *group_of(agg *a, const row *e)
 {
-    for (int i = 0; i < MAX_DEGRADED; i++) {
-        if (!g->degraded[i]) {
-            g->degraded[i] = strdup(reason);
-            g->degraded_n[i] = 1;
-            return;
-        }
-        if (!strcmp(g->degraded[i], reason)) {
-            g->degraded_n[i]++;
-            return;
-        }
-    }
-    g->degraded_other++;
-}
-
-static int on_event(void *ud, const sev *e)
-{
-    agg *a = ud;
     char tmp[64];
     for (int i = 0; i < a->nw; i++) {
-        int eq = !strcmp(key_value(e, a->w[i].key, tmp, sizeof tmp), a->w[i].value);
-        if (eq == a->w[i].neg) return 0;
+        sv v = key_value(e, a->w[i].key, tmp, sizeof tmp);
+        int eq = v.n == a->w[i].len && !memcmp(v.p, a->w[i].value, v.n);
+        if (eq == a->w[i].neg) return NULL;
     }
-    /* Only what stats reports: requests, training steps/epochs, errors. */
-    int is_step = e->kind && !strcmp(e->kind, "step");
-    int is_epoch = e->kind && !strcmp(e->kind, "epoch");
-    int is_error = e->kind && !strcmp(e->kind, "error");
-    if (!e->is_request && !is_step && !is_epoch && !is_error) return 0;
-    char key[2048];
+    if (!a->nby) return group_for(a, "all", 3);
+    char key[MAX_KEY];
     size_t n = 0;
-    key[0] = 0;
     for (int i = 0; i < a->nby; i++) {
-        const char *v = key_value(e, a->by[i], tmp, sizeof tmp);
-        n += (size_t)snprintf(key + n, sizeof key - n, "%s%s", i ? "\x1f" : "", v);
-        if (n >= sizeof key) n = sizeof key - 1;
+        sv v = key_value(e, a->by[i], tmp, sizeof tmp);
+        if (i && n < sizeof key) key[n++] = '\x1f';
+        size_t k = v.n < sizeof key - n ? v.n : sizeof key - n;
+        memcpy(key + n, v.p, k);
+        n += k;
     }
-    group *g = group_for(a, a->nby ? key : "all");
-    if (!g) return a->too_many ? 1 : 0;
-    sev priced;
-    if (e->is_request && a->reprice) {
+    return group_for(a, key, n);
+}
+
+static int on_row(void *ud, const row *e)
+{
+    agg *a = ud;
+    /* Only what stats reports: requests, training steps/epochs, errors. */
+    if (agg_kind(e) == AGG_NONE) return 0;
+    group *g = group_of(a, e);
+    if (!g) return a->too_many;
+    if (row_is_request(e) && a->reprice) {
         /* --prices: the stored cost is replaced by the file's, at the price
          * of the request's day; no price means unpriced, not $0. */
-        priced = *e;
+        row priced = *e;
         cost c;
-        priced.has &= ~(unsigned)SEV_COST;
-        if (e->model && prices_cost(&a->prices, e->model, (e->has & SEV_TS) ? e->ts : 0, e->prompt, e->cached,
-                                    e->cache_write, e->completion, e->reasoning, &c) == 0) {
-            priced.cost_usd = (double)c.total / 1e9;
-            priced.has |= SEV_COST;
+        char model[256];
+        priced.has &= ~(unsigned)(ROW_COST | ROW_COST_USD);
+        snprintf(model, sizeof model, "%.*s", (int)e->model.n, e->model.p ? e->model.p : "");
+        if (e->model.p && prices_cost(&a->prices, model, (e->has & ROW_TS) ? e->ts : 0, e->prompt, e->cached,
+                                      e->cache_write, e->completion, e->reasoning, &c) == 0) {
+            priced.cost_nusd = c.total;
+            priced.has |= ROW_COST;
         }
-        e = &priced;
+        a->nomem |= agg_cell_add(&g->c, &priced) != 0;
+        return a->nomem;
     }
-    if (e->is_request) {
-        g->requests++;
-        if ((e->has & SEV_OK) && !e->ok) g->failed++;
-        g->prompt += e->prompt;
-        g->cached += e->cached;
-        g->cache_write += e->cache_write;
-        g->completion += e->completion;
-        g->reasoning += e->reasoning;
-        g->total_tokens += e->total_tokens;
-        if (e->has & SEV_COST) {
-            g->cost_usd += e->cost_usd;
-            g->cost_n++;
-        } else {
-            g->unpriced++;
-        }
-        if (e->has & SEV_LATENCY) {
-            g->latency_sum_us += e->latency_us;
-            g->latency_n++;
-            sketch_add(&g->latency, e->latency_us);
-        }
-        if (e->has & SEV_TTFT) {
-            g->ttft_sum_us += e->ttft_us;
-            g->ttft_n++;
-            if (e->ttft_us > 0) sketch_add(&g->ttft, e->ttft_us);
-        }
-        if ((e->has & SEV_LATENCY) && e->completion > 0) {
-            double tpot = (e->has & SEV_TTFT) && e->ttft_us > 0 && e->completion > 1
-                              ? (e->latency_us - e->ttft_us) / (double)(e->completion - 1)
-                              : e->latency_us / (double)e->completion;
-            sketch_add(&g->tpot, tpot);
-        }
-        if (e->has & SEV_TPUT) {
-            g->tput_sum += e->throughput;
-            g->tput_n++;
-        }
-        if (e->has & SEV_ENERGY) {
-            g->energy_j += e->energy_j;
-            g->energy_completion += (double)e->completion;
-            g->energy_n++;
-        }
-        if (e->has & SEV_GPU) {
-            g->gpu_sum += e->gpu_util;
-            g->gpu_n++;
-        }
-        if (e->degraded) add_degraded(g, e->degraded);
-    } else if (is_step) {
-        g->steps++;
-        if (e->has & SEV_LOSS) {
-            if (!g->has_loss) g->loss_first = e->loss;
-            g->loss_last = e->loss;
-            if (e->loss < g->loss_min) g->loss_min = e->loss;
-            g->has_loss = 1;
-        }
-        if (e->has & SEV_WALL) {
-            sketch_add(&g->step_time, e->wall_us);
-            g->step_wall_us += e->wall_us;
-            if (e->has & SEV_TOKENS) {
-                g->step_tokens += e->step_tokens;
-                g->step_tokens_n++;
-            }
-        }
-    } else if (is_epoch) {
-        g->epochs++;
-    } else if (!e->phase || strcmp(e->phase, "serve") != 0) {
-        /* A server's errors go with its failed requests; these are the
-         * training (or unattributed) ones. */
-        g->error_events++;
+    a->nomem |= agg_cell_add(&g->c, e) != 0;
+    return a->nomem;
+}
+
+/* A cell of a database's rollup: its keys make a row of no measures, which
+ * goes through the same --where and --by as events. */
+static int on_cell(void *ud, const rollup_key *k, const agg_cell *c)
+{
+    agg *a = ud;
+    if (k->agg == AGG_NONE) return 0;
+    row e;
+    row_clear(&e);
+    e.run_id = k->s[RK_RUN];
+    e.kind = k->s[RK_KIND];
+    e.phase = k->s[RK_PHASE];
+    e.model = k->s[RK_MODEL];
+    e.engine = k->s[RK_ENGINE];
+    e.route = k->s[RK_ROUTE];
+    e.degraded = k->s[RK_DEGRADED];
+    if (k->ok >= 0) {
+        e.ok = k->ok;
+        e.has |= ROW_OK;
     }
-    return 0;
+    if (k->minute >= 0) {
+        e.ts = 60.0 * (double)k->minute;
+        e.has |= ROW_TS;
+    }
+    group *g = group_of(a, &e);
+    if (!g) return a->too_many;
+    a->nomem |= agg_cell_merge(&g->c, c) != 0;
+    return a->nomem;
 }
 
 /* ---- columns ------------------------------------------------------------- */
@@ -352,7 +299,7 @@ static const column cols[] = {
 static double ratio(double a, double b) { return b > 0 ? a / b : NAN; }
 
 /* The value of column c for group g (NAN = not defined). */
-static double col_value(const group *g, size_t c)
+static double col_value(const agg_cell *g, size_t c)
 {
     const char *n = cols[c].name;
 #define IS(s) (!strcmp(n, s))
@@ -365,7 +312,7 @@ static double col_value(const group *g, size_t c)
     if (IS("completion_tokens")) return (double)g->completion;
     if (IS("reasoning_tokens")) return (double)g->reasoning;
     if (IS("total_tokens")) return (double)g->total_tokens;
-    if (IS("cost_usd")) return g->cost_n ? g->cost_usd : NAN;
+    if (IS("cost_usd")) return g->cost_n ? agg_cost_usd(g) : NAN;
     if (IS("unpriced")) return (double)g->unpriced;
     if (IS("latency_total_s")) return g->latency_n ? g->latency_sum_us / 1e6 : NAN;
     if (IS("latency_mean_ms")) return ratio(g->latency_sum_us / 1e3, (double)g->latency_n);
@@ -395,18 +342,18 @@ static double col_value(const group *g, size_t c)
     return NAN;
 }
 
-static void degraded_str(const group *g, char *out, size_t n)
+static void degraded_str(const agg_cell *g, char *out, size_t n)
 {
     size_t k = 0;
     out[0] = 0;
-    for (int i = 0; i < MAX_DEGRADED && g->degraded[i]; i++)
+    for (int i = 0; i < AGG_MAX_DEGRADED && g->degraded[i]; i++)
         k += (size_t)snprintf(out + k, k < n ? n - k : 0, "%s%s:%llu", k ? " " : "", g->degraded[i],
                               (unsigned long long)g->degraded_n[i]);
     if (g->degraded_other && k < n)
         snprintf(out + k, n - k, "%sother:%llu", k ? " " : "", (unsigned long long)g->degraded_other);
 }
 
-static void fmt_cell(const group *g, size_t c, int human, char *out, size_t n)
+static void fmt_cell(const agg_cell *g, size_t c, int human, char *out, size_t n)
 {
     if (cols[c].fmt == F_STR) {
         degraded_str(g, out, n);
@@ -459,7 +406,7 @@ static void print_table(agg *a, int training)
     /* rows: groups with something of this section */
     size_t nrows = 0;
     for (size_t i = 0; i < a->ng; i++) {
-        const group *g = a->g[i];
+        const agg_cell *g = &a->g[i]->c;
         if (training ? (g->steps || g->epochs || (g->error_events && !g->requests)) : g->requests != 0) nrows++;
     }
     if (training && !nrows) return;
@@ -470,10 +417,10 @@ static void print_table(agg *a, int training)
     for (size_t j = 0; j < ns; j++) snprintf(cells[nkeys + j], 256, "%s", cols[sel[j]].head);
     size_t r = 1;
     for (size_t i = 0; i < a->ng; i++) {
-        const group *g = a->g[i];
+        const agg_cell *g = &a->g[i]->c;
         if (!(training ? (g->steps || g->epochs || (g->error_events && !g->requests)) : g->requests != 0)) continue;
         char parts[MAX_BY][256];
-        split_key(g->key, parts, nkeys);
+        split_key(a->g[i]->key, parts, nkeys);
         for (int k = 0; k < nkeys; k++) snprintf(cells[r * ncell + k], 256, "%.250s", parts[k]);
         for (size_t j = 0; j < ns; j++) fmt_cell(g, sel[j], 1, cells[r * ncell + nkeys + j], 256);
         r++;
@@ -525,7 +472,7 @@ static void print_csv(agg *a)
             csv_field(parts[k]);
         }
         for (size_t c = 0; c < NCOLS; c++) {
-            fmt_cell(a->g[i], c, 0, cell, sizeof cell);
+            fmt_cell(&a->g[i]->c, c, 0, cell, sizeof cell);
             putchar(',');
             csv_field(cell);
         }
@@ -540,9 +487,9 @@ static void print_json(agg *a, const source_stats *st)
     buf_init(&b, (size_t)1 << 30);
     buf_puts(&b, "{\"groups\":[");
     for (size_t i = 0; i < a->ng; i++) {
-        const group *g = a->g[i];
+        const agg_cell *g = &a->g[i]->c;
         char parts[MAX_BY][256];
-        split_key(g->key, parts, nkeys);
+        split_key(a->g[i]->key, parts, nkeys);
         buf_puts(&b, i ? ",{" : "{");
         for (int k = 0; k < nkeys; k++) {
             if (k) buf_putc(&b, ',');
@@ -556,7 +503,7 @@ static void print_json(agg *a, const source_stats *st)
             buf_putc(&b, ':');
             if (cols[c].fmt == F_STR) {
                 buf_putc(&b, '{');
-                for (int d = 0; d < MAX_DEGRADED && g->degraded[d]; d++) {
+                for (int d = 0; d < AGG_MAX_DEGRADED && g->degraded[d]; d++) {
                     if (d) buf_putc(&b, ',');
                     enc_cstr(&b, g->degraded[d]);
                     buf_putc(&b, ':');
@@ -579,6 +526,8 @@ static void print_json(agg *a, const source_stats *st)
     enc_i64(&b, (int64_t)st->bad);
     buf_puts(&b, ",\"torn_lines\":");
     enc_i64(&b, (int64_t)st->torn);
+    buf_puts(&b, ",\"rollup_cells\":");
+    enc_i64(&b, (int64_t)st->cells);
     buf_puts(&b, "}\n");
     fwrite(b.p, 1, b.len, stdout);
     buf_free(&b);
@@ -608,6 +557,8 @@ static void usage(FILE *out)
             "  --prices FILE    re-cost every request with this price file (docs/prices.md)\n"
             "  --json, --csv    machine-readable output (default: an aligned table)\n"
             "  --strict         fail on the first line that does not parse\n"
+            "  --scan           read every row of a tally database, even when its\n"
+            "                   per-minute rollup could answer (the answer is the same)\n"
             "  -h, --help       this text\n"
             "\n"
             "Percentiles come from a sketch within 1%% of the exact value (docs/stats.md).\n");
@@ -638,8 +589,8 @@ int cmd_stats(int argc, char **argv)
 {
     agg a;
     memset(&a, 0, sizeof a);
-    source_opts o = {0, 0, 0};
-    int json = 0, csv = 0, rc = 0;
+    source_opts o = {0, 0, 0, NULL};
+    int json = 0, csv = 0, scan = 0, rc = 0;
     char **srcs = calloc((size_t)argc + 1, sizeof *srcs);
     int ns = 0;
     const char *since = NULL, *until = NULL;
@@ -656,6 +607,8 @@ int cmd_stats(int argc, char **argv)
             csv = 1;
         } else if (!strcmp(s, "--strict")) {
             o.strict = 1;
+        } else if (!strcmp(s, "--scan")) {
+            scan = 1;
         } else if (!strcmp(s, "--prices")) {
             char perr[600];
             if (!val || a.reprice) {
@@ -699,7 +652,7 @@ int cmd_stats(int argc, char **argv)
                     rc = 2;
                     goto out;
                 }
-                a.w[a.nw++] = (where){ki, neg, eq + 1};
+                a.w[a.nw++] = (where){ki, neg, eq + 1, strlen(eq + 1)};
             }
         } else if (s[0] == '-' && s[1]) {
             cli_error("stats", "unknown option %s (try --help)", s);
@@ -737,13 +690,24 @@ int cmd_stats(int argc, char **argv)
     }
     source_stats st = {0};
     char err[600];
-    if (source_read_all(srcs, ns, &o, on_event, &a, &st, err, sizeof err)) {
+    /* A database's rollup answers when every key asked about is one of its
+     * keys and costs are not recomputed (that needs each request). */
+    int cells_ok = !scan && !a.reprice;
+    for (int i = 0; i < a.nby; i++) cells_ok &= key_in_rollup(a.by[i]);
+    for (int i = 0; i < a.nw; i++) cells_ok &= key_in_rollup(a.w[i].key);
+    if (cells_ok) o.cells = on_cell;
+    if (source_read_all(srcs, ns, &o, on_row, &a, &st, err, sizeof err)) {
         cli_error("stats", "%s", err);
         rc = 1;
         goto out;
     }
     if (a.too_many) {
         cli_error("stats", "more than %d groups: narrow --by or --where", MAX_GROUPS);
+        rc = 1;
+        goto out;
+    }
+    if (a.nomem) {
+        cli_error("stats", "out of memory");
         rc = 1;
         goto out;
     }
@@ -762,11 +726,7 @@ int cmd_stats(int argc, char **argv)
 out:
     for (size_t i = 0; i < a.ng; i++) {
         group *g = a.g[i];
-        sketch_free(&g->latency);
-        sketch_free(&g->ttft);
-        sketch_free(&g->tpot);
-        sketch_free(&g->step_time);
-        for (int d = 0; d < MAX_DEGRADED; d++) free(g->degraded[d]);
+        agg_cell_free(&g->c);
         free(g->key);
         free(g);
     }

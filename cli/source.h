@@ -7,7 +7,9 @@
  * Lines (tally, toy/v1 from other producers, seed-002 tagged lines); a
  * directory is searched for *.jsonl; "-" is standard input.
  *
- * Every event becomes one `sev`, the flat record the commands aggregate.
+ * Every event becomes one `row` (src/row.h), the flat record the commands
+ * aggregate.  A tally database can also answer with its rollup's cells
+ * (src/rollup.h) instead of rows: one cell per minute and key.
  */
 #ifndef TALLY_CLI_SOURCE_H
 #define TALLY_CLI_SOURCE_H
@@ -15,50 +17,31 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "json.h"
+#include "agg.h"
+#include "rollup.h"
+#include "row.h"
 
-typedef struct sstr {
-    const char *p;      /* NUL-terminated, or NULL */
-} sstr;
-
-enum {
-    SEV_TS = 1 << 0, SEV_LATENCY = 1 << 1, SEV_TTFT = 1 << 2, SEV_COST = 1 << 3, SEV_ENERGY = 1 << 4,
-    SEV_GPU = 1 << 5, SEV_TPUT = 1 << 6, SEV_STEP = 1 << 7, SEV_LOSS = 1 << 8, SEV_WALL = 1 << 9,
-    SEV_TOKENS = 1 << 10, SEV_OK = 1 << 11, SEV_UNPRICED = 1 << 12,
-};
-
-typedef struct sev {
-    const char *kind, *phase, *name, *run_id;
-    const char *model, *engine, *route, *principal, *error, *degraded;
-    int is_request;
-    unsigned has;
-    int ok;
-    double ts;
-    int64_t prompt, cached, cache_write, completion, reasoning, total_tokens;
-    double latency_us, ttft_us, cost_usd, energy_j, gpu_util, throughput;
-    int64_t step, step_tokens;
-    double loss, wall_us;
-    const char *reason;       /* run_end.reason */
-    const char *run_model;    /* run_start.model.name */
-    const jv *json;           /* the parsed event (JSONL sources), or NULL */
-} sev;
-
-typedef int (*sev_fn)(void *ud, const sev *e);   /* non-zero stops */
+typedef int (*row_fn)(void *ud, const row *r);                                /* non-zero stops */
+typedef int (*cell_fn)(void *ud, const rollup_key *k, const agg_cell *c);     /* non-zero stops */
 
 typedef struct source_opts {
     double since, until;      /* 0 = open */
     int strict;               /* stop at the first bad line */
+    /* With `cells`, a tally database gives whole minutes as rollup cells
+     * and only the minutes cut by since/until as rows. */
+    cell_fn cells;
 } source_opts;
 
 typedef struct source_stats {
     uint64_t lines, events, bad, torn;
+    uint64_t cells, rows_read;   /* from databases: rollup cells, rows */
     int reported;
 } source_stats;
 
 /* Reads every source in `paths` (FILE, DIR, DB or "-").  Returns 0, or -1
  * with a one-line reason in err. */
-int source_read_all(char **paths, int n, const source_opts *o, sev_fn fn, void *ud, source_stats *st,
-                    char *err, size_t errlen);
+int source_read_all(char **paths, int n, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
+                    size_t errlen);
 
 /* What kind of source a path is: 0 JSONL, 1 tally DB, 2 OpenJarvis DB, -1 error. */
 int source_kind(const char *path, char *err, size_t errlen);

@@ -38,8 +38,10 @@ typedef struct sink_ops {
     const char *name;
     /* One event; returns -1 when it could not be kept (counted). */
     int (*write)(sink *s, const wev *ev, const char *line, size_t len);
-    /* End of a batch; returns how many events of the batch were lost. */
-    uint64_t (*commit)(sink *s);
+    /* End of a batch; returns how many events were lost since the last
+     * commit.  With `sync` (a flush, or close) the batch must be where it
+     * goes before this returns; without, a sink may finish it later. */
+    uint64_t (*commit)(sink *s, int sync);
     /* In a forked child, before its writer starts: drop the parent's state. */
     void (*after_fork)(sink *s);
     void (*close)(sink *s);

@@ -409,12 +409,12 @@ static void emit(struct tally *h, const wev *ev)
     ring_bump(&h->written, 1);
 }
 
-static void commit(struct tally *h)
+static void commit(struct tally *h, int sync)
 {
     for (ring *r = atomic_load_explicit(&h->rings, memory_order_acquire); r; r = r->next)
         atomic_store_explicit(&r->consumed_seq, r->drained, memory_order_release);
     for (int i = 0; i < h->n_sinks; i++) {
-        uint64_t lost = h->sinks[i].ops->commit ? h->sinks[i].ops->commit(&h->sinks[i]) : 0;
+        uint64_t lost = h->sinks[i].ops->commit ? h->sinks[i].ops->commit(&h->sinks[i], sync) : 0;
         if (lost) atomic_fetch_add(&h->sink_failures, lost);
     }
 }
@@ -612,7 +612,7 @@ static void *writer_main(void *arg)
             n = drain(h, &oldest);
             batch += n;
             if (batch >= h->flush_events) {
-                commit(h);
+                commit(h, 0);
                 batch = 0;
                 oldest = 0;
             }
@@ -621,7 +621,7 @@ static void *writer_main(void *arg)
         int64_t now = tally__mono_ns();
         int due = batch && (now - oldest >= (int64_t)h->flush_ms * 1000000);
         if (due || stop || freq != h->flush_done) {
-            commit(h);
+            commit(h, stop || freq != h->flush_done);
             batch = 0;
             oldest = 0;
         }
@@ -785,7 +785,7 @@ static void writer_finish(struct tally *h)
                 atomic_fetch_add(&h->sink_failures, 1);
         atomic_fetch_add(&h->written, 1);
     }
-    commit(h);
+    commit(h, 1);
     for (int i = 0; i < h->n_sinks; i++)
         if (h->sinks[i].ops->close) h->sinks[i].ops->close(&h->sinks[i]);
     h->n_sinks = 0;

@@ -355,12 +355,20 @@ static void test_sketch_error(void **state)
     for (size_t i = 0; i < N; i++) v[i] = 1 + rnd(&s) * 3.6e9; /* the whole range, 1 us .. 1 h */
     check_distribution("uniform-range", v, N);
     free(v);
-    /* Memory is fixed: a sketch is one array whatever it holds. */
-    sketch big;
+    /* Memory is bounded: the window covers the buckets used, never more
+     * than all of them. */
+    sketch small, big;
+    sketch_init(&small);
     sketch_init(&big);
-    for (int i = 0; i < 100; i++) sketch_add(&big, i);
-    assert_int_equal(sizeof(*big.counts) * SKETCH_BUCKETS, 8 * 2208);
-    assert_true(isnan(sketch_quantile(&(sketch){0}, 0.5)));
+    for (int i = 0; i < 100000; i++) sketch_add(&small, 1000 + i % 1000);   /* 1-2 ms: 70 buckets */
+    for (int i = 0; i < 100000; i++) sketch_add(&big, 1 + (double)i * 36000); /* 1 us .. 1 h */
+    assert_true(small.cap < 200);
+    assert_true(big.cap <= SKETCH_BUCKETS);
+    assert_true(big.hi - big.lo > 2000);
+    sketch empty;
+    sketch_init(&empty);
+    assert_true(isnan(sketch_quantile(&empty, 0.5)));
+    sketch_free(&small);
     sketch_free(&big);
 }
 

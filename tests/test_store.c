@@ -67,6 +67,7 @@ static void record_mix(tally_t *h)
     tally_step_info info;
     tally_step_info_init(&info);
     info.loss = 1.25;
+    info.tokens = 4096;
     tally_step_end(h, 9, &info);
     tally_eval(h, "val", 0.5, 1.6, 10, NULL);
     tally_error_at(h, "E", "msg", "train", 9, "r-9");
@@ -133,17 +134,19 @@ static void test_rows_equal_jsonl(void **state)
                                         "SELECT ts, run_id, kind, phase, name, model, engine, route, principal_id,"
                                         " request_id, ok, error, degraded, prompt_tokens, cached_tokens,"
                                         " cache_write_tokens, completion_tokens, reasoning_tokens, latency_us,"
-                                        " ttft_us, cost_nusd, energy_j, gpu_util_pct, step, loss, text, json"
-                                        " FROM events WHERE id = ?",
+                                        " ttft_us, cost_nusd, energy_j, gpu_util_pct, step, loss, text, json,"
+                                        " wall_us, step_tokens FROM events WHERE id = ?",
                                         -1, &st, NULL),
                      SQLITE_OK);
     json_arena a;
     json_arena_init(&a, 1 << 20);
+    row_ctx ctx;
+    row_ctx_init(&ctx, "not-this-one");
     for (size_t i = 0; i < l.n; i++) {
         json_arena_reset(&a);
         const jv *v = th_parse(&a, l.line[i]);
-        store_row r;
-        row_from_json(v, &r);
+        row r;
+        assert_int_equal(row_from_json(v, &ctx, &r), 1);
         assert_non_null(r.id.p);
         sqlite3_bind_text(st, 1, r.id.p, (int)r.id.n, SQLITE_STATIC);
         assert_int_equal(sqlite3_step(st), SQLITE_ROW);
@@ -166,8 +169,8 @@ static void test_rows_equal_jsonl(void **state)
         check_int(st, 15, r.has & ROW_CACHE_WRITE, r.cache_write, "cache_write_tokens");
         check_int(st, 16, r.has & ROW_COMPLETION, r.completion, "completion_tokens");
         check_int(st, 17, r.has & ROW_REASONING, r.reasoning, "reasoning_tokens");
-        check_int(st, 18, r.has & ROW_LATENCY, r.latency_us, "latency_us");
-        check_int(st, 19, r.has & ROW_TTFT, r.ttft_us, "ttft_us");
+        check_int(st, 18, r.has & ROW_LATENCY, (int64_t)r.latency_us, "latency_us");
+        check_int(st, 19, r.has & ROW_TTFT, (int64_t)r.ttft_us, "ttft_us");
         check_int(st, 20, r.has & ROW_COST, r.cost_nusd, "cost_nusd");
         check_dbl(st, 21, r.has & ROW_ENERGY, r.energy_j, "energy_j");
         check_dbl(st, 22, r.has & ROW_GPU, r.gpu_util, "gpu_util_pct");
@@ -175,6 +178,8 @@ static void test_rows_equal_jsonl(void **state)
         check_dbl(st, 24, r.has & ROW_LOSS, r.loss, "loss");
         check_text(st, 25, r.text, "text");
         check_text(st, 26, (sv){l.line[i], strlen(l.line[i])}, "json");
+        check_int(st, 27, r.has & ROW_WALL, (int64_t)r.wall_us, "wall_us");
+        check_int(st, 28, r.has & ROW_STEP_TOKENS, r.step_tokens, "step_tokens");
         sqlite3_reset(st);
     }
     sqlite3_finalize(st);

@@ -1,0 +1,261 @@
+/*
+ * row -- lines to rows (see row.h).
+ *
+ * One pass over each object: every member's key is matched once against
+ * the keys this reader knows, so a line costs the same whatever order its
+ * keys come in, and an unknown key costs one comparison.
+ */
+#include "row.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "encode.h"
+
+void row_clear(row *r) { memset(r, 0, sizeof *r); }
+
+void row_ctx_init(row_ctx *c, const char *run_id)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->run_id, sizeof c->run_id, "%s", run_id ? run_id : "");
+}
+
+/* The members a top-level line may have that rows use. */
+typedef struct top {
+    const jv *kind, *tag, *ts, *t, *id, *phase, *name, *run_id, *started_at, *model, *reason, *extra;
+    const jv *step, *loss, *wall_us, *tokens, *unfinished, *type, *message, *request_id, *context;
+} top;
+
+/* The members of a request's `extra` that rows use. */
+typedef struct xtra {
+    const jv *model, *engine, *route, *principal_id, *request_id, *error, *degraded, *text, *ok;
+    const jv *prompt, *cached, *cache_write, *completion, *reasoning, *latency, *ttft, *cost, *energy, *gpu;
+} xtra;
+
+/* The first of duplicate keys wins, as with jv_get(). */
+#define TAKE(slot) do { if (!(slot)) (slot) = e; } while (0)
+#define KEY(e, lit) ((e)->keylen == sizeof(lit) - 1 && memcmp((e)->key, lit, sizeof(lit) - 1) == 0)
+
+static void scan_top(const jv *obj, top *o)
+{
+    memset(o, 0, sizeof *o);
+    for (const jv *e = obj->child; e; e = e->next) {
+        switch (e->keylen) {
+        case 1: if (e->key[0] == 't') TAKE(o->t); break;
+        case 2:
+            if (KEY(e, "ts")) TAKE(o->ts);
+            else if (KEY(e, "id")) TAKE(o->id);
+            break;
+        case 3: if (KEY(e, "tag")) TAKE(o->tag); break;
+        case 4:
+            if (KEY(e, "kind")) TAKE(o->kind);
+            else if (KEY(e, "name")) TAKE(o->name);
+            else if (KEY(e, "step")) TAKE(o->step);
+            else if (KEY(e, "loss")) TAKE(o->loss);
+            else if (KEY(e, "type")) TAKE(o->type);
+            break;
+        case 5:
+            if (KEY(e, "phase")) TAKE(o->phase);
+            else if (KEY(e, "model")) TAKE(o->model);
+            else if (KEY(e, "extra")) TAKE(o->extra);
+            break;
+        case 6:
+            if (KEY(e, "run_id")) TAKE(o->run_id);
+            else if (KEY(e, "reason")) TAKE(o->reason);
+            else if (KEY(e, "tokens")) TAKE(o->tokens);
+            break;
+        case 7:
+            if (KEY(e, "wall_us")) TAKE(o->wall_us);
+            else if (KEY(e, "message")) TAKE(o->message);
+            else if (KEY(e, "context")) TAKE(o->context);
+            break;
+        case 10:
+            if (KEY(e, "started_at")) TAKE(o->started_at);
+            else if (KEY(e, "request_id")) TAKE(o->request_id);
+            else if (KEY(e, "unfinished")) TAKE(o->unfinished);
+            break;
+        default: break;
+        }
+    }
+}
+
+static void scan_extra(const jv *obj, xtra *x)
+{
+    memset(x, 0, sizeof *x);
+    for (const jv *e = obj->child; e; e = e->next) {
+        switch (e->keylen) {
+        case 2: if (KEY(e, "ok")) TAKE(x->ok); break;
+        case 4: if (KEY(e, "text")) TAKE(x->text); break;
+        case 5:
+            if (KEY(e, "model")) TAKE(x->model);
+            else if (KEY(e, "route")) TAKE(x->route);
+            else if (KEY(e, "error")) TAKE(x->error);
+            break;
+        case 6: if (KEY(e, "engine")) TAKE(x->engine); break;
+        case 7: if (KEY(e, "ttft_us")) TAKE(x->ttft); break;
+        case 8:
+            if (KEY(e, "degraded")) TAKE(x->degraded);
+            else if (KEY(e, "energy_j")) TAKE(x->energy);
+            break;
+        case 9: if (KEY(e, "cost_nusd")) TAKE(x->cost); break;
+        case 10:
+            if (KEY(e, "latency_us")) TAKE(x->latency);
+            else if (KEY(e, "request_id")) TAKE(x->request_id);
+            break;
+        case 12:
+            if (KEY(e, "principal_id")) TAKE(x->principal_id);
+            else if (KEY(e, "gpu_util_pct")) TAKE(x->gpu);
+            break;
+        case 13:
+            if (KEY(e, "prompt_tokens")) TAKE(x->prompt);
+            else if (KEY(e, "cached_tokens")) TAKE(x->cached);
+            break;
+        case 16: if (KEY(e, "reasoning_tokens")) TAKE(x->reasoning); break;
+        case 17: if (KEY(e, "completion_tokens")) TAKE(x->completion); break;
+        case 18: if (KEY(e, "cache_write_tokens")) TAKE(x->cache_write); break;
+        default: break;
+        }
+    }
+}
+
+static sv str(const jv *v)
+{
+    if (!v || v->type != JV_STR) return (sv){NULL, 0};
+    return (sv){v->s, v->n};
+}
+
+static int num(const jv *v, double *out)
+{
+    if (!v || v->type != JV_NUM) return 0;
+    *out = v->num;
+    return 1;
+}
+
+static int inum(const jv *v, int64_t *out)
+{
+    if (!v || v->type != JV_NUM) return 0;
+    *out = jv_int(v, 0);
+    return 1;
+}
+
+static void set_ts(row *r, double ts)
+{
+    if (ts >= 0 && ts < ROW_TS_MAX) {
+        r->ts = ts;
+        r->has |= ROW_TS;
+    }
+}
+
+static void request_fields(const jv *extra, row *r)
+{
+    xtra x;
+    scan_extra(extra, &x);
+    r->model = str(x.model);
+    r->engine = str(x.engine);
+    r->route = str(x.route);
+    r->principal_id = str(x.principal_id);
+    r->request_id = str(x.request_id);
+    r->error = str(x.error);
+    r->degraded = str(x.degraded);
+    r->text = str(x.text);
+    if (inum(x.prompt, &r->prompt)) r->has |= ROW_PROMPT;
+    if (inum(x.cached, &r->cached)) r->has |= ROW_CACHED;
+    if (inum(x.cache_write, &r->cache_write)) r->has |= ROW_CACHE_WRITE;
+    if (inum(x.completion, &r->completion)) r->has |= ROW_COMPLETION;
+    if (inum(x.reasoning, &r->reasoning)) r->has |= ROW_REASONING;
+    if (num(x.latency, &r->latency_us)) r->has |= ROW_LATENCY;
+    if (num(x.ttft, &r->ttft_us)) r->has |= ROW_TTFT;
+    if (inum(x.cost, &r->cost_nusd)) r->has |= ROW_COST;
+    if (num(x.energy, &r->energy_j)) r->has |= ROW_ENERGY;
+    if (num(x.gpu, &r->gpu_util)) r->has |= ROW_GPU;
+    /* toy/v1 producers before `ok` existed: a request with an error failed. */
+    if (x.ok && (x.ok->type == JV_TRUE || x.ok->type == JV_FALSE)) r->ok = x.ok->type == JV_TRUE;
+    else r->ok = r->error.p == NULL;
+    r->has |= ROW_OK;
+}
+
+/* Seed 002: {"ts":..,"tag":"step_end","step":N,"context":{..}} */
+static int from_tag(const top *o, row_ctx *c, row *r)
+{
+    sv tag = str(o->tag);
+    if (SV_IS(tag, "step_end")) r->kind = SV_LIT("step");
+    else if (SV_IS(tag, "epoch_end")) r->kind = SV_LIT("epoch");
+    else r->kind = tag; /* step_begin, epoch_begin, error, and anything else as is */
+    if ((tag.n >= 4 && !memcmp(tag.p, "step", 4)) || (tag.n >= 5 && !memcmp(tag.p, "epoch", 5)))
+        r->phase = SV_LIT("train");
+    if (inum(o->step, &r->step)) r->has |= ROW_STEP;
+    double loss;
+    if (o->context && num(jv_getn(o->context, "loss", 4), &loss)) {
+        r->loss = loss;
+        r->has |= ROW_LOSS;
+    }
+    if (SV_IS(tag, "step_begin")) {
+        c->have_begin = (r->has & ROW_STEP) && (r->has & ROW_TS);
+        c->begin_step = r->step;
+        c->begin_ts = r->ts;
+    } else if (SV_IS(tag, "step_end")) {
+        /* Its wall time: from the step_begin of the same step just before. */
+        if (c->have_begin && (r->has & ROW_STEP) && c->begin_step == r->step && (r->has & ROW_TS)) {
+            r->wall_us = (r->ts - c->begin_ts) * 1e6;
+            r->has |= ROW_WALL;
+        }
+        c->have_begin = 0;
+    } else if (SV_IS(tag, "error")) {
+        r->name = str(o->type);
+        r->error = str(o->message);
+    }
+    return 1;
+}
+
+int row_from_json(const jv *v, row_ctx *c, row *r)
+{
+    row_clear(r);
+    if (!v || v->type != JV_OBJ) return 0;
+    top o;
+    scan_top(v, &o);
+    double x;
+    if (num(o.ts, &x)) set_ts(r, x);
+    r->run_id = (sv){c->run_id, strlen(c->run_id)};
+    sv kind = str(o.kind);
+    if (!kind.p) {
+        if (!str(o.tag).p) return 0;
+        return from_tag(&o, c, r);
+    }
+    r->kind = kind;
+    r->phase = str(o.phase);
+    r->name = str(o.name);
+    r->id = str(o.id);
+    if (inum(o.step, &r->step)) r->has |= ROW_STEP;
+    if (num(o.loss, &r->loss)) r->has |= ROW_LOSS;
+    if (SV_IS(kind, "run_start")) {
+        sv rid = str(o.run_id);
+        if (rid.p) {
+            snprintf(c->run_id, sizeof c->run_id, "%.*s", (int)rid.n, rid.p);
+            r->run_id = (sv){c->run_id, strlen(c->run_id)};
+        }
+        if (r->has & ROW_TS) {
+            c->started = r->ts;
+            c->have_started = 1;
+        } else if (o.started_at && o.started_at->type == JV_STR && iso8601_parse(o.started_at->s, &x) == 0) {
+            c->started = x;
+            c->have_started = 1;
+        }
+        r->run_model = o.model && o.model->type == JV_OBJ ? str(jv_getn(o.model, "name", 4)) : str(o.model);
+    } else if (SV_IS(kind, "run_end")) {
+        r->reason = str(o.reason);
+    }
+    /* toy/v1 without ts: the run's start plus t (an integer for tep). */
+    if (!(r->has & ROW_TS) && c->have_started && num(o.t, &x)) set_ts(r, c->started + x);
+    if (SV_IS(kind, "eval") && SV_IS(r->name, "request") && o.extra && o.extra->type == JV_OBJ) {
+        request_fields(o.extra, r);
+    } else if (SV_IS(kind, "step") || SV_IS(kind, "epoch")) {
+        /* An unfinished span's wall time is only how long it had run. */
+        if (!o.unfinished && num(o.wall_us, &r->wall_us)) r->has |= ROW_WALL;
+        if (SV_IS(kind, "step") && inum(o.tokens, &r->step_tokens)) r->has |= ROW_STEP_TOKENS;
+    } else if (SV_IS(kind, "error")) {
+        r->name = str(o.type);
+        r->error = str(o.message);
+        r->request_id = str(o.request_id);
+    }
+    return 1;
+}

@@ -1,0 +1,108 @@
+/*
+ * row -- one event as a flat record: what the database stores in columns,
+ * what the rollup and `tally stats` count, what every reader produces.
+ *
+ * There is one interpretation of each source: row_from_json() reads a
+ * line of any kind tally accepts (its own events, toy/v1 from other
+ * producers, seed 002's tagged lines); the SQLite sink fills rows from its
+ * ring records; the database reader fills them from columns.  Everything
+ * downstream -- inserts, the rollup, stats, runs -- reads rows, so a figure
+ * cannot depend on where its events came from.
+ *
+ * Strings are (pointer, length) views into whatever the row was made from;
+ * a NULL pointer is an absent field.
+ */
+#ifndef TALLY_ROW_H
+#define TALLY_ROW_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "json.h"
+
+typedef struct sv {
+    const char *p;     /* NULL = absent */
+    size_t n;
+} sv;
+
+#define SV_LIT(lit) ((sv){"" lit, sizeof(lit) - 1})
+
+static inline int sv_eq(sv a, const char *lit, size_t n)
+{
+    return a.p && a.n == n && memcmp(a.p, lit, n) == 0;
+}
+#define SV_IS(a, lit) sv_eq((a), "" lit, sizeof(lit) - 1)
+
+/* Which numbers a row has (`has`). */
+enum {
+    ROW_TS = 1u << 0,
+    ROW_OK = 1u << 1,
+    ROW_PROMPT = 1u << 2,
+    ROW_CACHED = 1u << 3,
+    ROW_CACHE_WRITE = 1u << 4,
+    ROW_COMPLETION = 1u << 5,
+    ROW_REASONING = 1u << 6,
+    ROW_LATENCY = 1u << 7,
+    ROW_TTFT = 1u << 8,
+    ROW_COST = 1u << 9,        /* cost_nusd: tally's integer nano-USD */
+    ROW_ENERGY = 1u << 10,
+    ROW_GPU = 1u << 11,
+    ROW_STEP = 1u << 12,
+    ROW_LOSS = 1u << 13,
+    ROW_WALL = 1u << 14,       /* wall_us of a finished step or epoch */
+    ROW_STEP_TOKENS = 1u << 15,
+    /* Only from OpenJarvis databases, which store these themselves. */
+    ROW_COST_USD = 1u << 16,
+    ROW_TOTAL = 1u << 17,
+    ROW_TPUT = 1u << 18,
+};
+
+typedef struct row {
+    sv id, run_id, kind, phase, name;
+    sv model, engine, route, principal_id, request_id, error, degraded, text;
+    sv json;                   /* the whole line, when the row came from one */
+    sv reason, run_model;      /* run_end.reason, run_start.model.name */
+    unsigned has;
+    int ok;
+    double ts;                 /* Unix seconds */
+    int64_t prompt, cached, cache_write, completion, reasoning, total_tokens;
+    double latency_us, ttft_us, energy_j, gpu_util, throughput, cost_usd;
+    int64_t cost_nusd, step, step_tokens;
+    double loss, wall_us;
+} row;
+
+/* Times tally can place: from 1970 to 2255 (seq in the database is the
+ * time in microseconds times 1024, and must fit 63 bits).  A `ts` outside
+ * counts as no time. */
+#define ROW_TS_MAX 8.9e9
+
+void row_clear(row *r);
+
+/* A request: kind "eval" with name "request". */
+static inline int row_is_request(const row *r)
+{
+    return SV_IS(r->kind, "eval") && SV_IS(r->name, "request");
+}
+
+/* What a reader of one file remembers between lines: the run (from
+ * run_start, else named by the file), when it started (for toy/v1 lines
+ * that have only `t`), and seed 002's open step_begin. */
+typedef struct row_ctx {
+    char run_id[256];
+    double started;
+    int have_started;
+    int64_t begin_step;
+    double begin_ts;
+    int have_begin;
+} row_ctx;
+
+/* `run_id` names the file's run until a run_start says otherwise. */
+void row_ctx_init(row_ctx *c, const char *run_id);
+
+/* Fills r from one parsed line (an object).  Returns 1 for an event, 0
+ * when the line is neither a toy/v1 event (`kind`) nor a seed-002 one
+ * (`tag`).  Strings point into v and into c. */
+int row_from_json(const jv *v, row_ctx *c, row *r);
+
+#endif
