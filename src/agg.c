@@ -55,25 +55,36 @@ int agg_kind(const row *r)
     return AGG_NONE;
 }
 
+/* Reasons are kept sorted by name, so that a cell is the same whatever
+ * order its events came in. */
 static int add_reason(agg_cell *c, const char *p, size_t n, uint64_t count)
 {
     if (n > MAX_REASON) n = MAX_REASON;
-    for (int i = 0; i < AGG_MAX_DEGRADED; i++) {
-        if (!c->degraded[i]) {
-            char *s = malloc(n + 1);
-            if (!s) return -1;
-            memcpy(s, p, n);
-            s[n] = 0;
-            c->degraded[i] = s;
-            c->degraded_n[i] = count;
-            return 0;
-        }
-        if (strlen(c->degraded[i]) == n && memcmp(c->degraded[i], p, n) == 0) {
-            c->degraded_n[i] += count;
-            return 0;
-        }
+    int i = 0, cmp = 1;
+    for (; i < AGG_MAX_DEGRADED && c->degraded[i]; i++) {
+        size_t m = strlen(c->degraded[i]);
+        cmp = memcmp(c->degraded[i], p, m < n ? m : n);
+        if (!cmp) cmp = m < n ? -1 : m > n;
+        if (cmp >= 0) break;
     }
-    c->degraded_other += count;
+    if (i < AGG_MAX_DEGRADED && c->degraded[i] && cmp == 0) {
+        c->degraded_n[i] += count;
+        return 0;
+    }
+    int used = 0;
+    while (used < AGG_MAX_DEGRADED && c->degraded[used]) used++;
+    if (used == AGG_MAX_DEGRADED) {
+        c->degraded_other += count;
+        return 0;
+    }
+    char *s = malloc(n + 1);
+    if (!s) return -1;
+    memcpy(s, p, n);
+    s[n] = 0;
+    memmove(&c->degraded[i + 1], &c->degraded[i], (size_t)(used - i) * sizeof c->degraded[0]);
+    memmove(&c->degraded_n[i + 1], &c->degraded_n[i], (size_t)(used - i) * sizeof c->degraded_n[0]);
+    c->degraded[i] = s;
+    c->degraded_n[i] = count;
     return 0;
 }
 
@@ -139,13 +150,17 @@ static int add_step(agg_cell *c, const row *r)
     int rc = 0;
     c->steps++;
     if (r->has & ROW_LOSS) {
+        /* First and last by time (a step without one: in the order read),
+         * as merging cells does. */
         double ts = (r->has & ROW_TS) ? r->ts : NAN;
-        if (!c->has_loss) {
+        if (!c->has_loss || ts < c->loss_first_ts) {
             c->loss_first = r->loss;
             c->loss_first_ts = ts;
         }
-        c->loss_last = r->loss;
-        c->loss_last_ts = ts;
+        if (!c->has_loss || !(ts < c->loss_last_ts)) {
+            c->loss_last = r->loss;
+            c->loss_last_ts = ts;
+        }
         if (r->loss < c->loss_min) c->loss_min = r->loss;
         c->has_loss = 1;
     }

@@ -69,7 +69,7 @@ struct store {
     sqlite3 *db;
     sqlite3_stmt *ins, *ins_many, *near, *upsert, *run_start, *run_end;
     int in_txn;
-    int64_t last_seq;         /* this connection's last insert (valid with have_last) */
+    int64_t last_seq, last_base; /* this connection's last insert and its first slot */
     int have_last;
     rollup *cells;            /* the open transaction's rollup */
     buf cellbuf;
@@ -717,6 +717,7 @@ int store_insert(store *s, const row *r, int flags)
     }
     if (rc != SQLITE_DONE) return -1;
     s->last_seq = seq;
+    s->last_base = base;
     s->have_last = 1;
     if (flags & STORE_COUNTED) return 1;
     int full = rollup_add(s->cells, r);
@@ -725,10 +726,12 @@ int store_insert(store *s, const row *r, int flags)
     return 1;
 }
 
-/* The slot a writer of time-ordered events takes without looking. */
+/* The slot to try first: after this connection's last event when that was
+ * of the same microsecond (the slots from base to it are all taken), else
+ * the microsecond's first. */
 static int64_t next_slot(store *s, int64_t base)
 {
-    return s->have_last && s->last_seq >= base && s->last_seq - base < ((int64_t)1 << 40) ? s->last_seq + 1 : base;
+    return s->have_last && s->last_base == base ? s->last_seq + 1 : base;
 }
 
 int store_insert_rows(store *s, const row *rows, size_t n, int flags)
@@ -736,10 +739,12 @@ int store_insert_rows(store *s, const row *rows, size_t n, int flags)
     size_t i = 0;
     while (n - i >= INSERT_MANY) {
         sqlite3_stmt *st = s->ins_many;
-        int64_t seq[INSERT_MANY];
+        int64_t seq[INSERT_MANY], base[INSERT_MANY];
         for (int k = 0; k < INSERT_MANY; k++) {
-            seq[k] = next_slot(s, store_seq_base(&rows[i + (size_t)k]));
+            base[k] = store_seq_base(&rows[i + (size_t)k]);
+            seq[k] = next_slot(s, base[k]);
             s->last_seq = seq[k];
+            s->last_base = base[k];
             s->have_last = 1;
             bind_row(st, 1 + k * INSERT_COLS, seq[k], &rows[i + (size_t)k]);
         }
@@ -751,6 +756,7 @@ int store_insert_rows(store *s, const row *rows, size_t n, int flags)
              * are in; it goes in one by one, and the rest after it. */
             if (rc != SQLITE_CONSTRAINT || done < 0 || done >= INSERT_MANY) return -1;
             s->last_seq = done ? seq[done - 1] : 0;
+            s->last_base = done ? base[done - 1] : 0;
             s->have_last = done > 0;
             for (int k = 0; k < done; k++)
                 if (!(flags & STORE_COUNTED) && rollup_add(s->cells, &rows[i + (size_t)k]) < 0) return -1;
