@@ -35,7 +35,7 @@ static const char *s_or(const jv *v, const char *def)
 
 static void put_num(const char *label, const jv *v, double scale, const char *unit)
 {
-    if (v && v->type == JV_NUM) printf(" %s=%.4g%s", label, v->num * scale, unit);
+    if (v && v->type == JV_NUM) printf(" %s=%.4g%s", label, jv_num(v, 0) * scale, unit);
 }
 
 /* One event as a line a person reads. */
@@ -49,14 +49,14 @@ static void show(json_arena *a, const char *line, size_t len)
     }
     const jv *ts = jv_get(v, "ts"), *t = jv_get(v, "t");
     if (ts && ts->type == JV_NUM) {
-        time_t sec = (time_t)floor(ts->num);
+        time_t sec = (time_t)floor(jv_num(ts, 0));
         struct tm tm;
         gmtime_r(&sec, &tm);
         char hms[16];
         strftime(hms, sizeof hms, "%H:%M:%S", &tm);
-        printf("%s.%03d ", hms, (int)((ts->num - floor(ts->num)) * 1000));
+        printf("%s.%03d ", hms, (int)((jv_num(ts, 0) - floor(jv_num(ts, 0))) * 1000));
     } else if (t && t->type == JV_NUM) {
-        printf("t=%-10.3f ", t->num);
+        printf("t=%-10.3f ", jv_num(t, 0));
     }
     const char *kind = s_or(jv_get(v, "kind"), NULL);
     if (!kind) kind = s_or(jv_get(v, "tag"), "?");

@@ -40,7 +40,7 @@ __attribute__((format(printf, 3, 4))) static void problem(vstate *s, uint64_t li
     printf("\n");
 }
 
-static int is_int(const jv *v) { return v && v->type == JV_NUM && v->is_int; }
+static int is_int(const jv *v) { return jv_is_int(v); }
 static int is_num_or_null(const jv *v) { return v && (v->type == JV_NUM || v->type == JV_NULL); }
 
 /* Required keys: name, and the type they must have. */
@@ -91,7 +91,7 @@ static void check_event(vstate *s, uint64_t line, const jv *v)
     if (!strcmp(kind, "run_start")) s->nwriters = 0; /* a new run: t starts again */
     const jv *t = jv_get(v, "t");
     if (t && t->type == JV_NUM) {
-        if (t->num < 0) problem(s, line, "%s", "t is negative");
+        if (jv_num(t, 0) < 0) problem(s, line, "%s", "t is negative");
         const char *id = jv_str(jv_get(v, "id"));
         char w[13] = "";
         if (id && strlen(id) >= 12) snprintf(w, sizeof w, "%.12s", id);
@@ -101,15 +101,15 @@ static void check_event(vstate *s, uint64_t line, const jv *v)
         if (wi < 0 && s->nwriters < MAX_WRITERS) {
             wi = s->nwriters++;
             snprintf(s->writer[wi], 13, "%s", w);
-            s->last_t[wi] = t->num;
+            s->last_t[wi] = jv_num(t, 0);
         }
         if (wi >= 0) {
-            if (t->num < s->last_t[wi]) {
+            if (jv_num(t, 0) < s->last_t[wi]) {
                 char what[96];
-                snprintf(what, sizeof what, "t goes backwards (%.6f after %.6f)", t->num, s->last_t[wi]);
+                snprintf(what, sizeof what, "t goes backwards (%.6f after %.6f)", jv_num(t, 0), s->last_t[wi]);
                 problem(s, line, "%s", what);
             }
-            s->last_t[wi] = t->num;
+            s->last_t[wi] = jv_num(t, 0);
         }
     }
     int first = !s->seen_any;

@@ -8,6 +8,8 @@
 #include "json.h"
 
 #include <errno.h>
+#include <float.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -95,8 +97,10 @@ static jv *fail(parser *ps, const char *what)
     return NULL;
 }
 
-static void skip_ws(parser *ps)
+static inline void skip_ws(parser *ps)
 {
+    /* Lines tally writes have no whitespace: one test in the usual case. */
+    if (ps->p < ps->end && *ps->p > ' ') return;
     while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r'))
         ps->p++;
 }
@@ -156,13 +160,19 @@ static const char *parse_string(parser *ps, size_t *outlen)
     int simple = 1;
     while (q < ps->end && *q != '"') {
         /* Eight plain ASCII bytes at a time (no quote, backslash, control
-         * character or byte >= 0x80). */
+         * character or byte >= 0x80); at the first other byte, jump to it
+         * (the lowest flagged byte is exact: the borrows that can flag a
+         * byte wrongly only run upwards from a true one). */
         while (ps->end - q >= 8) {
             uint64_t x;
             memcpy(&x, q, 8);
             const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
             uint64_t qt = x ^ (ones * '"'), bs = x ^ (ones * '\\');
-            if ((((x - ones * 0x20) | (qt - ones) | (bs - ones)) & ~x & high) | (x & high)) break;
+            uint64_t hit = ((((x - ones * 0x20) | (qt - ones) | (bs - ones)) & ~x) | x) & high;
+            if (hit) {
+                q += __builtin_ctzll(hit) >> 3;
+                break;
+            }
             q += 8;
         }
         if (q >= ps->end || *q == '"') break;
@@ -240,14 +250,18 @@ static jv *new_value(parser *ps, jv_type t)
 {
     jv *v = arena_alloc(ps->a, sizeof *v);
     if (!v) return fail(ps, "document too large");
-    *v = (jv){.type = t};
+    *v = (jv){.type = (uint8_t)t};
     return v;
 }
 
-/* Plain decimals (no exponent, digits forming an integer up to 2^53, at
- * most 22 after the point) read exactly: the digits form an integer below 2^53
- * and the power of ten is exact, so one division is correctly rounded --
- * the same double strtod would give, without its cost. */
+/* Plain decimals (no exponent, at most 19 significant digits and 27 after
+ * the point) read exactly -- the double strtod gives, without its cost.
+ * Up to 2^53 the digits form an integer that a double holds exactly, and
+ * so does the power of ten: one division is correctly rounded.  Beyond
+ * (17-19 digits, as %.17g writes), the division is done in x87's 64-bit
+ * mantissa, correctly rounded there, then rounded to 53 bits: that second
+ * rounding is also correct unless the 64-bit result fell exactly halfway
+ * between two doubles, which is checked (strtod decides those). */
 static int fast_decimal(const unsigned char *s, const unsigned char *end, double *out)
 {
     static const double pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
@@ -264,10 +278,24 @@ static int fast_decimal(const unsigned char *s, const unsigned char *end, double
         if (m || *d != '0') digits++;
         m = m * 10 + (uint64_t)(*d - '0');
         if (seen_dot) frac++;
-        if (digits > 17 || frac > 22) return 0;
+        if (digits > 19 || frac > 27) return 0;
     }
-    if (m > (1ull << 53)) return 0;
-    double v = (double)m / pow10[frac];
+    double v;
+    if (m <= (1ull << 53) && frac <= 22) {
+        v = (double)m / pow10[frac];
+    } else {
+#if LDBL_MANT_DIG == 64
+        long double p = 1;
+        for (int i = 0; i < frac; i++) p *= 10; /* exact: 10^27 < 2^64 * 2^27 */
+        long double q = (long double)m / p;
+        uint64_t bits; /* x87: the 64-bit mantissa is the first 8 bytes */
+        memcpy(&bits, &q, sizeof bits);
+        if ((bits & 0x7ff) == 0x400) return 0;
+        v = (double)q;
+#else
+        return 0;
+#endif
+    }
     *out = neg ? -v : v;
     return 1;
 }
@@ -297,38 +325,8 @@ static jv *parse_number(parser *ps)
     jv *v = new_value(ps, JV_NUM);
     if (!v) return NULL;
     v->s = (const char *)start;
-    v->n = (size_t)(p - start);
-    v->is_int = 0;
-    if (is_int && v->n <= 19) {
-        /* Exact integer path; fall back to double when it overflows. */
-        int neg = *start == '-';
-        uint64_t u = 0;
-        for (const unsigned char *d = start + neg; d < p; d++) u = u * 10 + (uint64_t)(*d - '0');
-        if (u <= (uint64_t)INT64_MAX) {
-            v->is_int = 1;
-            v->i = neg ? -(int64_t)u : (int64_t)u;
-            v->num = (double)v->i;
-        }
-    }
-    if (!v->is_int && fast_decimal(start, p, &v->num)) {
-        ps->p = p;
-        return v;
-    }
-    if (!v->is_int) {
-        char tmp[64];
-        if (v->n < sizeof tmp) {
-            memcpy(tmp, start, v->n);
-            tmp[v->n] = 0;
-            v->num = strtod(tmp, NULL);
-        } else {
-            char *t = arena_alloc(ps->a, v->n + 1);
-            if (!t) return fail(ps, "document too large");
-            memcpy(t, start, v->n);
-            t[v->n] = 0;
-            v->num = strtod(t, NULL);
-        }
-        if (is_int && v->num >= -9.2e18 && v->num <= 9.2e18) { v->is_int = 1; v->i = (int64_t)v->num; }
-    }
+    v->n = (uint32_t)(p - start);
+    v->is_int = (uint8_t)is_int;
     ps->p = p;
     return v;
 }
@@ -363,7 +361,7 @@ static jv *parse_container(parser *ps, int obj)
         jv *e = parse_value(ps);
         if (!e) return NULL;
         e->key = key;
-        e->keylen = keylen;
+        e->keylen = (uint32_t)keylen;
         *tail = e;
         tail = &e->next;
         v->count++;
@@ -398,7 +396,7 @@ static jv *parse_value(parser *ps)
         jv *v = new_value(ps, JV_STR);
         if (!v) return NULL;
         v->s = s;
-        v->n = n;
+        v->n = (uint32_t)n;
         return v;
     }
     case 't': if (lit(ps, "true", 4)) return fail(ps, "bad literal"); return new_value(ps, JV_TRUE);
@@ -446,17 +444,51 @@ const jv *jv_getn(const jv *obj, const char *key, size_t kl)
 
 const jv *jv_get(const jv *obj, const char *key) { return key ? jv_getn(obj, key, strlen(key)) : NULL; }
 
-int64_t jv_int(const jv *v, int64_t def)
+/* An integer's text (no fraction or exponent) into *out; 0 when it does
+ * not fit int64. */
+static int int_text(const char *s, size_t n, int64_t *out)
 {
-    if (!v || v->type != JV_NUM) return def;
-    if (v->is_int) return v->i;
-    if (v->num >= -9.2e18 && v->num <= 9.2e18) return (int64_t)v->num;
-    return def;
+    int neg = n && *s == '-';
+    uint64_t u = 0;
+    if (n - (size_t)neg > 19) return 0;
+    for (size_t i = (size_t)neg; i < n; i++) u = u * 10 + (uint64_t)(s[i] - '0');
+    if (u > (uint64_t)INT64_MAX + (uint64_t)neg) return 0;
+    *out = neg ? (int64_t)(0 - u) : (int64_t)u;
+    return 1;
 }
 
 double jv_num(const jv *v, double def)
 {
-    return v && v->type == JV_NUM ? v->num : def;
+    if (!v || v->type != JV_NUM) return def;
+    int64_t i;
+    if (v->is_int && int_text(v->s, v->n, &i)) /* int64 to double rounds as strtod does */
+        return i == 0 && v->s[0] == '-' ? -0.0 : (double)i;
+    double d;
+    const unsigned char *s = (const unsigned char *)v->s;
+    if (fast_decimal(s, s + v->n, &d)) return d;
+    char tmp[64];
+    if (v->n < sizeof tmp) {
+        memcpy(tmp, v->s, v->n);
+        tmp[v->n] = 0;
+        return strtod(tmp, NULL);
+    }
+    char *t = malloc((size_t)v->n + 1);
+    if (!t) return def;
+    memcpy(t, v->s, v->n);
+    t[v->n] = 0;
+    d = strtod(t, NULL);
+    free(t);
+    return d;
+}
+
+int64_t jv_int(const jv *v, int64_t def)
+{
+    if (!v || v->type != JV_NUM) return def;
+    int64_t i;
+    if (v->is_int && int_text(v->s, v->n, &i)) return i;
+    double d = jv_num(v, def);
+    if (d >= -9.2e18 && d <= 9.2e18) return (int64_t)d;
+    return def;
 }
 
 const char *jv_str(const jv *v)

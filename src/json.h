@@ -23,18 +23,19 @@
 
 typedef enum { JV_NULL, JV_FALSE, JV_TRUE, JV_NUM, JV_STR, JV_ARR, JV_OBJ } jv_type;
 
+/* 48 bytes: a line of some 40 values is parsed into 2 KiB.  Numbers keep
+ * their text and are converted when asked (jv_num, jv_int): most members a
+ * reader skips are never converted. */
 typedef struct jv {
-    jv_type type;
+    uint8_t type;         /* jv_type */
+    uint8_t is_int;       /* NUM written without fraction or exponent */
+    uint32_t keylen;      /* member key length (inside an object) */
+    uint32_t n;           /* STR: length of s; NUM: length of its text */
+    uint32_t count;       /* ARR / OBJ: number of elements */
     const char *s;        /* STR: unescaped bytes (NUL-terminated); NUM: raw text */
-    size_t n;             /* length of s */
-    double num;           /* NUM */
-    int is_int;           /* NUM written without fraction or exponent */
-    int64_t i;            /* NUM with is_int, when it fits */
     const char *key;      /* member key when inside an object (NUL-terminated) */
-    size_t keylen;
     struct jv *child;     /* ARR / OBJ: first element */
     struct jv *next;      /* next sibling */
-    size_t count;         /* ARR / OBJ: number of elements */
 } jv;
 
 typedef struct json_arena {
@@ -68,9 +69,12 @@ const jv *jv_get(const jv *obj, const char *key);
 const jv *jv_getn(const jv *obj, const char *key, size_t keylen);
 /* jv_get with a literal key: its length known at compile time. */
 #define JV_GET(obj, lit) jv_getn((obj), "" lit, sizeof(lit) - 1)
-/* Convenience: numeric value as int64 / double; def when absent or not a number. */
+/* A number's value as int64 / double (the double strtod would give); def
+ * when absent or not a number.  jv_int of a non-integer truncates. */
 int64_t jv_int(const jv *v, int64_t def);
 double jv_num(const jv *v, double def);
+/* A number written as an integer (no fraction, no exponent). */
+static inline int jv_is_int(const jv *v) { return v && v->type == JV_NUM && v->is_int; }
 /* String value or NULL. */
 const char *jv_str(const jv *v);
 

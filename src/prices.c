@@ -21,8 +21,8 @@ static int rate_of(const jv *v, int64_t *out)
         *out = -1;
         return 0;
     }
-    if (v->type != JV_NUM || v->num < 0 || v->num > 1e9) return -1;
-    *out = (int64_t)llround(v->num * 1e6);
+    if (v->type != JV_NUM || jv_num(v, 0) < 0 || jv_num(v, 0) > 1e9) return -1;
+    *out = (int64_t)llround(jv_num(v, 0) * 1e6);
     return 0;
 }
 
@@ -92,7 +92,7 @@ int prices_parse(prices *p, const char *text, size_t len, char *err, size_t errl
             for (const jv *t = tiers->child; t; t = t->next) {
                 price_tier *pt = &pe->tiers[pe->ntiers++];
                 const jv *above = jv_get(t, "above_input_tokens");
-                if (!above || above->type != JV_NUM || above->num < 0 || rates_of(t, &pt->r)) {
+                if (!above || above->type != JV_NUM || jv_num(above, 0) < 0 || rates_of(t, &pt->r)) {
                     snprintf(err, errlen, "prices[%d] (%s): a tier needs above_input_tokens and numeric prices", i,
                              model);
                     goto out;

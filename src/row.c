@@ -127,7 +127,7 @@ static sv str(const jv *v)
 static int num(const jv *v, double *out)
 {
     if (!v || v->type != JV_NUM) return 0;
-    *out = v->num;
+    *out = jv_num(v, 0);
     return 1;
 }
 

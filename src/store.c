@@ -800,7 +800,7 @@ static void bind_num_member(sqlite3_stmt *st, int i, const jv *v, int integer)
 {
     if (!v || v->type != JV_NUM) sqlite3_bind_null(st, i);
     else if (integer) sqlite3_bind_int64(st, i, jv_int(v, 0));
-    else sqlite3_bind_double(st, i, v->num);
+    else sqlite3_bind_double(st, i, jv_num(v, 0));
 }
 
 int store_run_event(store *s, const jv *ev, sv run_id)

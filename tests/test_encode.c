@@ -199,12 +199,59 @@ static void test_json_values(void **state)
     json_arena_free(&a);
 }
 
+/* The reader's numbers are exactly strtod's: two million decimals of 1 to
+ * 20 digits with the point anywhere (the fast paths: up to 2^53, 17-19
+ * digits through 64-bit precision, and strtod beyond), and the values
+ * tally's encoder writes. */
+static void test_json_numbers_exact(void **state)
+{
+    (void)state;
+    uint64_t x = 0x2545F4914F6CDD1Dull;
+    json_arena a;
+    json_arena_init(&a, 1 << 16);
+    char txt[64];
+    for (int i = 0; i < 2000000; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        int digits = 1 + (int)(x % 20), point = (int)((x >> 8) % (unsigned)(digits + 1));
+        size_t n = 0;
+        if ((x >> 20) & 1) txt[n++] = '-';
+        uint64_t y = x * 0x9E3779B97F4A7C15ull;
+        for (int d = 0; d < digits; d++) {
+            if (d == point && d) {
+                txt[n++] = '.';
+            }
+            /* no leading zeros in the integer part (JSON forbids them) */
+            int digit = (int)((y >> (d % 60)) % 10);
+            if (d == 0 && digit == 0 && point != 1) digit = 1 + (int)(y % 9);
+            txt[n++] = (char)('0' + digit);
+            y = y * 6364136223846793005ull + 1442695040888963407ull;
+        }
+        if (i % 3 == 0) {
+            /* a double's shortest and 17-digit forms */
+            double d;
+            memcpy(&d, &x, sizeof d);
+            if (d != d || isinf(d)) continue;
+            n = (size_t)snprintf(txt, sizeof txt, i % 2 ? "%.17g" : "%.15g", d);
+            if (strchr(txt, 'e') || strchr(txt, 'n') || strchr(txt, 'i')) continue;
+        }
+        txt[n] = 0;
+        json_arena_reset(&a);
+        const jv *v = json_parse(&a, txt, n, NULL);
+        if (!v) fail_msg("'%s' did not parse", txt);
+        double got = jv_num(v, NAN), want = strtod(txt, NULL);
+        if (memcmp(&got, &want, sizeof got)) fail_msg("'%s': %.17g, strtod %.17g", txt, got, want);
+    }
+    json_arena_free(&a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_escapes),     cmocka_unit_test(test_utf8_repair), cmocka_unit_test(test_numbers),
         cmocka_unit_test(test_utf8_cut),    cmocka_unit_test(test_buf_cap),     cmocka_unit_test(test_json_strict),
-        cmocka_unit_test(test_json_values),
+        cmocka_unit_test(test_json_values), cmocka_unit_test(test_json_numbers_exact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

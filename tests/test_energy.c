@@ -299,8 +299,8 @@ static void test_end_to_end_conservation(void **state)
         const jv *v = th_parse(&a, l.line[i]);
         const jv *ej = th_get(v, "extra.energy_j");
         if (ej) {
-            assert_true(ej->num > 0);
-            sum += ej->num;
+            assert_true(jv_num(ej, 0) > 0);
+            sum += jv_num(ej, 0);
             reqs++;
             NEAR(jv_num(th_get(v, "extra.gpu_util_pct"), 0), 77, 0);
         }

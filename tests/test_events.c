@@ -34,8 +34,8 @@ static void check_head(const jv *v, const char *kind)
     const jv *t = jv_get(v, "t"), *ts = jv_get(v, "ts");
     assert_non_null(t);
     assert_non_null(ts);
-    assert_true(t->num >= 0);
-    assert_true(ts->num > 1.7e9);
+    assert_true(jv_num(t, 0) >= 0);
+    assert_true(jv_num(ts, 0) > 1.7e9);
 }
 
 static void test_run_start(void **state)

@@ -29,7 +29,7 @@ static double num_of(const jv *g, const char *k)
 {
     const jv *v = jv_get(g, k);
     if (!v) fail_msg("no %s", k);
-    return v->type == JV_NUM ? v->num : NAN;
+    return v->type == JV_NUM ? jv_num(v, 0) : NAN;
 }
 
 static void near(double a, double b, int line)
