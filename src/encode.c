@@ -157,6 +157,34 @@ void enc_double(buf *b, double v)
         enc_i64(b, (int64_t)v);
         return;
     }
+    /* Most measured values have a few decimals (87.416875, 12.5): when
+     * k / 10^6 reads back as v, its digits are what %.15g writes (v is
+     * within half an ulp of them, far inside %.15g's rounding), without
+     * two printf and a strtod. */
+    if (fabs(v) >= 1e-3 && fabs(v) < 1e9) {
+        int64_t k = llround(v * 1e6);
+        if ((double)k / 1e6 == v) {
+            char tmp[32];
+            uint64_t a = (uint64_t)(k < 0 ? -k : k), ip = a / 1000000, fp = a % 1000000;
+            int n = 0, w = 6;
+            if (k < 0) tmp[n++] = '-';
+            char digits[24];
+            int nd = 0;
+            do digits[nd++] = (char)('0' + ip % 10); while ((ip /= 10) > 0);
+            while (nd) tmp[n++] = digits[--nd];
+            while (w > 0 && fp % 10 == 0) {
+                fp /= 10;
+                w--;
+            }
+            if (w) {
+                tmp[n++] = '.';
+                for (int i = w - 1; i >= 0; i--, fp /= 10) tmp[n + i] = (char)('0' + fp % 10);
+                n += w;
+            }
+            buf_put(b, tmp, (size_t)n);
+            return;
+        }
+    }
     char tmp[40];
     int n = snprintf(tmp, sizeof tmp, "%.15g", v);
     if (strtod(tmp, NULL) != v) n = snprintf(tmp, sizeof tmp, "%.17g", v);

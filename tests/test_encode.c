@@ -94,6 +94,26 @@ static void test_numbers(void **state)
         buf_putc(&b, 0);
         assert_true(strtod(b.p, NULL) == vals[i]);
     }
+    /* The fast path for few decimals writes what %.15g / %.17g would:
+     * values on a 1e-6 grid (the fast path's) and arbitrary ones. */
+    uint64_t x = 0x853c49e6748fea9bull;
+    for (int i = 0; i < 1000000; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        double v;
+        if (i % 2) v = (double)(int64_t)(x % 2000000000000ull) / 1e6 * ((x >> 40) & 1 ? -1 : 1);
+        else v = ldexp((double)(x >> 11) / 9007199254740992.0, (int)((x >> 3) % 60) - 20);
+        if (i % 5 == 0) v = floor(v * 1000) / 1000;
+        char want[40];
+        snprintf(want, sizeof want, "%.15g", v);
+        if (strtod(want, NULL) != v) snprintf(want, sizeof want, "%.17g", v);
+        if (fabs(v) < 1e15 && v == (double)(int64_t)v) snprintf(want, sizeof want, "%lld", (long long)v);
+        buf_reset(&b);
+        enc_double(&b, v);
+        buf_putc(&b, 0);
+        if (strcmp(b.p, want)) fail_msg("%.17g: wrote %s, want %s", v, b.p, want);
+    }
     buf_free(&b);
 }
 
