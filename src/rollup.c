@@ -47,18 +47,30 @@ static const sv *key_field(const row *r, int i)
 
 void rollup_key_encode(const row *r, buf *b)
 {
+    /* Once per row on the writer thread: sized first, then written in place. */
+    size_t need = 2;
+    for (int i = 0; i < RK_NSTR; i++) need += 1 + (key_field(r, i)->p ? 10 + key_field(r, i)->n : 0);
+    if (buf_reserve(b, need)) return;
+    unsigned char *o = (unsigned char *)b->p + b->len, *start = o;
     for (int i = 0; i < RK_NSTR; i++) {
         const sv *f = key_field(r, i);
         if (!f->p) {
-            buf_putc(b, 0);
+            *o++ = 0;
             continue;
         }
-        buf_putc(b, 1);
-        put_uvarint(b, f->n);
-        buf_put(b, f->p, f->n);
+        *o++ = 1;
+        uint64_t n = f->n;
+        while (n >= 0x80) {
+            *o++ = (unsigned char)(n | 0x80);
+            n >>= 7;
+        }
+        *o++ = (unsigned char)n;
+        memcpy(o, f->p, f->n);
+        o += f->n;
     }
-    buf_putc(b, (char)((r->has & ROW_OK) ? (r->ok ? 2 : 1) : 0));
-    buf_putc(b, (char)agg_kind(r));
+    *o++ = (unsigned char)((r->has & ROW_OK) ? (r->ok ? 2 : 1) : 0);
+    *o++ = (unsigned char)agg_kind(r);
+    b->len += (size_t)(o - start);
 }
 
 int rollup_key_decode(const void *data, size_t n, int64_t minute, rollup_key *k)

@@ -201,20 +201,6 @@ static void bind_i64(sqlite3_stmt *st, int i, int present, int64_t v)
     else sqlite3_bind_null(st, i);
 }
 
-static void bind_dbl(sqlite3_stmt *st, int i, int present, double v)
-{
-    if (present && v == v) sqlite3_bind_double(st, i, v);
-    else sqlite3_bind_null(st, i);
-}
-
-/* A number that is usually whole (microseconds, tokens) as an integer when
- * it is one, so INTEGER columns hold integers. */
-static void bind_num(sqlite3_stmt *st, int i, int present, double v)
-{
-    if (present && v == v && v >= -9.2e18 && v <= 9.2e18 && v == (double)(int64_t)v)
-        sqlite3_bind_int64(st, i, (int64_t)v);
-    else bind_dbl(st, i, present, v);
-}
 
 int store_version(sqlite3 *db)
 {
@@ -269,42 +255,68 @@ static int find_slot(store *s, int64_t base, sv id, int64_t *slot)
     return found;
 }
 
-/* Binds r to parameters at..at+30 of an insert. */
+static inline void put_sv(sqlite3_stmt *st, int i, sv v)
+{
+    if (v.p) sqlite3_bind_text(st, i, v.p, (int)v.n, SQLITE_STATIC);
+}
+
+static inline void put_i64(sqlite3_stmt *st, int i, int present, int64_t v)
+{
+    if (present) sqlite3_bind_int64(st, i, v);
+}
+
+static inline void put_dbl(sqlite3_stmt *st, int i, int present, double v)
+{
+    if (present && v == v) sqlite3_bind_double(st, i, v);
+}
+
+/* A number that is usually whole (microseconds, tokens) as an integer when
+ * it is one, so INTEGER columns hold integers. */
+static inline void put_num(sqlite3_stmt *st, int i, int present, double v)
+{
+    if (present && v == v && v >= -9.2e18 && v <= 9.2e18 && v == (double)(int64_t)v)
+        sqlite3_bind_int64(st, i, (int64_t)v);
+    else put_dbl(st, i, present, v);
+}
+
+/* Binds r to parameters at..at+30 of an insert whose bindings were
+ * cleared: absent fields are left NULL, not bound one by one (a third of
+ * the binding calls for a request). */
 static void bind_row(sqlite3_stmt *st, int at, int64_t seq, const row *r)
 {
     at--;
     unsigned h = r->has;
     sqlite3_bind_int64(st, at + 1, seq);
-    bind_sv(st, at + 2, r->id.p ? r->id : SV_LIT(""));
-    bind_dbl(st, at + 3, h & ROW_TS, r->ts);
-    bind_sv(st, at + 4, r->run_id);
-    bind_sv(st, at + 5, r->kind.p ? r->kind : SV_LIT("unknown"));
-    bind_sv(st, at + 6, r->phase);
-    bind_sv(st, at + 7, r->name);
-    bind_sv(st, at + 8, r->model);
-    bind_sv(st, at + 9, r->engine);
-    bind_sv(st, at + 10, r->route);
-    bind_sv(st, at + 11, r->principal_id);
-    bind_sv(st, at + 12, r->request_id);
-    bind_i64(st, at + 13, h & ROW_OK, r->ok);
-    bind_sv(st, at + 14, r->error);
-    bind_sv(st, at + 15, r->degraded);
-    bind_i64(st, at + 16, h & ROW_PROMPT, r->prompt);
-    bind_i64(st, at + 17, h & ROW_CACHED, r->cached);
-    bind_i64(st, at + 18, h & ROW_CACHE_WRITE, r->cache_write);
-    bind_i64(st, at + 19, h & ROW_COMPLETION, r->completion);
-    bind_i64(st, at + 20, h & ROW_REASONING, r->reasoning);
-    bind_num(st, at + 21, h & ROW_LATENCY, r->latency_us);
-    bind_num(st, at + 22, h & ROW_TTFT, r->ttft_us);
-    bind_i64(st, at + 23, h & ROW_COST, r->cost_nusd);
-    bind_dbl(st, at + 24, h & ROW_ENERGY, r->energy_j);
-    bind_dbl(st, at + 25, h & ROW_GPU, r->gpu_util);
-    bind_i64(st, at + 26, h & ROW_STEP, r->step);
-    bind_dbl(st, at + 27, h & ROW_LOSS, r->loss);
-    bind_num(st, at + 28, h & ROW_WALL, r->wall_us);
-    bind_i64(st, at + 29, h & ROW_STEP_TOKENS, r->step_tokens);
-    bind_sv(st, at + 30, r->text);
-    bind_sv(st, at + 31, r->json.p ? r->json : SV_LIT("{}"));
+    put_sv(st, at + 2, r->id.p ? r->id : SV_LIT(""));
+    put_dbl(st, at + 3, h & ROW_TS, r->ts);
+    put_sv(st, at + 4, r->run_id);
+    put_sv(st, at + 5, r->kind.p ? r->kind : SV_LIT("unknown"));
+    put_sv(st, at + 6, r->phase);
+    put_sv(st, at + 7, r->name);
+    put_sv(st, at + 8, r->model);
+    put_sv(st, at + 9, r->engine);
+    put_sv(st, at + 10, r->route);
+    put_sv(st, at + 11, r->principal_id);
+    put_sv(st, at + 12, r->request_id);
+    put_i64(st, at + 13, h & ROW_OK, r->ok);
+    put_sv(st, at + 14, r->error);
+    put_sv(st, at + 15, r->degraded);
+    put_i64(st, at + 16, h & ROW_PROMPT, r->prompt);
+    put_i64(st, at + 17, h & ROW_CACHED, r->cached);
+    put_i64(st, at + 18, h & ROW_CACHE_WRITE, r->cache_write);
+    put_i64(st, at + 19, h & ROW_COMPLETION, r->completion);
+    put_i64(st, at + 20, h & ROW_REASONING, r->reasoning);
+    put_num(st, at + 21, h & ROW_LATENCY, r->latency_us);
+    put_num(st, at + 22, h & ROW_TTFT, r->ttft_us);
+    put_i64(st, at + 23, h & ROW_COST, r->cost_nusd);
+    put_dbl(st, at + 24, h & ROW_ENERGY, r->energy_j);
+    put_dbl(st, at + 25, h & ROW_GPU, r->gpu_util);
+    put_i64(st, at + 26, h & ROW_STEP, r->step);
+    put_dbl(st, at + 27, h & ROW_LOSS, r->loss);
+    put_num(st, at + 28, h & ROW_WALL, r->wall_us);
+    put_i64(st, at + 29, h & ROW_STEP_TOKENS, r->step_tokens);
+    put_sv(st, at + 30, r->text);
+    put_sv(st, at + 31, r->json.p ? r->json : SV_LIT("{}"));
 }
 
 /* ---- the rollup's cells ----------------------------------------------------- */
@@ -516,6 +528,7 @@ static ckpt *ckpt_start(store *s, const char *path)
         free(c);
         return NULL;
     }
+    pthread_setname_np(c->th, "tally-ckpt");
     sqlite3_wal_hook(s->db, wal_hook, c);
     return c;
 }
@@ -706,6 +719,7 @@ int store_insert(store *s, const row *r, int flags)
         seq = next_slot(s, base);
     }
     sqlite3_stmt *st = s->ins;
+    sqlite3_clear_bindings(st);
     bind_row(st, 1, seq, r);
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
@@ -739,6 +753,7 @@ int store_insert_rows(store *s, const row *rows, size_t n, int flags)
     size_t i = 0;
     while (n - i >= INSERT_MANY) {
         sqlite3_stmt *st = s->ins_many;
+        sqlite3_clear_bindings(st);
         int64_t seq[INSERT_MANY], base[INSERT_MANY];
         for (int k = 0; k < INSERT_MANY; k++) {
             base[k] = store_seq_base(&rows[i + (size_t)k]);
