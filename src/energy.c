@@ -470,6 +470,7 @@ energy *energy_start(struct tally *h, uint32_t interval_ms)
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     e->running = pthread_create(&e->thread, NULL, sampler, e) == 0;
+    if (e->running) pthread_setname_np(e->thread, "tally-energy");
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return e;
 }

@@ -297,6 +297,7 @@ static int start_thread(sqlsink *q)
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     int rc = pthread_create(&q->th, NULL, db_main, q);
+    if (rc == 0) pthread_setname_np(q->th, "tally-db");
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     q->running = rc == 0;
     return rc == 0 ? 0 : -1;

@@ -674,6 +674,7 @@ int writer_start(struct tally *h)
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     int rc = pthread_create(&h->writer, NULL, writer_main, h);
+    if (rc == 0) pthread_setname_np(h->writer, "tally-writer"); /* as top -H and perf show it */
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc == 0) h->writer_running = 1;
     return rc == 0 ? 0 : -1;
