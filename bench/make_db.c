@@ -1,0 +1,123 @@
+/*
+ * make_db -- a tally database of N request events spread over H hours, for
+ * stats_bench.sh: the size of a busy service's day (10 million requests
+ * is 116 a second for 24 h), which a simulated server cannot produce
+ * because its events carry the time they happen.
+ *
+ *   make_db DB [ROWS] [HOURS]      (defaults: 10000000 24)
+ *
+ * Rows go in through the store's own path (store_insert_rows, the rollup
+ * kept in the same transactions), 20,000 per transaction, each with the
+ * JSON line tally would have written.  The mix: 3 models x 2 engines x 3
+ * routes, lognormal latencies, half streaming, 3% failed, 5% degraded.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "row.h"
+#include "store.h"
+
+#define PER_TXN 20000
+
+static const char *models[] = {"llama-3.1-8b", "qwen2.5-32b", "gpt-4o-mini"};
+static const char *engines[] = {"vllm", "llama.cpp"};
+static const char *routes[] = {"direct", "web_then_model", "reason_then_model"};
+static const char *reasons[] = {"web_failed", "empty_completion", "grounding_cap"};
+
+static uint64_t rng = 88172645463325252ull;
+static double rnd(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (double)(rng >> 11) / 9007199254740992.0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: make_db DB [ROWS] [HOURS]\n");
+        return 2;
+    }
+    const char *path = argv[1];
+    long rows = argc > 2 ? strtol(argv[2], NULL, 10) : 10000000;
+    double hours = argc > 3 ? strtod(argv[3], NULL) : 24;
+    if (rows < 1 || !(hours > 0)) {
+        fprintf(stderr, "make_db: ROWS and HOURS must be positive\n");
+        return 2;
+    }
+    char err[512];
+    store *s = store_open(path, STORE_CREATE | STORE_CHECKPOINTER, err, sizeof err);
+    if (!s) {
+        fprintf(stderr, "make_db: %s\n", err);
+        return 1;
+    }
+    row *batch = calloc(PER_TXN, sizeof *batch);
+    char (*json)[512] = malloc((size_t)PER_TXN * 512);
+    char (*ids)[32] = malloc((size_t)PER_TXN * 32);
+    char (*rids)[32] = malloc((size_t)PER_TXN * 32);
+    if (!batch || !json || !ids || !rids) return 1;
+    double t1 = (double)time(NULL), t0 = t1 - hours * 3600, step = hours * 3600 / (double)rows;
+    for (long done = 0; done < rows;) {
+        int n = rows - done < PER_TXN ? (int)(rows - done) : PER_TXN;
+        for (int i = 0; i < n; i++) {
+            long k = done + i;
+            row *r = &batch[i];
+            row_clear(r);
+            int m = (int)(rnd() * 3), e = (int)(rnd() * 2);
+            r->ts = floor((t0 + (double)k * step) * 1e6) / 1e6;
+            r->kind = SV_LIT("eval");
+            r->phase = SV_LIT("serve");
+            r->name = SV_LIT("request");
+            r->run_id = SV_LIT("serve-bench-001");
+            r->model = (sv){models[m], strlen(models[m])};
+            r->engine = (sv){engines[e], strlen(engines[e])};
+            const char *route = routes[(int)(rnd() * 3)];
+            r->route = (sv){route, strlen(route)};
+            snprintf(ids[i], 32, "5bench0000%012lx", k);
+            snprintf(rids[i], 32, "req-%09ld", k);
+            r->id = (sv){ids[i], strlen(ids[i])};
+            r->request_id = (sv){rids[i], strlen(rids[i])};
+            r->prompt = 50 + (int64_t)(rnd() * 2000);
+            r->completion = 10 + (int64_t)(rnd() * 500);
+            double u1 = rnd() + 1e-9, u2 = rnd();
+            r->latency_us = floor(exp(log((m + 1) * 8000.0 * (e ? 1.6 : 1.0)) +
+                                      0.4 * sqrt(-2 * log(u1)) * cos(2 * M_PI * u2)) *
+                                  (double)r->completion / 50);
+            r->ok = rnd() >= 0.03;
+            r->has = ROW_TS | ROW_OK | ROW_PROMPT | ROW_COMPLETION | ROW_LATENCY | ROW_COST | ROW_ENERGY;
+            if (k % 2 == 0) {
+                r->ttft_us = floor(r->latency_us / 8) + 1;
+                r->has |= ROW_TTFT;
+            }
+            r->cost_nusd = r->prompt * 150 * (m + 1) + r->completion * 600 * (m + 1);
+            r->energy_j = (double)r->completion * (m + 1) * 0.35;
+            if (!r->ok) r->error = SV_LIT("upstream timeout");
+            else if (rnd() < 0.05) r->degraded = (sv){reasons[k % 3], strlen(reasons[k % 3])};
+            int len = snprintf(json[i], 512,
+                               "{\"kind\":\"eval\",\"t\":%.6f,\"ts\":%.6f,\"id\":\"%s\",\"phase\":\"serve\","
+                               "\"name\":\"request\",\"extra\":{\"model\":\"%s\",\"prompt_tokens\":%lld,"
+                               "\"completion_tokens\":%lld,\"latency_us\":%.0f,\"engine\":\"%s\",\"route\":\"%s\","
+                               "\"request_id\":\"%s\",\"cost_nusd\":%lld,\"energy_j\":%.17g,\"ok\":%s}}",
+                               r->ts - t0, r->ts, ids[i], models[m], (long long)r->prompt, (long long)r->completion,
+                               r->latency_us, engines[e], route, rids[i], (long long)r->cost_nusd, r->energy_j,
+                               r->ok ? "true" : "false");
+            r->json = (sv){json[i], (size_t)len};
+        }
+        if (store_begin(s) || store_insert_rows(s, batch, (size_t)n, 0) || store_commit(s)) {
+            fprintf(stderr, "make_db: %s\n", store_errmsg(s));
+            return 1;
+        }
+        done += n;
+    }
+    store_close(s);
+    free(batch);
+    free(json);
+    free(ids);
+    free(rids);
+    return 0;
+}
