@@ -8,7 +8,10 @@
  * (so the figure is the writer's and the database's, not drops), and its
  * first event -- which allocates and touches the queue -- is not timed.
  *
- *   store_bench [--events N] [--dir DIR] [--cli PATH-TO-tally]
+ *   store_bench [--events N] [--tries K] [--dir DIR] [--cli PATH-TO-tally]
+ *
+ * Each case runs K times (default 5), interleaved with the others so that
+ * a noisy neighbour hits them alike; the medians are reported.
  */
 #include <sqlite3.h>
 #include <stdio.h>
@@ -146,46 +149,64 @@ static double baseline_rate(const char *db, int n)
     return n / (t1 - t0);
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Sorts v and prints "(tries a b c ...)" into buf; returns the median. */
+static double median(double *v, int k, char *buf, size_t cap)
+{
+    qsort(v, (size_t)k, sizeof *v, cmp_double);
+    size_t o = 0;
+    o += (size_t)snprintf(buf + o, cap - o, "(tries");
+    for (int i = 0; i < k && o < cap; i++) o += (size_t)snprintf(buf + o, cap - o, " %.0f", v[i]);
+    if (o < cap) snprintf(buf + o, cap - o, ")");
+    return k % 2 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2;
+}
+
+enum { MAX_TRIES = 15 };
+
 int main(int argc, char **argv)
 {
-    int n = 500000;
+    int n = 500000, tries = 5;
     const char *dir = "/tmp", *cli = "./build/tally";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--events") && i + 1 < argc) n = (int)strtol(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--tries") && i + 1 < argc) tries = (int)strtol(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--dir") && i + 1 < argc) dir = argv[++i];
         else if (!strcmp(argv[i], "--cli") && i + 1 < argc) cli = argv[++i];
         else {
-            fprintf(stderr, "usage: store_bench [--events N] [--dir DIR] [--cli PATH]\n");
+            fprintf(stderr, "usage: store_bench [--events N] [--tries K] [--dir DIR] [--cli PATH]\n");
             return 2;
         }
     }
     if (n < 1000) n = 1000;
+    if (tries < 1) tries = 1;
+    if (tries > MAX_TRIES) tries = MAX_TRIES;
     char db[512], jsonl[512], db2[512];
     snprintf(db, sizeof db, "%s/store_bench_%d.db", dir, (int)getpid());
     snprintf(db2, sizeof db2, "%s/store_bench_%d_import.db", dir, (int)getpid());
     snprintf(jsonl, sizeof jsonl, "%s/store_bench_%d.jsonl", dir, (int)getpid());
     printf("# store_bench: %d request events\n", n);
 
-    /* Three tries each, interleaved, medians. */
-    double t[3], b[3], tj[3];
+    double t[MAX_TRIES], b[MAX_TRIES], tj[MAX_TRIES];
     int bn = n / 10 < 20000 ? 20000 : n / 10; /* the baseline is slow: a tenth of the events */
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < tries; k++) {
         t[k] = tally_rate(db, n, NULL);
         b[k] = baseline_rate(db, bn);
         unlink(jsonl);
         tj[k] = tally_rate(db, n, jsonl);
     }
     unlink(jsonl);
-    for (int i = 0; i < 3; i++)
-        for (int j = i + 1; j < 3; j++) {
-            if (t[j] < t[i]) { double x = t[i]; t[i] = t[j]; t[j] = x; }
-            if (b[j] < b[i]) { double x = b[i]; b[i] = b[j]; b[j] = x; }
-            if (tj[j] < tj[i]) { double x = tj[i]; tj[i] = tj[j]; tj[j] = x; }
-        }
-    printf("case=sqlite_insert events_per_s=%.0f (tries %.0f %.0f %.0f) baseline_seed001_events_per_s=%.0f "
-           "ratio_vs_baseline=%.1f\n",
-           t[1], t[0], t[1], t[2], b[1], t[1] / b[1]);
-    printf("case=sqlite_and_jsonl events_per_s=%.0f (tries %.0f %.0f %.0f)\n", tj[1], tj[0], tj[1], tj[2]);
+    char ts[256], bs[256], tjs[256];
+    double tm = median(t, tries, ts, sizeof ts), bm = median(b, tries, bs, sizeof bs);
+    double tjm = median(tj, tries, tjs, sizeof tjs);
+    printf("case=sqlite_insert events_per_s=%.0f %s\n", tm, ts);
+    printf("case=baseline_seed001 events_per_s=%.0f %s\n", bm, bs);
+    printf("case=sqlite_and_jsonl events_per_s=%.0f %s\n", tjm, tjs);
+    printf("ratio sqlite_insert/baseline_seed001=%.1f\n", tm / bm);
 
     /* Import: a JSONL file written by tally, loaded by `tally import`. */
     unlink(jsonl);
