@@ -350,7 +350,7 @@ int agg_cell_decode_merge(agg_cell *c, const void *data, size_t n)
     if (get_uvarint(p, n, &at, &nr) || nr > AGG_MAX_DEGRADED) goto out;
     for (uint64_t i = 0; i < nr; i++) {
         uint64_t len, cnt;
-        if (get_uvarint(p, n, &at, &len) || len > MAX_REASON || n - at < len) goto out;
+        if (get_uvarint(p, n, &at, &len) || len > MAX_REASON || n - at < len || memchr(p + at, 0, len)) goto out;
         const unsigned char *s = p + at;
         at += len;
         if (get_uvarint(p, n, &at, &cnt) || add_reason(&t, (const char *)s, len, cnt)) goto out;
