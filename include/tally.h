@@ -60,8 +60,8 @@ typedef struct tally_config {
     /* SQLite events database, beside or instead of the JSONL file
      * (docs/schema.md).  TALLY_DB overrides it.  Retention: events older
      * than `retention_max_age_s` seconds, and the oldest beyond
-     * `retention_max_rows`, are deleted by the writer thread every 100
-     * batches (0 = keep everything). */
+     * `retention_max_rows`, are deleted by the sink's database thread at
+     * open and then every 100 transactions (0 = keep everything). */
     const char *sqlite_path;
     /* Price file (docs/prices.md): requests recorded without a cost are
      * costed by the writer thread at the price in effect on their day.

@@ -2,8 +2,10 @@
  * test_store -- the SQLite sink and store: rows equal the JSONL events
  * field by field; two processes into one database; retention by age and
  * not one row more; import is idempotent; foreign, newer and corrupt
- * databases are refused and left byte-for-byte unchanged.
+ * databases are refused and left byte-for-byte unchanged; several
+ * recording threads, flushes and retention at once (run under TSan in CI).
  */
+#include <pthread.h>
 #include <math.h>
 #include <sqlite3.h>
 #include <sys/wait.h>
@@ -11,6 +13,7 @@
 #include <unistd.h>
 
 #include "helpers.h"
+#include "agg.h"
 #include "store.h"
 
 static char *slurp(const char *path, size_t *n)
@@ -248,6 +251,85 @@ static void test_two_processes(void **state)
     th_rmrf(dir);
 }
 
+/* Recording threads, flushes from another thread and retention trims all
+ * at once: every event lands, once, and the rollup counts exactly the
+ * rows.  The sink's writer, database and checkpointer threads run beside
+ * them, so under TSan this is the store's race test. */
+enum { TH_THREADS = 4, TH_EVENTS = 25000 };
+
+static void *record_thread(void *arg)
+{
+    tally_t *h = arg;
+    char rid[32];
+    for (int i = 0; i < TH_EVENTS; i++) {
+        tally_request q = {0};
+        snprintf(rid, sizeof rid, "r%d", i);
+        q.model = i % 2 ? "odd" : "even";
+        q.request_id = rid;
+        q.completion_tokens = 1;
+        q.latency_us = 100 + i % 1000;
+        tally_request_record(h, &q);
+    }
+    return NULL;
+}
+
+static void test_threads_flush_retention(void **state)
+{
+    (void)state;
+    const char *dir = th_tmpdir("threads");
+    char dbp[600], jl[600];
+    snprintf(dbp, sizeof dbp, "%s/t.db", dir);
+    snprintf(jl, sizeof jl, "%s/t.jsonl", dir);
+    tally_config cfg;
+    tally_config_init(&cfg);
+    cfg.sqlite_path = dbp;
+    cfg.path = jl;
+    cfg.queue_bytes = 64 << 20;
+    cfg.retention_max_age_s = 86400;    /* trims run, and delete nothing recent */
+    cfg.retention_max_rows = 1000000000;
+    cfg.log = log_stderr;
+    tally_t *h = tally_open(&cfg);
+    assert_non_null(h);
+    pthread_t t[TH_THREADS];
+    for (int k = 0; k < TH_THREADS; k++) assert_int_equal(pthread_create(&t[k], NULL, record_thread, h), 0);
+    for (int k = 0; k < 20; k++) {
+        tally_flush(h, 10000);
+        usleep(1000);
+    }
+    for (int k = 0; k < TH_THREADS; k++) pthread_join(t[k], NULL);
+    tally_counters c;
+    tally_flush(h, 60000);
+    tally_get_counters(h, &c);
+    tally_close(h, NULL);
+    assert_int_equal(c.dropped, 0);
+    assert_int_equal(c.sink_failures, 0);
+    sqlite3 *db;
+    sqlite3_open(dbp, &db);
+    int64_t want = (int64_t)TH_THREADS * TH_EVENTS;
+    assert_int_equal(count(db, "SELECT count(*) FROM events WHERE kind='eval' AND name='request'"), want);
+    assert_int_equal(count(db, "SELECT count(DISTINCT id) FROM events"), count(db, "SELECT count(*) FROM events"));
+    assert_int_equal(count(db, "SELECT count(*) FROM events WHERE model='odd'"), want / 2);
+    /* The rollup's cells count every row, and the request rows exactly. */
+    agg_cell all;
+    agg_cell_init(&all);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT cell FROM rollup", -1, &st, NULL), SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW)
+        assert_int_equal(agg_cell_decode_merge(&all, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0)), 0);
+    sqlite3_finalize(st);
+    assert_int_equal(all.events, count(db, "SELECT count(*) FROM events"));
+    assert_int_equal(all.requests, want);
+    agg_cell_free(&all);
+    sqlite3_close(db);
+    char args[1400], out[8192];
+    snprintf(args, sizeof args, "stats %s --json", dbp);
+    assert_int_equal(th_run_cli(args, out, sizeof out), 0);
+    char needle[64];
+    snprintf(needle, sizeof needle, "\"requests\":%lld", (long long)want);
+    if (!strstr(out, needle)) fail_msg("stats over the database lacks %s: %s", needle, out);
+    th_rmrf(dir);
+}
+
 static int run_cli(const char *args, char *out, size_t outlen) { return th_run_cli(args, out, outlen); }
 
 /* A file with events a day apart, ending now. */
@@ -293,8 +375,8 @@ static void test_retention(void **state)
     assert_int_equal(count(db, "SELECT count(*) FROM events WHERE json LIKE '%secret%'"), 0);
     sqlite3_close(db);
 
-    /* The library: retention in the config trims on the writer thread (at
-     * open, then every 100 batches): 7 days leaves days 0..6. */
+    /* The library: retention in the config trims on the database thread
+     * (at open, then every 100 transactions): 7 days leaves days 0..6. */
     tally_config cfg;
     tally_config_init(&cfg);
     cfg.sqlite_path = dbp;
@@ -451,7 +533,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rows_equal_jsonl), cmocka_unit_test(test_two_processes),
         cmocka_unit_test(test_retention),        cmocka_unit_test(test_import_idempotent),
-        cmocka_unit_test(test_refused),
+        cmocka_unit_test(test_refused),          cmocka_unit_test(test_threads_flush_retention),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
