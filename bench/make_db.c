@@ -39,9 +39,12 @@ static double rnd(void)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
-        fprintf(stderr, "usage: make_db DB [ROWS] [HOURS]\n");
-        return 2;
+    if (argc < 2 || argc > 4 || argv[1][0] == '-') {
+        fprintf(stderr, "usage: make_db DB [ROWS] [HOURS]\n"
+                        "  adds ROWS request events (default 10000000) to the tally database DB\n"
+                        "  (created if missing),\n"
+                        "  spread over the HOURS (default 24) before now\n");
+        return argc == 2 && !strcmp(argv[1], "--help") ? 0 : 2;
     }
     const char *path = argv[1];
     long rows = argc > 2 ? strtol(argv[2], NULL, 10) : 10000000;
