@@ -164,24 +164,20 @@ void enc_double(buf *b, double v)
     if (fabs(v) >= 1e-3 && fabs(v) < 1e9) {
         int64_t k = llround(v * 1e6);
         if ((double)k / 1e6 == v) {
-            char tmp[32];
-            uint64_t a = (uint64_t)(k < 0 ? -k : k), ip = a / 1000000, fp = a % 1000000;
-            int n = 0, w = 6;
-            if (k < 0) tmp[n++] = '-';
-            char digits[24];
-            int nd = 0;
-            do digits[nd++] = (char)('0' + ip % 10); while ((ip /= 10) > 0);
-            while (nd) tmp[n++] = digits[--nd];
+            uint64_t a = (uint64_t)(k < 0 ? -k : k), fp = a % 1000000;
+            if (k < 0) buf_putc(b, '-'); /* before the digits: -0.5 has integer part 0 */
+            enc_i64(b, (int64_t)(a / 1000000));
+            int w = 6;
             while (w > 0 && fp % 10 == 0) {
                 fp /= 10;
                 w--;
             }
             if (w) {
-                tmp[n++] = '.';
-                for (int i = w - 1; i >= 0; i--, fp /= 10) tmp[n + i] = (char)('0' + fp % 10);
-                n += w;
+                char tmp[8];
+                tmp[0] = '.';
+                for (int i = w; i >= 1; i--, fp /= 10) tmp[i] = (char)('0' + fp % 10);
+                buf_put(b, tmp, (size_t)w + 1);
             }
-            buf_put(b, tmp, (size_t)n);
             return;
         }
     }

@@ -59,12 +59,7 @@ void rollup_key_encode(const row *r, buf *b)
             continue;
         }
         *o++ = 1;
-        uint64_t n = f->n;
-        while (n >= 0x80) {
-            *o++ = (unsigned char)(n | 0x80);
-            n >>= 7;
-        }
-        *o++ = (unsigned char)n;
+        o = uvarint_at(o, f->n);
         memcpy(o, f->p, f->n);
         o += f->n;
     }

@@ -177,13 +177,7 @@ double sketch_quantile(const sketch *s, double q)
 void put_uvarint(buf *b, uint64_t v)
 {
     unsigned char t[10];
-    size_t n = 0;
-    while (v >= 0x80) {
-        t[n++] = (unsigned char)(v | 0x80);
-        v >>= 7;
-    }
-    t[n++] = (unsigned char)v;
-    buf_put(b, t, n);
+    buf_put(b, t, (size_t)(uvarint_at(t, v) - t));
 }
 
 void put_f64(buf *b, double v)

@@ -57,6 +57,16 @@ void sketch_encode(const sketch *s, buf *b);
 long sketch_decode_merge(sketch *s, const unsigned char *p, size_t n);
 
 /* Little-endian varints and doubles, shared with the rollup's cells. */
+/* Writes v's varint (at most 10 bytes) at o; returns the byte after it. */
+static inline unsigned char *uvarint_at(unsigned char *o, uint64_t v)
+{
+    while (v >= 0x80) {
+        *o++ = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    *o++ = (unsigned char)v;
+    return o;
+}
 void put_uvarint(buf *b, uint64_t v);
 void put_f64(buf *b, double v);
 /* Each returns 0, or -1 when p[*at..n) is too short or malformed. */

@@ -201,7 +201,6 @@ static void bind_i64(sqlite3_stmt *st, int i, int present, int64_t v)
     else sqlite3_bind_null(st, i);
 }
 
-
 int store_version(sqlite3 *db)
 {
     int64_t v = 0;

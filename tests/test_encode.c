@@ -105,6 +105,8 @@ static void test_numbers(void **state)
         if (i % 2) v = (double)(int64_t)(x % 2000000000000ull) / 1e6 * ((x >> 40) & 1 ? -1 : 1);
         else v = ldexp((double)(x >> 11) / 9007199254740992.0, (int)((x >> 3) % 60) - 20);
         if (i % 5 == 0) v = floor(v * 1000) / 1000;
+        static const double edge[] = {-0.25, -0.001, 0.001, -0.000999, 0.5, -999999999.999999, 123.000001};
+        if (i < (int)(sizeof edge / sizeof edge[0])) v = edge[i];
         char want[40];
         snprintf(want, sizeof want, "%.15g", v);
         if (strtod(want, NULL) != v) snprintf(want, sizeof want, "%.17g", v);
