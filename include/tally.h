@@ -272,6 +272,17 @@ typedef struct tally_counters {
 /* This process's counters.  offered == written + dropped once flushed. */
 void tally_get_counters(const tally_t *h, tally_counters *out);
 
+/* Each sink's own losses: events it could not keep (its buffer was full
+ * while its database was locked, a write failed, it could not be opened).
+ * One sink's losses never cost another sink an event.  Fills up to `n`
+ * entries and returns the number of sinks.  Names: "jsonl", "sqlite",
+ * "memory", "subscriber". */
+typedef struct tally_sink_stats {
+    const char *name;
+    uint64_t lost;
+} tally_sink_stats;
+size_t tally_get_sinks(const tally_t *h, tally_sink_stats *out, size_t n);
+
 /* Memory sink (tally_config.memory_sink): the number of events kept, and a
  * walk over them under the sink's lock.  fn returns non-zero to stop. */
 size_t tally_memory_count(tally_t *h);

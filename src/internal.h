@@ -51,6 +51,7 @@ struct sink {
     const sink_ops *ops;
     struct tally *h;
     void *state;
+    _Atomic uint64_t lost;    /* events this sink could not keep (its own count) */
 };
 
 #define TALLY_MAX_SINKS 6

@@ -25,7 +25,7 @@ static void cb_close(sink *s)
     s->state = NULL;
 }
 
-static const sink_ops cb_ops = {"callback", cb_write, NULL, NULL, cb_close};
+static const sink_ops cb_ops = {"subscriber", cb_write, NULL, NULL, cb_close};
 
 int sink_callback_open(struct tally *h, sink *s, tally_event_fn fn, void *ud)
 {

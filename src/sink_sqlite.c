@@ -9,14 +9,19 @@
  * sink's database thread inserts batches: the two overlap.  Nothing here
  * is ever on the recording path.
  *
- * Batches.  The writer fills one batch while the database thread commits
- * the other, one transaction each.  If the database is still busy with the
- * previous batch when the writer ends a batch, the writer keeps filling
- * the same one (so, under load, several flush batches go into one
- * transaction: group commit) -- but only once: at the next commit, or
- * when the batch reaches BATCH_MAX_ROWS / BATCH_MAX_BYTES, the writer
- * waits for the database thread.  A flush or close waits until its events
- * are committed.
+ * Batches, and why this sink cannot hurt the others.  The writer fills
+ * one batch while the database thread commits the other, one transaction
+ * each.  If the database is still busy with the previous batch when the
+ * writer ends a batch, the writer keeps filling the same one (so, under
+ * load, several flush batches go into one transaction: group commit).  The
+ * writer never waits for the database thread while events flow: when the
+ * batch being filled reaches BATCH_MAX_ROWS / BATCH_MAX_BYTES / its cells'
+ * cap and the database thread is still busy (another process holds the
+ * write lock, the disk is slow), further events are dropped by this sink
+ * and counted as its own losses; the JSONL file and every other sink carry
+ * on.  A flush waits for its events at most SYNC_WAIT_MS; close waits
+ * until the database thread has finished (each try is bounded by the
+ * busy timeout).
  *
  * Failures.  A batch that cannot get the lock within the busy timeout, or
  * fails to insert, is rolled back and its events counted as lost (the
@@ -41,6 +46,7 @@
 #define BATCH_MAX_ROWS 65536
 #define BATCH_MAX_BYTES ((size_t)32 << 20)
 #define BATCH_MAX_CELLS 16384
+#define SYNC_WAIT_MS 3000      /* a flush waits this long for the database, at most */
 
 typedef struct batch {
     row *rows;
@@ -48,7 +54,6 @@ typedef struct batch {
     buf bytes;                /* every string of the rows */
     rollup *cells;            /* the rows' rollup, counted by the writer thread */
     int full;                 /* cells reached their cap: hand over before the next row */
-    int deferred;             /* a commit already left this batch to grow */
 } batch;
 
 typedef struct sqlsink {
@@ -216,7 +221,7 @@ static void batch_clear(batch *b)
     b->n = 0;
     buf_reset(&b->bytes);
     rollup_clear(b->cells);
-    b->full = b->deferred = 0;
+    b->full = 0;
 }
 
 /* ---- the database thread ------------------------------------------------------------- */
@@ -303,11 +308,9 @@ static int start_thread(sqlsink *q)
     return rc == 0 ? 0 : -1;
 }
 
-/* Hands the filled batch to the database thread (under mu), waiting for it
- * to finish the previous one first. */
+/* Hands the filled batch to the database thread (under mu; it is idle). */
 static void hand_over(sqlsink *q)
 {
-    while (q->busy) pthread_cond_wait(&q->idle_cv, &q->mu);
     batch *t = q->work;
     q->work = q->fill;
     q->fill = t;
@@ -341,16 +344,40 @@ static int sql_write(sink *s, const wev *ev, const char *line, size_t len)
     r.id = (sv){ev->id, strlen(ev->id)};
     r.json = (sv){line, len};
     if (q->fill->n >= BATCH_MAX_ROWS || q->fill->bytes.len >= BATCH_MAX_BYTES || q->fill->full) {
+        /* Full: hand it over if the database thread is free, else this
+         * event is this sink's loss (never a wait on the writer thread). */
         pthread_mutex_lock(&q->mu);
-        if (q->running) hand_over(q);
+        int handed = q->running && !q->busy;
+        if (handed) hand_over(q);
         pthread_mutex_unlock(&q->mu);
-        if (!q->running) {
-            atomic_fetch_add(&q->lost, q->fill->n);
-            batch_clear(q->fill);
+        if (!handed) {
+            atomic_fetch_add(&q->lost, 1);
+            return 0;
         }
     }
     if (batch_add(q->fill, &r)) atomic_fetch_add(&q->lost, 1);
     return 0;
+}
+
+/* Waits (under mu) until the database thread is idle, at most until
+ * `deadline_ns` (0: no limit); returns 1 when it is idle. */
+static int wait_idle(sqlsink *q, int64_t deadline_ns)
+{
+    while (q->busy) {
+        if (!deadline_ns) {
+            pthread_cond_wait(&q->idle_cv, &q->mu);
+            continue;
+        }
+        int64_t left = deadline_ns - tally__mono_ns();
+        if (left <= 0) return 0;
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        int64_t ns = dl.tv_nsec + left % 1000000000;
+        dl.tv_sec += (time_t)(left / 1000000000 + ns / 1000000000);
+        dl.tv_nsec = (long)(ns % 1000000000);
+        pthread_cond_timedwait(&q->idle_cv, &q->mu, &dl);
+    }
+    return 1;
 }
 
 static uint64_t sql_commit(sink *s, int sync)
@@ -358,14 +385,14 @@ static uint64_t sql_commit(sink *s, int sync)
     sqlsink *q = s->state;
     pthread_mutex_lock(&q->mu);
     if (!q->running) start_thread(q);
-    if (q->running && q->fill->n) {
-        /* Busy: let this batch grow once (group commit), unless asked to
-         * flush or it already waited. */
-        if (!q->busy || sync || q->fill->deferred) hand_over(q);
-        else q->fill->deferred = 1;
+    if (q->running) {
+        /* Busy: let this batch grow (group commit); a flush waits for the
+         * database a bounded time, then leaves the batch to a later commit. */
+        int64_t deadline = sync ? tally__mono_ns() + (int64_t)SYNC_WAIT_MS * 1000000 : 0;
+        if (sync) wait_idle(q, deadline);
+        if (q->fill->n && !q->busy) hand_over(q);
+        if (sync) wait_idle(q, deadline);
     }
-    if (sync)
-        while (q->busy) pthread_cond_wait(&q->idle_cv, &q->mu);
     pthread_mutex_unlock(&q->mu);
     if (!q->running && q->fill->n) {
         atomic_fetch_add(&q->lost, q->fill->n);
@@ -395,13 +422,20 @@ static void sql_close(sink *s)
 {
     sqlsink *q = s->state;
     if (q->running) {
+        /* The last events: every try is bounded by the busy timeout. */
         pthread_mutex_lock(&q->mu);
-        while (q->busy) pthread_cond_wait(&q->idle_cv, &q->mu);
+        wait_idle(q, 0);
+        if (q->fill->n) hand_over(q);
+        wait_idle(q, 0);
         q->stop = 1;
         pthread_cond_signal(&q->work_cv);
         pthread_mutex_unlock(&q->mu);
         pthread_join(q->th, NULL);
     }
+    uint64_t late = atomic_exchange(&q->lost, 0);
+    if (late) /* after run_end was written: said here, since no counter can show it */
+        tally__log(q->h, TALLY_LOG_WARN, "%llu events could not be stored in %s at close", (unsigned long long)late,
+                   q->path);
     store_close(q->st);
     json_arena_free(&q->arena);
     for (int i = 0; i < 2; i++) {

@@ -129,6 +129,7 @@ static void fork_child(void)
         h->published_written = 0;
         atomic_store(&h->written, 0);
         atomic_store(&h->sink_failures, 0);
+        for (int k = 0; k < h->n_sinks; k++) atomic_store(&h->sinks[k].lost, 0);
         atomic_store(&h->unpriced, 0);
         h->published_unpriced = 0;
         atomic_store(&h->lost_no_ring, 0);
@@ -905,6 +906,16 @@ void tally_get_counters(const tally_t *hc, tally_counters *out)
     out->written = atomic_load(&h->written);
     out->unpriced = atomic_load(&h->unpriced);
     out->sink_failures = atomic_load(&h->sink_failures);
+}
+
+size_t tally_get_sinks(const tally_t *h, tally_sink_stats *out, size_t n)
+{
+    if (!h || !h->enabled) return 0;
+    for (int i = 0; i < h->n_sinks && (size_t)i < n; i++) {
+        out[i].name = h->sinks[i].ops->name;
+        out[i].lost = atomic_load(&h->sinks[i].lost);
+    }
+    return (size_t)h->n_sinks;
 }
 
 size_t tally_memory_count(tally_t *h)

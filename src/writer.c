@@ -381,6 +381,13 @@ static void enc_run_start(struct tally *h, buf *b, const wev *ev)
 
 /* ---- sinks --------------------------------------------------------------- */
 
+/* A sink's losses count against that sink alone (and in the total). */
+static void sink_lost(struct tally *h, sink *s, uint64_t n)
+{
+    atomic_fetch_add(&s->lost, n);
+    atomic_fetch_add(&h->sink_failures, n);
+}
+
 static void emit(struct tally *h, const wev *ev)
 {
     buf *b = &h->line;
@@ -403,8 +410,7 @@ static void emit(struct tally *h, const wev *ev)
         return;
     }
     for (int i = 0; i < h->n_sinks; i++)
-        if (h->sinks[i].ops->write(&h->sinks[i], ev, b->p, b->len) != 0)
-            atomic_fetch_add(&h->sink_failures, 1);
+        if (h->sinks[i].ops->write(&h->sinks[i], ev, b->p, b->len) != 0) sink_lost(h, &h->sinks[i], 1);
     /* Only this thread writes `written`: no locked add per event. */
     ring_bump(&h->written, 1);
 }
@@ -415,7 +421,7 @@ static void commit(struct tally *h, int sync)
         atomic_store_explicit(&r->consumed_seq, r->drained, memory_order_release);
     for (int i = 0; i < h->n_sinks; i++) {
         uint64_t lost = h->sinks[i].ops->commit ? h->sinks[i].ops->commit(&h->sinks[i], sync) : 0;
-        if (lost) atomic_fetch_add(&h->sink_failures, lost);
+        if (lost) sink_lost(h, &h->sinks[i], lost);
     }
 }
 
@@ -755,6 +761,15 @@ static void writer_finish(struct tally *h)
         enc_i64(b, (int64_t)(s ? atomic_load(&s->dropped) : c.dropped));
         ENC_NKEY(b, "sink_failures");
         enc_i64(b, (int64_t)atomic_load(&h->sink_failures));
+        ENC_NKEY(b, "sink_lost");
+        buf_putc(b, '{');
+        for (int i = 0; i < h->n_sinks; i++) {
+            if (i) buf_putc(b, ',');
+            enc_cstr(b, h->sinks[i].ops->name);
+            buf_putc(b, ':');
+            enc_i64(b, (int64_t)atomic_load(&h->sinks[i].lost));
+        }
+        buf_putc(b, '}');
         ENC_NKEY(b, "unpriced");
         enc_i64(b, (int64_t)(s ? atomic_load(&s->unpriced) : atomic_load(&h->unpriced)));
         ENC_NKEY(b, "processes");
@@ -782,8 +797,7 @@ static void writer_finish(struct tally *h)
         }
         buf_putc(b, '}');
         for (int i = 0; i < h->n_sinks; i++)
-            if (h->sinks[i].ops->write(&h->sinks[i], &ev, b->p, b->len) != 0)
-                atomic_fetch_add(&h->sink_failures, 1);
+            if (h->sinks[i].ops->write(&h->sinks[i], &ev, b->p, b->len) != 0) sink_lost(h, &h->sinks[i], 1);
         atomic_fetch_add(&h->written, 1);
     }
     commit(h, 1);
