@@ -99,6 +99,7 @@ static int import_file(store *db, const char *path, import_stats *st, json_arena
     char *line;
     size_t len;
     int complete, toolong, rc = 0, r;
+    uint64_t imported_before = st->imported;
     if (store_begin(db) != 0) {
         cli_error("import", "cannot write the database: %s", store_errmsg(db));
         lr_close(&lr);
@@ -125,7 +126,13 @@ static int import_file(store *db, const char *path, import_stats *st, json_arena
         cli_error("import", "cannot commit to the database: %s", store_errmsg(db));
         rc = -1;
     } else if (rc != 0) {
+        cli_error("import", "cannot write the database: %s", store_errmsg(db));
         store_rollback(db);
+    }
+    if (rc != 0) {
+        /* Rolled back: this file's rows are not in the database. */
+        st->failed += st->imported - imported_before;
+        st->imported = imported_before;
     }
     return rc;
 }

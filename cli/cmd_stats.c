@@ -399,6 +399,7 @@ static void split_key(const char *key, char parts[MAX_BY][256], int n)
 
 static void print_table(agg *a, int training)
 {
+    int escape_ctl = isatty(STDOUT_FILENO) || getenv("TALLY_ESCAPE_CONTROLS");
     int nkeys = a->nby ? a->nby : 1;
     size_t sel[NCOLS], ns = 0;
     for (size_t c = 0; c < NCOLS; c++)
@@ -424,6 +425,17 @@ static void print_table(agg *a, int training)
         for (int k = 0; k < nkeys; k++) snprintf(cells[r * ncell + k], 256, "%.250s", parts[k]);
         for (size_t j = 0; j < ns; j++) fmt_cell(g, sel[j], 1, cells[r * ncell + nkeys + j], 256);
         r++;
+    }
+    /* Group keys and reasons come from event data: on a terminal their
+     * control characters are shown, not obeyed. */
+    if (escape_ctl) {
+        char tmp[256];
+        for (size_t i = 1; i < r; i++)
+            for (size_t j = 0; j < ncell; j++) {
+                char *c = cells[i * ncell + j];
+                cli_escape_ctl(c, strlen(c), tmp, sizeof tmp);
+                memcpy(c, tmp, strlen(tmp) + 1);
+            }
     }
     for (size_t i = 0; i < r; i++)
         for (size_t j = 0; j < ncell; j++)

@@ -23,8 +23,12 @@
 #include "util.h"
 
 #define MAX_PENDING ((size_t)16 << 20)
+#define TAIL_MAX_N 100000000   /* -n: remembering this many line starts takes 800 MB */
 
 static volatile sig_atomic_t stop_flag;
+/* Where events are shown: stdout, escaping control characters from event
+ * data when it is a terminal. */
+static FILE *tout;
 static void on_signal(int sig) { (void)sig; stop_flag = 1; }
 
 static const char *s_or(const jv *v, const char *def)
@@ -35,7 +39,7 @@ static const char *s_or(const jv *v, const char *def)
 
 static void put_num(const char *label, const jv *v, double scale, const char *unit)
 {
-    if (v && v->type == JV_NUM) printf(" %s=%.4g%s", label, jv_num(v, 0) * scale, unit);
+    if (v && v->type == JV_NUM) fprintf(tout, " %s=%.4g%s", label, jv_num(v, 0) * scale, unit);
 }
 
 /* One event as a line a person reads. */
@@ -44,7 +48,7 @@ static void show(json_arena *a, const char *line, size_t len)
     json_arena_reset(a);
     jv *v = json_parse(a, line, len, NULL);
     if (!v || v->type != JV_OBJ) {
-        printf("?? %.*s\n", (int)(len > 200 ? 200 : len), line);
+        fprintf(tout, "?? %.*s\n", (int)(len > 200 ? 200 : len), line);
         return;
     }
     const jv *ts = jv_get(v, "ts"), *t = jv_get(v, "t");
@@ -54,56 +58,56 @@ static void show(json_arena *a, const char *line, size_t len)
         gmtime_r(&sec, &tm);
         char hms[16];
         strftime(hms, sizeof hms, "%H:%M:%S", &tm);
-        printf("%s.%03d ", hms, (int)((jv_num(ts, 0) - floor(jv_num(ts, 0))) * 1000));
+        fprintf(tout, "%s.%03d ", hms, (int)((jv_num(ts, 0) - floor(jv_num(ts, 0))) * 1000));
     } else if (t && t->type == JV_NUM) {
-        printf("t=%-10.3f ", jv_num(t, 0));
+        fprintf(tout, "t=%-10.3f ", jv_num(t, 0));
     }
     const char *kind = s_or(jv_get(v, "kind"), NULL);
     if (!kind) kind = s_or(jv_get(v, "tag"), "?");
     const jv *x = jv_get(v, "extra");
     if (!strcmp(kind, "eval") && !strcmp(s_or(jv_get(v, "name"), ""), "request") && x) {
-        printf("request %s", s_or(jv_get(x, "model"), "?"));
-        if (jv_get(x, "engine")) printf(" engine=%s", s_or(jv_get(x, "engine"), ""));
-        printf(" tokens=%lld/%lld", (long long)jv_int(jv_get(x, "prompt_tokens"), 0),
+        fprintf(tout, "request %s", s_or(jv_get(x, "model"), "?"));
+        if (jv_get(x, "engine")) fprintf(tout, " engine=%s", s_or(jv_get(x, "engine"), ""));
+        fprintf(tout, " tokens=%lld/%lld", (long long)jv_int(jv_get(x, "prompt_tokens"), 0),
                (long long)jv_int(jv_get(x, "completion_tokens"), 0));
         put_num("latency", jv_get(x, "latency_us"), 1e-3, "ms");
         put_num("ttft", jv_get(x, "ttft_us"), 1e-3, "ms");
         put_num("cost", jv_get(x, "cost_nusd"), 1e-9, "$");
         put_num("energy", jv_get(x, "energy_j"), 1, "J");
         const jv *ok = jv_get(x, "ok");
-        if (ok && ok->type == JV_FALSE) printf(" FAILED");
-        if (jv_get(x, "error")) printf(" error=\"%s\"", s_or(jv_get(x, "error"), ""));
-        if (jv_get(x, "degraded")) printf(" degraded=%s", s_or(jv_get(x, "degraded"), ""));
-        if (jv_get(x, "request_id")) printf(" id=%s", s_or(jv_get(x, "request_id"), ""));
+        if (ok && ok->type == JV_FALSE) fprintf(tout, " FAILED");
+        if (jv_get(x, "error")) fprintf(tout, " error=\"%s\"", s_or(jv_get(x, "error"), ""));
+        if (jv_get(x, "degraded")) fprintf(tout, " degraded=%s", s_or(jv_get(x, "degraded"), ""));
+        if (jv_get(x, "request_id")) fprintf(tout, " id=%s", s_or(jv_get(x, "request_id"), ""));
     } else if (!strcmp(kind, "step") || !strcmp(kind, "step_end")) {
-        printf("step %lld", (long long)jv_int(jv_get(v, "step"), -1));
+        fprintf(tout, "step %lld", (long long)jv_int(jv_get(v, "step"), -1));
         put_num("loss", jv_get(v, "loss"), 1, "");
         put_num("lr", jv_get(v, "lr"), 1, "");
         put_num("grad_norm", jv_get(v, "grad_norm"), 1, "");
         put_num("wall", jv_get(v, "wall_us"), 1e-3, "ms");
-        if (jv_get(v, "unfinished")) printf(" UNFINISHED");
+        if (jv_get(v, "unfinished")) fprintf(tout, " UNFINISHED");
     } else if (!strcmp(kind, "run_start")) {
         const jv *m = jv_get(v, "model");
-        printf("run_start %s model=%s phase=%s", s_or(jv_get(v, "run_id"), "-"),
+        fprintf(tout, "run_start %s model=%s phase=%s", s_or(jv_get(v, "run_id"), "-"),
                m && m->type == JV_OBJ ? s_or(jv_get(m, "name"), "-") : s_or(m, "-"), s_or(jv_get(v, "phase"), "-"));
     } else if (!strcmp(kind, "run_end")) {
         const jv *st = jv_get(v, "stats");
-        printf("run_end %s requests=%lld errors=%lld dropped=%lld", s_or(jv_get(v, "reason"), "-"),
+        fprintf(tout, "run_end %s requests=%lld errors=%lld dropped=%lld", s_or(jv_get(v, "reason"), "-"),
                (long long)jv_int(jv_get(st, "requests"), 0), (long long)jv_int(jv_get(st, "errors"), 0),
                (long long)jv_int(jv_get(st, "dropped"), 0));
     } else if (!strcmp(kind, "error")) {
-        printf("ERROR %s: %s", s_or(jv_get(v, "type"), "?"), s_or(jv_get(v, "message"), ""));
+        fprintf(tout, "ERROR %s: %s", s_or(jv_get(v, "type"), "?"), s_or(jv_get(v, "message"), ""));
     } else if (!strcmp(kind, "note")) {
-        printf("note %s", s_or(jv_get(v, "text"), ""));
+        fprintf(tout, "note %s", s_or(jv_get(v, "text"), ""));
     } else {
         /* Anything else: the kind and the rest as compact JSON. */
         buf b;
         buf_init(&b, 1 << 16);
         jv_write(&b, v);
-        printf("%s %.*s", kind, (int)(b.len > 300 ? 300 : b.len), b.p);
+        fprintf(tout, "%s %.*s", kind, (int)(b.len > 300 ? 300 : b.len), b.p);
         buf_free(&b);
     }
-    printf("\n");
+    fprintf(tout, "\n");
 }
 
 typedef struct follower {
@@ -151,7 +155,7 @@ static void drain(follower *fw, json_arena *a)
         }
         if (start < r) buf_put(&fw->pending, chunk + start, r - start);
     }
-    fflush(stdout);
+    fflush(tout);
 }
 
 static void usage(FILE *out)
@@ -161,7 +165,9 @@ static void usage(FILE *out)
             "\n"
             "Prints events as readable lines.  Without -f: the last N events (default\n"
             "10; -n 0 for all) and exits.  With -f: keeps printing as events are\n"
-            "appended, across truncation and rotation, until interrupted.\n");
+            "appended, across truncation and rotation, until interrupted.\n"
+            "On a terminal, control characters in event data are shown as \\xNN\n"
+            "(TALLY_ESCAPE_CONTROLS=1 does the same when writing to a pipe).\n");
 }
 
 int cmd_tail(int argc, char **argv)
@@ -177,9 +183,10 @@ int cmd_tail(int argc, char **argv)
             follow = 1;
         } else if (!strcmp(argv[i], "-n")) {
             char *end = NULL;
+            errno = 0;
             if (i + 1 < argc) last = strtol(argv[i + 1], &end, 10);
-            if (i + 1 >= argc || !end || *end || last < 0) {
-                cli_error("tail", "-n needs a number >= 0");
+            if (i + 1 >= argc || !end || end == argv[i + 1] || *end || errno || last < 0 || last > TAIL_MAX_N) {
+                cli_error("tail", "-n needs a number from 0 to %d", TAIL_MAX_N);
                 return 2;
             }
             i++;
@@ -197,6 +204,7 @@ int cmd_tail(int argc, char **argv)
         cli_error("tail", "no FILE given (try --help)");
         return 2;
     }
+    tout = cli_safe_stdout();
     json_arena a;
     json_arena_init(&a, (size_t)64 << 20);
     follower fw;
@@ -211,6 +219,11 @@ int cmd_tail(int argc, char **argv)
         line_reader lr;
         if (lr_open(&lr, path, MAX_PENDING) == 0) {
             uint64_t *starts = calloc((size_t)last, sizeof *starts);
+            if (!starts) {
+                cli_error("tail", "out of memory for -n %ld", last);
+                lr_close(&lr);
+                return 1;
+            }
             uint64_t n = 0;
             char *l;
             size_t len;
@@ -231,6 +244,7 @@ int cmd_tail(int argc, char **argv)
         fclose(fw.f);
         buf_free(&fw.pending);
         json_arena_free(&a);
+        if (tout != stdout) fclose(tout);
         return 0;
     }
     signal(SIGINT, on_signal);
@@ -254,5 +268,6 @@ int cmd_tail(int argc, char **argv)
     fclose(fw.f);
     buf_free(&fw.pending);
     json_arena_free(&a);
+    if (tout != stdout) fclose(tout);
     return 0;
 }

@@ -40,7 +40,10 @@ static void usage(FILE *out)
             "  TALLY_DB=FILE       also write them to this SQLite database\n"
             "  TALLY_PRICES=FILE   cost requests that come without a cost (docs/prices.md)\n"
             "  TALLY_ENERGY=1      sample GPU / CPU energy and attribute it to requests\n"
-            "  TALLY_DISABLE=1     record nothing\n");
+            "  TALLY_DISABLE=1     record nothing\n"
+            "Environment for this command:\n"
+            "  TALLY_ESCAPE_CONTROLS=1  show control characters in event data as \\xNN\n"
+            "                           in tail and stats tables also when not on a terminal\n");
 }
 
 int main(int argc, char **argv)

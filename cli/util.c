@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 void cli_error(const char *cmd, const char *fmt, ...)
 {
@@ -28,20 +29,87 @@ int parse_duration(const char *s, double *seconds)
     errno = 0;
     double v = strtod(s, &end);
     if (end == s || errno || v < 0 || v != v) return -1;
-    double mult = 1;
-    if (*end) {
-        switch (*end) {
-        case 's': mult = 1; break;
-        case 'm': mult = 60; break;
-        case 'h': mult = 3600; break;
-        case 'd': mult = 86400; break;
-        case 'w': mult = 7 * 86400; break;
-        default: return -1;
-        }
-        if (end[1]) return -1;
+    /* A unit is required: "30" could be seconds or days, and `trim
+     * --older-than 30` read as seconds deletes nearly everything. */
+    double mult;
+    switch (*end) {
+    case 's': mult = 1; break;
+    case 'm': mult = 60; break;
+    case 'h': mult = 3600; break;
+    case 'd': mult = 86400; break;
+    case 'w': mult = 7 * 86400; break;
+    default: return -1;
     }
+    if (end[1]) return -1;
     *seconds = v * mult;
     return 0;
+}
+
+/* ---- control characters on a terminal ------------------------------------------ */
+
+/* C0 controls but newline, DEL, and C1 controls (U+0080..U+009F, written
+ * C2 80..C2 9F in UTF-8): the bytes that can move a terminal's cursor,
+ * change its title or colours when an event's text is printed raw. */
+static int is_c1_second(unsigned char c) { return c >= 0x80 && c <= 0x9f; }
+
+size_t cli_escape_ctl(const char *src, size_t n, char *dst, size_t cap)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t k = 0;
+    if (!cap) return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)src[i];
+        int c1 = c == 0xc2 && i + 1 < n && is_c1_second((unsigned char)src[i + 1]);
+        if (c < 0x20 || c == 0x7f || c1) {
+            unsigned char v = c1 ? (unsigned char)src[++i] : c;
+            if (k + 4 >= cap) break;
+            dst[k++] = '\\';
+            dst[k++] = 'x';
+            dst[k++] = hex[v >> 4];
+            dst[k++] = hex[v & 15];
+        } else {
+            if (k + 1 >= cap) break;
+            dst[k++] = (char)c;
+        }
+    }
+    dst[k] = 0;
+    return k;
+}
+
+/* A FILE over stdout that escapes control characters (newlines pass). */
+static ssize_t safe_write(void *cookie, const char *p, size_t n)
+{
+    (void)cookie;
+    char out[4 * 256 + 1];
+    size_t i = 0;
+    while (i < n) {
+        size_t take = n - i < 256 ? n - i : 256;
+        /* Keep a C2 with its next byte. */
+        if (take < n - i && (unsigned char)p[i + take - 1] == 0xc2) take--;
+        size_t start = i, end = i + take;
+        while (start < end) {
+            const char *nl = memchr(p + start, '\n', end - start);
+            size_t seg = nl ? (size_t)(nl - (p + start)) : end - start;
+            size_t k = cli_escape_ctl(p + start, seg, out, sizeof out);
+            fwrite(out, 1, k, stdout);
+            start += seg;
+            if (nl) {
+                fputc('\n', stdout);
+                start++;
+            }
+        }
+        i = end;
+    }
+    fflush(stdout);
+    return (ssize_t)n;
+}
+
+FILE *cli_safe_stdout(void)
+{
+    if (!isatty(STDOUT_FILENO) && !getenv("TALLY_ESCAPE_CONTROLS")) return stdout;
+    cookie_io_functions_t io = {NULL, safe_write, NULL, NULL};
+    FILE *f = fopencookie(NULL, "w", io);
+    return f ? f : stdout;
 }
 
 int parse_when(const char *s, double now, double *out)

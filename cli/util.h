@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-/* "90s", "30m", "24h", "7d", "2w" (a bare number is seconds).  0 or -1. */
+/* "90s", "30m", "24h", "7d", "2w"; a bare number is refused.  0 or -1. */
 int parse_duration(const char *s, double *seconds);
 /* --since / --until: a duration back from `now`, or an ISO-8601 time. */
 int parse_when(const char *s, double now, double *out);
@@ -47,6 +47,14 @@ void hash_id(const char *a, size_t an, uint64_t b, const char *c, size_t cn, cha
 /* The run a JSONL file belongs to when it names none: the directory of
  * runs/<run_id>/events.jsonl, else the file name ("stdin" for "-"). */
 void run_id_from_path(const char *path, char *out, size_t n);
+
+/* Copies src[0..n) into dst (NUL-terminated, at most cap bytes) with
+ * control characters (C0 but not newline, DEL, C1) written as \xNN.
+ * Returns the length written. */
+size_t cli_escape_ctl(const char *src, size_t n, char *dst, size_t cap);
+/* stdout, or on a terminal (or with TALLY_ESCAPE_CONTROLS set) a stream
+ * over it that escapes control characters from event data. */
+FILE *cli_safe_stdout(void);
 
 /* Prints "tally CMD: message" to stderr. */
 void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

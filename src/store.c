@@ -35,6 +35,7 @@
  */
 #include "store.h"
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -74,6 +75,7 @@ struct store {
     rollup *cells;            /* the open transaction's rollup */
     buf cellbuf;
     ckpt *ck;
+    char errbuf[320];         /* store_errmsg()'s text */
 };
 
 /* ---- schema --------------------------------------------------------------- */
@@ -670,7 +672,16 @@ void store_close(store *s)
 
 struct sqlite3 *store_db(store *s) { return s ? s->db : NULL; }
 
-const char *store_errmsg(store *s) { return s ? sqlite3_errmsg(s->db) : "no database"; }
+/* SQLite's message, with the system's reason when there is one: "disk I/O
+ * error" alone does not say that the disk is full or the file too large. */
+const char *store_errmsg(store *s)
+{
+    if (!s) return "no database";
+    int e = sqlite3_system_errno(s->db);
+    if (!e) return sqlite3_errmsg(s->db);
+    snprintf(s->errbuf, sizeof s->errbuf, "%s (%s)", sqlite3_errmsg(s->db), strerror(e));
+    return s->errbuf;
+}
 
 /* ---- transactions ------------------------------------------------------------- */
 
@@ -696,7 +707,10 @@ int store_commit(store *s)
 
 void store_rollback(store *s)
 {
-    if (s->in_txn) exec(s->db, "ROLLBACK");
+    /* After a failed COMMIT (disk full, file size limit) SQLite has often
+     * rolled back already; a second ROLLBACK would replace the real cause
+     * in sqlite3_errmsg() with "no transaction is active". */
+    if (s->in_txn && !sqlite3_get_autocommit(s->db)) exec(s->db, "ROLLBACK");
     s->in_txn = 0;
     rollup_clear(s->cells);
     s->have_last = 0; /* the slots it took are free again */

@@ -81,5 +81,46 @@ err=$("$TALLY" validate /no/such 2>&1 >/dev/null); rc=$?
 check "validate missing file" test "$rc" -eq 2
 check "version" bash -c "'$TALLY' --version | grep -q '^tally [0-9]'"
 
+# dangerous input: durations need a unit; trim --dry-run changes nothing
+db="$dir/trim.db"
+"$TALLY" import "$dir/good.jsonl" --db "$db" >/dev/null
+err=$("$TALLY" trim "$db" --older-than 30 2>&1); rc=$?
+check "trim bare number refused" test "$rc" -eq 2
+check "trim bare number says why" grep -q 'unit' <<<"$err"
+err=$("$TALLY" stats --since 30 "$dir/good.jsonl" 2>&1); rc=$?
+check "stats --since bare number refused" test "$rc" -eq 2
+out=$("$TALLY" trim "$db" --max-rows 1 --dry-run); rc=$?
+check "trim --dry-run counts" test "$rc" -eq 0 -a "$out" = "would delete 2 rows"
+check "trim --dry-run keeps rows" test "$(sqlite3 "$db" 'SELECT count(*) FROM events')" -eq 3
+out=$("$TALLY" trim "$db" --max-rows 1)
+check "trim deletes" test "$out" = "deleted 2 rows" -a "$(sqlite3 "$db" 'SELECT count(*) FROM events')" -eq 1
+
+# tail -n: numbers past the limit are refused, not a crash
+"$TALLY" tail -n 4294967296 "$dir/good.jsonl" >/dev/null 2>&1; rc=$?
+check "tail -n too large" test "$rc" -eq 2
+"$TALLY" tail -n 99999999999999999999999 "$dir/good.jsonl" >/dev/null 2>&1; rc=$?
+check "tail -n overflow" test "$rc" -eq 2
+
+# control characters in event data are escaped on a terminal (forced here)
+printf '%s\n' '{"kind":"note","t":1,"ts":1800000000.0,"text":"a\u001b]0;pwned\u0007b"}' \
+    '{"kind":"eval","t":1,"ts":1800000001.0,"phase":"serve","name":"request","extra":{"model":"m\u001b[2J","prompt_tokens":1,"completion_tokens":2,"latency_us":3}}' >"$dir/ctl.jsonl"
+out=$(TALLY_ESCAPE_CONTROLS=1 "$TALLY" tail -n 0 "$dir/ctl.jsonl")
+check "tail escapes controls" grep -qF 'note a\x1b]0;pwned\x07b' <<<"$out"
+check "tail leaves no ESC" test "$(printf '%s' "$out" | tr -dc '\033' | wc -c)" -eq 0
+out=$(TALLY_ESCAPE_CONTROLS=1 "$TALLY" stats --by model "$dir/ctl.jsonl")
+check "stats escapes controls" grep -qF 'm\x1b[2J' <<<"$out"
+check "stats leaves no ESC" test "$(printf '%s' "$out" | tr -dc '\033' | wc -c)" -eq 0
+out=$("$TALLY" tail -n 0 "$dir/ctl.jsonl" | tr -dc '\033' | wc -c)
+check "tail to a pipe is raw" test "$out" -eq 2
+
+# a commit that fails (file size limit) reports its cause and imports nothing
+big="$dir/big.jsonl"
+for i in $(seq 1 3000); do printf '%s\n' "$req"; done >"$big"
+out=$( (trap '' XFSZ; ulimit -f 100; "$TALLY" import "$big" --db "$dir/small.db") 2>&1); rc=$?
+check "import fsize exit" test "$rc" -eq 1
+check "import fsize cause" grep -q 'disk I/O error\|too large\|full' <<<"$out"
+check "import fsize no rollback noise" bash -c "! grep -q 'no transaction is active' <<<'$out'"
+check "import fsize true count" grep -q 'imported 0,' <<<"$out"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
