@@ -35,11 +35,7 @@ int source_kind(const char *path, char *err, size_t errlen)
     fclose(f);
     if (n < 16 || memcmp(head, sqlite_magic, 16) != 0) return 0;
     sqlite3 *db;
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-        snprintf(err, errlen, "cannot open database %s: %s", path, sqlite3_errmsg(db));
-        sqlite3_close(db);
-        return -1;
-    }
+    if (store_open_db_readonly(path, &db, err, errlen) != 0) return -1;
     int kind = -1;
     sqlite3_stmt *q;
     if (sqlite3_prepare_v2(db,
@@ -345,12 +341,9 @@ static int read_db(const char *path, int kind, const source_opts *o, row_fn fn, 
                    char *err, size_t errlen)
 {
     sqlite3 *db;
-    /* Read-only, and immutable=0: a live writer's WAL is honoured. */
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-        snprintf(err, errlen, "cannot open database %s: %s", path, sqlite3_errmsg(db));
-        sqlite3_close(db);
-        return -1;
-    }
+    /* Read-only; a live writer's WAL is honoured whenever the directory
+     * lets SQLite share it. */
+    if (store_open_db_readonly(path, &db, err, errlen) != 0) return -1;
     sqlite3_busy_timeout(db, 5000);
     int rc = kind == 1 ? read_tally_db(db, path, o, fn, ud, st, err, errlen)
                        : read_openjarvis(db, path, o, fn, ud, st, err, errlen);

@@ -154,6 +154,10 @@ void tally__log(struct tally *h, int level, const char *fmt, ...)
 void tally__warn_once(struct tally *h, int *flag, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Files tally creates: 0600 when request text is captured (prompts are
+ * private), else 0644 (before the umask). */
+static inline unsigned tally__file_mode(const struct tally *h) { return h->capture_text ? 0600 : 0644; }
+
 int64_t tally__mono_ns(void);
 int tally__mkdir_p(const char *path, int parents_only);
 int64_t tally__real_us(void);
@@ -168,7 +172,10 @@ int writer_start(struct tally *h);
 void writer_stop(struct tally *h, const char *reason, int has_code, int code);
 
 /* sinks */
-int sink_jsonl_open(struct tally *h, sink *s, const char *path);
+/* `named_by_tally`: the path is <run_dir>/<run_id>/events.jsonl, so a
+ * symbolic link planted there is not followed (an explicit path may be
+ * one, e.g. /dev/stdout). */
+int sink_jsonl_open(struct tally *h, sink *s, const char *path, int named_by_tally);
 int sink_memory_open(struct tally *h, sink *s, size_t max_events);
 int sink_callback_open(struct tally *h, sink *s, tally_event_fn fn, void *ud);
 int sink_sqlite_open(struct tally *h, sink *s, const char *path);

@@ -4,7 +4,8 @@
  * The file is opened O_APPEND and each commit is one write(2) of whole
  * lines, so several processes (prefork workers, separate programs) can
  * share one file without their lines interleaving.  A missing directory is
- * created.  A file that cannot be opened is retried at most every 5 s; the
+ * created; a new file is 0600 when request text is captured, else 0644;
+ * under a run directory, a symbolic link in the file's place is refused.  A file that cannot be opened is retried at most every 5 s; the
  * events meanwhile are counted as lost and the problem is logged once.  A
  * write that stops part-way (disk full, RLIMIT_FSIZE) leaves at most one
  * torn line, and the next write starts with a newline so that the torn
@@ -26,6 +27,7 @@
 typedef struct jsonl {
     char *path;
     int fd;
+    int nofollow;         /* O_NOFOLLOW: a path tally named itself */
     int torn;             /* the last write stopped mid-line */
     int warned_open, warned_write;
     int64_t last_try_ns;
@@ -38,7 +40,8 @@ static void try_open(struct tally *h, jsonl *j)
 {
     if (!sink_retry_due(&j->last_try_ns, tally__mono_ns())) return;
     tally__mkdir_p(j->path, 1);
-    j->fd = open(j->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    j->fd = open(j->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (j->nofollow ? O_NOFOLLOW : 0),
+                 tally__file_mode(h));
     if (j->fd >= 0) {
         /* A file left with a torn last line (a crash): start on a new line. */
         struct stat st;
@@ -151,7 +154,7 @@ static void jsonl_close(sink *s)
 
 static const sink_ops jsonl_ops = {"jsonl", jsonl_write, jsonl_commit, jsonl_after_fork, jsonl_close};
 
-int sink_jsonl_open(struct tally *h, sink *s, const char *path)
+int sink_jsonl_open(struct tally *h, sink *s, const char *path, int named_by_tally)
 {
     jsonl *j = calloc(1, sizeof *j);
     s->ops = &jsonl_ops;
@@ -160,6 +163,7 @@ int sink_jsonl_open(struct tally *h, sink *s, const char *path)
     if (!j) return -1;
     j->path = strdup(path);
     j->fd = -1;
+    j->nofollow = named_by_tally;
     buf_init(&j->out, JSONL_BUF_CAP);
     try_open(h, j);
     return j->fd >= 0 ? 0 : -1;

@@ -30,6 +30,8 @@
  * every TRIM_EVERY transactions.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -230,6 +232,11 @@ static void try_open(sqlsink *q)
 {
     if (!sink_retry_due(&q->last_try_ns, tally__mono_ns())) return;
     char err[512];
+    /* As for the JSONL file: a missing directory is created, and a new
+     * database is private when it will hold request text. */
+    tally__mkdir_p(q->path, 1);
+    int fd = open(q->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, tally__file_mode(q->h));
+    if (fd >= 0) close(fd);
     q->st = store_open(q->path, STORE_CREATE | STORE_CHECKPOINTER, err, sizeof err);
     if (!q->st) tally__warn_once(q->h, &q->warned_open, "%s (events are counted as lost)", err);
 }

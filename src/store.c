@@ -44,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "agg.h"
 #include "buf.h"
@@ -575,6 +576,57 @@ static void ckpt_bound(store *s)
 }
 
 /* ---- open / close --------------------------------------------------------------- */
+
+/* A database the user may read but not write (a read-only directory or
+ * mount): SQLite cannot create the WAL's -shm file beside it, and a plain
+ * read-only open fails.  It is then opened "immutable" (no locks, no WAL
+ * index), which is right for a database nobody can be writing. */
+static int open_ro_uri(const char *path, sqlite3 **db)
+{
+    char uri[4200];
+    size_t k = 0;
+    static const char hex[] = "0123456789ABCDEF";
+    k += (size_t)snprintf(uri, sizeof uri, "file:");
+    for (const char *p = path; *p && k + 4 < sizeof uri; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '?' || c == '#' || c == '%' || c < 0x21 || c >= 0x7f) {
+            uri[k++] = '%';
+            uri[k++] = hex[c >> 4];
+            uri[k++] = hex[c & 15];
+        } else {
+            uri[k++] = (char)c;
+        }
+    }
+    if (k + 16 >= sizeof uri) return SQLITE_CANTOPEN;
+    memcpy(uri + k, "?immutable=1", 13);
+    return sqlite3_open_v2(uri, db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL);
+}
+
+int store_open_db_readonly(const char *path, struct sqlite3 **out, char *err, size_t errlen)
+{
+    sqlite3 *db = NULL;
+    *out = NULL;
+    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
+    if (rc == SQLITE_OK) rc = sqlite3_exec(db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL);
+    if (rc == SQLITE_OK) {
+        *out = db;
+        return 0;
+    }
+    char first[256];
+    snprintf(first, sizeof first, "%s", db ? sqlite3_errmsg(db) : "out of memory");
+    sqlite3_close(db);
+    db = NULL;
+    /* Only when the file itself is readable: a missing or unreadable file
+     * keeps its own message. */
+    if (access(path, R_OK) == 0 && open_ro_uri(path, &db) == SQLITE_OK &&
+        sqlite3_exec(db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL) == SQLITE_OK) {
+        *out = db;
+        return 0;
+    }
+    sqlite3_close(db);
+    set_err(err, errlen, "cannot open database %s: %s", path, first);
+    return -1;
+}
 
 store *store_open(const char *path, int flags, char *err, size_t errlen)
 {

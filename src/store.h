@@ -78,6 +78,11 @@ int64_t store_drop_text(store *s);
 
 /* ---- reading: any connection to a tally database ------------------------- */
 
+/* Opens any SQLite database for reading only -- also one in a directory
+ * or mount the user cannot write (then as immutable).  0, or -1 with a
+ * one-line reason in err. */
+int store_open_db_readonly(const char *path, struct sqlite3 **db, char *err, size_t errlen);
+
 /* The schema version of an open tally database (0 when unreadable). */
 int store_version(struct sqlite3 *db);
 

@@ -282,6 +282,26 @@ static char *make_run_id(tally_t *h, const char *run_dir, const char *prefix)
     return strdup(id);
 }
 
+/* A caller's run id names a directory under run_dir: it may not climb out
+ * of it or hide.  Bytes other than letters, digits, '.', '_' and '-'
+ * become '_'; a leading '.' gets a '_' before it ("../x" -> "_.._x");
+ * at most 128 bytes.  A changed id is said once in the log. */
+static char *safe_run_id(tally_t *h, const char *id)
+{
+    char out[130];
+    size_t k = 0;
+    if (id[0] == '.') out[k++] = '_';
+    for (const char *p = id; *p && k < 129; p++) {
+        char c = *p;
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+                 c == '-';
+        out[k++] = ok ? c : '_';
+    }
+    out[k] = 0;
+    if (strcmp(out, id) != 0) tally__log(h, TALLY_LOG_WARN, "run id \"%s\" is written as \"%s\"", id, out);
+    return strdup(out);
+}
+
 static int env_true(const char *name)
 {
     const char *v = getenv(name);
@@ -353,12 +373,11 @@ tally_t *tally_open(const tally_config *cfg_in)
     h->phase = dup_or(cfg->phase, "serve");
     int train = strcmp(h->phase, "train") == 0;
     const char *run_dir = path && *path ? NULL : cfg->run_dir;
-    h->run_id = cfg->run_id && *cfg->run_id
-                    ? strdup(cfg->run_id)
-                    : make_run_id(h, run_dir, train ? "train" : "serve");
-    if (cfg->run_id && *cfg->run_id && run_dir && *run_dir) {
+    h->run_id = cfg->run_id && *cfg->run_id ? safe_run_id(h, cfg->run_id)
+                                            : make_run_id(h, run_dir, train ? "train" : "serve");
+    if (h->run_id && cfg->run_id && *cfg->run_id && run_dir && *run_dir) {
         char dir[4096];
-        snprintf(dir, sizeof dir, "%s/%s", run_dir, cfg->run_id);
+        snprintf(dir, sizeof dir, "%s/%s", run_dir, h->run_id);
         tally__mkdir_p(dir, 0);
     }
     char hostbuf[256] = "";
@@ -401,7 +420,7 @@ tally_t *tally_open(const tally_config *cfg_in)
     /* A sink is kept when its state could be allocated; a JSONL file that
      * cannot be opened yet is kept too (it retries, and counts). */
     if (h->path) {
-        sink_jsonl_open(h, &h->sinks[h->n_sinks], h->path);
+        sink_jsonl_open(h, &h->sinks[h->n_sinks], h->path, !(path && *path));
         if (h->sinks[h->n_sinks].state) h->n_sinks++;
     }
     if (db && *db) {

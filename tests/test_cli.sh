@@ -122,5 +122,16 @@ check "import fsize cause" grep -q 'disk I/O error\|too large\|full' <<<"$out"
 check "import fsize no rollback noise" bash -c "! grep -q 'no transaction is active' <<<'$out'"
 check "import fsize true count" grep -q 'imported 0,' <<<"$out"
 
+# a database in a directory the user cannot write is still read
+rod="$dir/rodir"; mkdir -p "$rod"
+"$TALLY" import "$dir/good.jsonl" --db "$rod/ro.db" >/dev/null
+chmod 0644 "$rod/ro.db"; chmod 0555 "$rod"; chmod 0755 "$dir"
+as_user=()
+[ "$(id -u)" -eq 0 ] && as_user=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+out=$("${as_user[@]}" "$TALLY" stats --json "$rod/ro.db" 2>&1); rc=$?
+check "read-only directory: stats reads it" test "$rc" -eq 0
+check "read-only directory: the request is there" grep -q '"requests":1' <<<"$out"
+chmod 0755 "$rod"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

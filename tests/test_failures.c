@@ -171,6 +171,114 @@ static void test_torn_line_from_crash(void **state)
     th_rmrf(dir);
 }
 
+/* Files tally names itself stay inside run_dir, never follow a planted
+ * link, and are private when they hold request text. */
+static void test_run_id_cannot_escape(void **state)
+{
+    (void)state;
+    const char *tmp = th_tmpdir("escape");
+    char dir[600], runs[700], outside[700], inside[800];
+    snprintf(dir, sizeof dir, "%s", tmp);
+    snprintf(runs, sizeof runs, "%s/runs", dir);
+    snprintf(outside, sizeof outside, "%s/x/events.jsonl", dir);
+    snprintf(inside, sizeof inside, "%s/runs/_.._x/events.jsonl", dir);
+    logs lg = {0};
+    tally_config cfg;
+    tally_config_init(&cfg);
+    cfg.run_dir = runs;
+    cfg.run_id = "../x";
+    cfg.log = on_log;
+    cfg.log_ud = &lg;
+    tally_t *h = tally_open(&cfg);
+    assert_string_equal(tally_run_id(h), "_.._x");
+    record_some(h, 3);
+    tally_close(h, NULL);
+    struct stat st;
+    assert_int_not_equal(stat(outside, &st), 0);
+    assert_int_equal(stat(inside, &st), 0);
+    assert_non_null(strstr(lg.last, "_.._x"));
+    th_rmrf(dir);
+}
+
+static void test_planted_link_not_followed(void **state)
+{
+    (void)state;
+    const char *tmp = th_tmpdir("link");
+    char dir[600], target[700], runs[700], link[800], mk[800];
+    snprintf(dir, sizeof dir, "%s", tmp);
+    snprintf(target, sizeof target, "%s/victim", dir);
+    snprintf(runs, sizeof runs, "%s/runs", dir);
+    snprintf(mk, sizeof mk, "%s/runs/r1", dir);
+    snprintf(link, sizeof link, "%s/runs/r1/events.jsonl", dir);
+    FILE *f = fopen(target, "w");
+    fclose(f);
+    assert_int_equal(mkdir(runs, 0755), 0);
+    assert_int_equal(mkdir(mk, 0755), 0);
+    assert_int_equal(symlink(target, link), 0);
+    logs lg = {0};
+    tally_config cfg;
+    tally_config_init(&cfg);
+    cfg.run_dir = runs;
+    cfg.run_id = "r1";
+    cfg.log = on_log;
+    cfg.log_ud = &lg;
+    tally_t *h = tally_open(&cfg);
+    record_some(h, 5);
+    tally_flush(h, 0);
+    tally_counters c;
+    tally_get_counters(h, &c);
+    assert_true(c.sink_failures >= 5); /* counted, never written through the link */
+    tally_close(h, NULL);
+    struct stat st;
+    assert_int_equal(stat(target, &st), 0);
+    assert_int_equal(st.st_size, 0);
+    assert_true(lg.n >= 1);
+    th_rmrf(dir);
+}
+
+static unsigned mode_of(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) fail_msg("%s is missing", path);
+    return st.st_mode & 0777;
+}
+
+static void test_file_modes_and_db_directory(void **state)
+{
+    (void)state;
+    const char *tmp = th_tmpdir("modes");
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s", tmp);
+    mode_t old = umask(022);
+    for (int capture = 0; capture <= 1; capture++) {
+        char file[700], db[800];
+        snprintf(file, sizeof file, "%s/c%d/events.jsonl", dir, capture);
+        /* The database's directory does not exist: it is created. */
+        snprintf(db, sizeof db, "%s/db%d/deeper/events.db", dir, capture);
+        tally_config cfg;
+        tally_config_init(&cfg);
+        cfg.path = file;
+        cfg.sqlite_path = db;
+        cfg.capture_text = capture;
+        tally_t *h = tally_open(&cfg);
+        tally_request q = {0};
+        q.model = "m";
+        q.text = "a private prompt";
+        q.latency_us = 1;
+        tally_request_record(h, &q);
+        tally_flush(h, 0);
+        tally_counters c;
+        tally_get_counters(h, &c);
+        assert_int_equal(c.sink_failures, 0);
+        tally_close(h, NULL);
+        unsigned want = capture ? 0600 : 0644;
+        assert_int_equal(mode_of(file), want);
+        assert_int_equal(mode_of(db), want);
+    }
+    umask(old);
+    th_rmrf(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -178,6 +286,9 @@ int main(void)
         cmocka_unit_test(test_disk_full),
         cmocka_unit_test(test_file_size_limit),
         cmocka_unit_test(test_torn_line_from_crash),
+        cmocka_unit_test(test_run_id_cannot_escape),
+        cmocka_unit_test(test_planted_link_not_followed),
+        cmocka_unit_test(test_file_modes_and_db_directory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
