@@ -48,6 +48,21 @@ static void fill(tally_request *q, int i, char *rid)
     q->flags = TALLY_HAS_ENERGY | TALLY_HAS_GPU_UTIL;
 }
 
+/* Events stored in a tally database (-1 when it cannot be read). */
+static int64_t rows_of(const char *db)
+{
+    sqlite3 *s;
+    sqlite3_stmt *st;
+    int64_t n = -1;
+    if (sqlite3_open_v2(db, &s, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(s, "SELECT count(*) FROM events", -1, &st, NULL) == SQLITE_OK) {
+        if (sqlite3_step(st) == SQLITE_ROW) n = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+    }
+    sqlite3_close(s);
+    return n;
+}
+
 static void rm_db(const char *p)
 {
     char x[600];
@@ -88,9 +103,12 @@ static double tally_rate(const char *db, int n, const char *jsonl)
     tally_counters c;
     tally_get_counters(h, &c);
     tally_close(h, NULL);
-    if (c.dropped || c.sink_failures)
-        fprintf(stderr, "store_bench: dropped %llu, sink failures %llu\n", (unsigned long long)c.dropped,
+    if (c.dropped || c.sink_failures) {
+        /* Lost events would make the rate a lie: fail, print no figure. */
+        fprintf(stderr, "store_bench: FAILED: dropped %llu, sink failures %llu\n", (unsigned long long)c.dropped,
                 (unsigned long long)c.sink_failures);
+        exit(1);
+    }
     return n / (t1 - t0);
 }
 
@@ -227,11 +245,22 @@ int main(int argc, char **argv)
     rm_db(db2);
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "%s import %s --db %s >/dev/null", cli, jsonl, db2);
+    if (access(cli, X_OK) != 0) {
+        fprintf(stderr, "store_bench: case=import FAILED: %s is not an executable tally (give --cli PATH)\n", cli);
+        return 1;
+    }
     double t0 = now_s();
     int rc = system(cmd);
     double t1 = now_s();
-    printf("case=import bytes=%lld seconds=%.2f mb_per_s=%.1f events_per_s=%.0f rc=%d\n", (long long)st.st_size,
-           t1 - t0, st.st_size / 1e6 / (t1 - t0), n / (t1 - t0), rc);
+    /* A case that did not do its work fails; it never prints a figure. */
+    int64_t imported = rc == 0 ? rows_of(db2) : -1;
+    if (rc != 0 || imported != (int64_t)n + 2) {
+        fprintf(stderr, "store_bench: case=import FAILED: `%s` exited %d and stored %lld of %d events\n", cmd, rc,
+                (long long)imported, n + 2);
+        return 1;
+    }
+    printf("case=import bytes=%lld seconds=%.2f mb_per_s=%.1f events_per_s=%.0f\n", (long long)st.st_size, t1 - t0,
+           st.st_size / 1e6 / (t1 - t0), n / (t1 - t0));
     rm_db(db);
     rm_db(db2);
     unlink(jsonl);

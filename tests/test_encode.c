@@ -94,7 +94,21 @@ static void test_numbers(void **state)
         buf_putc(&b, 0);
         assert_true(strtod(b.p, NULL) == vals[i]);
     }
-    /* The fast path for few decimals writes what %.15g / %.17g would:
+    /* Doubles that need exactly 16 digits: no 17th noise digit (these are
+     * what Python's repr() writes for them). */
+    static const struct { double v; const char *want; } sixteen[] = {
+        {8626903632.435093, "8626903632.435093"},
+        {3295621231.654795, "3295621231.654795"},
+        {5045419583.098643, "5045419583.098643"},
+        {0.1 + 0.2, "0.30000000000000004"},
+    };
+    for (size_t i = 0; i < sizeof sixteen / sizeof sixteen[0]; i++) {
+        buf_reset(&b);
+        enc_double(&b, sixteen[i].v);
+        buf_putc(&b, 0);
+        assert_string_equal(b.p, sixteen[i].want);
+    }
+    /* The fast path for few decimals writes what %.15g / %.16g / %.17g would:
      * values on a 1e-6 grid (the fast path's) and arbitrary ones. */
     uint64_t x = 0x853c49e6748fea9bull;
     for (int i = 0; i < 1000000; i++) {
@@ -109,6 +123,7 @@ static void test_numbers(void **state)
         if (i < (int)(sizeof edge / sizeof edge[0])) v = edge[i];
         char want[40];
         snprintf(want, sizeof want, "%.15g", v);
+        if (strtod(want, NULL) != v) snprintf(want, sizeof want, "%.16g", v);
         if (strtod(want, NULL) != v) snprintf(want, sizeof want, "%.17g", v);
         if (fabs(v) < 1e15 && v == (double)(int64_t)v) snprintf(want, sizeof want, "%lld", (long long)v);
         buf_reset(&b);
