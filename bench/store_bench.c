@@ -1,7 +1,7 @@
 /*
  * store_bench -- request events per second into SQLite with tally's
  * default settings (and with the JSONL file beside it), import speed in
- * MB/s of JSONL, and in the same run a baseline that does what seed 001
+ * MB/s of JSONL, and in the same run a baseline that does what OpenJarvis
  * (OpenJarvis TelemetryStore) does: a prepared INSERT per record into its
  * `telemetry` table, a commit per 50 records, SQLite's default journal and
  * synchronous settings.  The recording thread's queue holds the whole run
@@ -112,7 +112,7 @@ static double tally_rate(const char *db, int n, const char *jsonl)
     return n / (t1 - t0);
 }
 
-/* Seed 001: OpenJarvis's telemetry table, a prepared INSERT per record,
+/* OpenJarvis: OpenJarvis's telemetry table, a prepared INSERT per record,
  * commit every 50. */
 static double baseline_rate(const char *db, int n)
 {
@@ -222,9 +222,9 @@ int main(int argc, char **argv)
     double tm = median(t, tries, ts, sizeof ts), bm = median(b, tries, bs, sizeof bs);
     double tjm = median(tj, tries, tjs, sizeof tjs);
     printf("case=sqlite_insert events_per_s=%.0f %s\n", tm, ts);
-    printf("case=baseline_seed001 events_per_s=%.0f %s\n", bm, bs);
+    printf("case=baseline_openjarvis events_per_s=%.0f %s\n", bm, bs);
     printf("case=sqlite_and_jsonl events_per_s=%.0f %s\n", tjm, tjs);
-    printf("ratio sqlite_insert/baseline_seed001=%.1f\n", tm / bm);
+    printf("ratio sqlite_insert/baseline_openjarvis=%.1f\n", tm / bm);
 
     /* Import: a JSONL file written by tally, loaded by `tally import`. */
     unlink(jsonl);

@@ -3,7 +3,7 @@
  *
  * Reads tally's own files, toy/v1 files from other producers (tep writes
  * `t` as an integer and its run_start has no run_id), v0 files with no
- * schema, and seed 002's tagged lines ({"ts":..,"tag":"step_end",..}).
+ * schema, and the TelemetryLogger callbacks' tagged lines ({"ts":..,"tag":"step_end",..}).
  * Importing the same file twice adds nothing: tally's events carry an id;
  * other lines get a deterministic one from their run, byte offset and
  * content.  A torn last line (a writer that crashed) is skipped and
@@ -144,7 +144,7 @@ static void usage(FILE *out)
             "\n"
             "Loads JSONL events into a tally SQLite database (created when missing).\n"
             "Reads tally files, toy/v1 files from other producers (integer t, no\n"
-            "schema), and seed-002 tagged lines (ts/tag: step_begin, step_end,\n"
+            "schema), and TelemetryLogger tagged lines (ts/tag: step_begin, step_end,\n"
             "epoch_begin, epoch_end, error).  A DIR is searched for *.jsonl files.\n"
             "Importing the same file twice adds nothing.\n"
             "\n"

@@ -557,7 +557,7 @@ static void usage(FILE *out)
             "and training (steps, epochs, loss first/last/min, step time p50/p99, tok/s,\n"
             "errors), per group.\n"
             "\n"
-            "SOURCE: a JSONL file (tally, toy/v1, seed-002 tags), a directory of runs,\n"
+            "SOURCE: a JSONL file (tally, toy/v1, TelemetryLogger tags), a directory of runs,\n"
             "'-' for stdin, a tally database or an OpenJarvis telemetry database\n"
             "(detected by content).  Several sources are merged.\n"
             "\n"

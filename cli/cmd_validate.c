@@ -7,7 +7,7 @@
  *
  * One writer: tally's events carry an id whose first 12 characters name
  * the writing process, so a file shared by prefork workers is checked per
- * writer; files without ids (seed 000) are one writer.
+ * writer; files without ids are one writer.
  */
 #include <stdarg.h>
 #include <stdio.h>

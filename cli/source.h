@@ -4,7 +4,7 @@
  * Detected by content, not by name: a file that starts with SQLite's
  * header is a database (tally's by application_id, OpenJarvis's by its
  * `telemetry` table; read-only, never modified); anything else is JSON
- * Lines (tally, toy/v1 from other producers, seed-002 tagged lines); a
+ * Lines (tally, toy/v1 from other producers, TelemetryLogger tagged lines); a
  * directory is searched for *.jsonl; "-" is standard input.
  *
  * Every event becomes one `row` (src/row.h), the flat record the commands

@@ -17,7 +17,7 @@ static const struct {
     {"runs", cmd_runs, "one line per run: kind, model, started, duration, work, final loss, reason"},
     {"tail", cmd_tail, "events as readable lines as they are appended (-f follows)"},
     {"validate", cmd_validate, "check files against the toy/v1 wire format, with line numbers"},
-    {"import", cmd_import, "load JSONL files (tally, toy/v1, seed-002 tags) into a database"},
+    {"import", cmd_import, "load JSONL files (tally, toy/v1, TelemetryLogger tags) into a database"},
     {"trim", cmd_trim, "delete old events or stored text from a database"},
     {NULL, NULL, NULL},
 };

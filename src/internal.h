@@ -166,6 +166,9 @@ int64_t tally__real_us(void);
 void tally__count(struct tally *h, counts *c);
 
 /* writer.c */
+/* 1 when some recording queue is at least 3/4 full (writer thread only):
+ * a sink may make the writer wait only while this is 0. */
+int tally__rings_pressed(struct tally *h);
 int writer_start(struct tally *h);
 /* Drains everything, writes run_end (opening process only), closes the
  * sinks and joins the thread. */

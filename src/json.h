@@ -8,7 +8,7 @@
  * cap, reset per document, so a hostile line cannot make the reader grow
  * without bound.
  *
- * Lenience (skipping bad lines, integer `t`, seed-002 tags) belongs to the
+ * Lenience (skipping bad lines, integer `t`, TelemetryLogger tags) belongs to the
  * callers, not here.
  */
 #ifndef TALLY_JSON_H

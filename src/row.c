@@ -174,7 +174,7 @@ static void request_fields(const jv *extra, row *r)
     r->has |= ROW_OK;
 }
 
-/* Seed 002: {"ts":..,"tag":"step_end","step":N,"context":{..}} */
+/* TelemetryLogger: {"ts":..,"tag":"step_end","step":N,"context":{..}} */
 static int from_tag(const top *o, row_ctx *c, row *r)
 {
     sv tag = str(o->tag);

@@ -4,7 +4,7 @@
  *
  * There is one interpretation of each source: row_from_json() reads a
  * line of any kind tally accepts (its own events, toy/v1 from other
- * producers, seed 002's tagged lines); the SQLite sink fills rows from its
+ * producers, the TelemetryLogger callbacks' tagged lines); the SQLite sink fills rows from its
  * ring records; the database reader fills them from columns.  Everything
  * downstream -- inserts, the rollup, stats, runs -- reads rows, so a figure
  * cannot depend on where its events came from.
@@ -87,7 +87,7 @@ static inline int row_is_request(const row *r)
 
 /* What a reader of one file remembers between lines: the run (from
  * run_start, else named by the file), when it started (for toy/v1 lines
- * that have only `t`), and seed 002's open step_begin. */
+ * that have only `t`), and a TelemetryLogger file's open step_begin. */
 typedef struct row_ctx {
     char run_id[256];
     double started;
@@ -101,7 +101,7 @@ typedef struct row_ctx {
 void row_ctx_init(row_ctx *c, const char *run_id);
 
 /* Fills r from one parsed line (an object).  Returns 1 for an event, 0
- * when the line is neither a toy/v1 event (`kind`) nor a seed-002 one
+ * when the line is neither a toy/v1 event (`kind`) nor a TelemetryLogger one
  * (`tag`).  Strings point into v and into c. */
 int row_from_json(const jv *v, row_ctx *c, row *r);
 

@@ -1,5 +1,5 @@
 /*
- * sink_callback -- the subscriber (seed 001's event bus): the caller's
+ * sink_callback -- the subscriber (OpenJarvis's EventBus): the caller's
  * function is called on the writer thread with every encoded event.
  */
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 /*
- * sink_memory -- keeps every event line in memory (seed 002's MemoryLogger),
+ * sink_memory -- keeps every event line in memory (TelemetryLogger's MemoryLogger),
  * for tests and for programs that inspect their own telemetry.  Capped at
  * `max_events`: past it, events are counted as sink failures, not kept.
  */

@@ -17,9 +17,11 @@
  * writer never waits for the database thread while events flow: when the
  * batch being filled reaches BATCH_MAX_ROWS / BATCH_MAX_BYTES / its cells'
  * cap and the database thread is still busy (another process holds the
- * write lock, the disk is slow), further events are dropped by this sink
- * and counted as its own losses; the JSONL file and every other sink carry
- * on.  A flush waits for its events at most SYNC_WAIT_MS; close waits
+ * write lock, the disk is slow), the writer waits for it only while no
+ * recording queue is 3/4 full and for at most BACKPRESSURE_MS (a burst is
+ * absorbed by the queues, delaying the other sinks by at most that); past
+ * that, further events are dropped by this sink and counted as its own
+ * losses, and the JSONL file and every other sink carry on.  A flush waits for its events at most SYNC_WAIT_MS; close waits
  * until the database thread has finished (each try is bounded by the
  * busy timeout).
  *
@@ -49,6 +51,7 @@
 #define BATCH_MAX_BYTES ((size_t)32 << 20)
 #define BATCH_MAX_CELLS 16384
 #define SYNC_WAIT_MS 3000      /* a flush waits this long for the database, at most */
+#define BACKPRESSURE_MS 1000   /* a full batch waits this long for the database, at most */
 
 typedef struct batch {
     row *rows;
@@ -56,6 +59,7 @@ typedef struct batch {
     buf bytes;                /* every string of the rows */
     rollup *cells;            /* the rows' rollup, counted by the writer thread */
     int full;                 /* cells reached their cap: hand over before the next row */
+    int deferred;             /* a commit already left this batch to grow */
 } batch;
 
 typedef struct sqlsink {
@@ -223,7 +227,7 @@ static void batch_clear(batch *b)
     b->n = 0;
     buf_reset(&b->bytes);
     rollup_clear(b->cells);
-    b->full = 0;
+    b->full = b->deferred = 0;
 }
 
 /* ---- the database thread ------------------------------------------------------------- */
@@ -327,6 +331,41 @@ static void hand_over(sqlsink *q)
 
 /* ---- the sink --------------------------------------------------------------------------- */
 
+/* Waits (under mu) until the database thread is idle, at most until
+ * `deadline_ns` (0: no limit); returns 1 when it is idle. */
+static int wait_idle(sqlsink *q, int64_t deadline_ns)
+{
+    while (q->busy) {
+        if (!deadline_ns) {
+            pthread_cond_wait(&q->idle_cv, &q->mu);
+            continue;
+        }
+        int64_t left = deadline_ns - tally__mono_ns();
+        if (left <= 0) return 0;
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        int64_t ns = dl.tv_nsec + left % 1000000000;
+        dl.tv_sec += (time_t)(left / 1000000000 + ns / 1000000000);
+        dl.tv_nsec = (long)(ns % 1000000000);
+        pthread_cond_timedwait(&q->idle_cv, &q->mu, &dl);
+    }
+    return 1;
+}
+
+/* Waits (under mu) for the database thread while that costs no event:
+ * at most BACKPRESSURE_MS, and not once a recording queue is 3/4 full
+ * (the writer must go and drain it).  Returns 1 when it is idle. */
+static int wait_harmless(sqlsink *q)
+{
+    int64_t deadline = tally__mono_ns() + (int64_t)BACKPRESSURE_MS * 1000000;
+    while (q->busy && !tally__rings_pressed(q->h)) {
+        int64_t slice = tally__mono_ns() + 2000000;
+        if (slice > deadline) slice = deadline;
+        if (!wait_idle(q, slice) && tally__mono_ns() >= deadline) break;
+    }
+    return !q->busy;
+}
+
 static int sql_write(sink *s, const wev *ev, const char *line, size_t len)
 {
     sqlsink *q = s->state;
@@ -351,9 +390,12 @@ static int sql_write(sink *s, const wev *ev, const char *line, size_t len)
     r.id = (sv){ev->id, strlen(ev->id)};
     r.json = (sv){line, len};
     if (q->fill->n >= BATCH_MAX_ROWS || q->fill->bytes.len >= BATCH_MAX_BYTES || q->fill->full) {
-        /* Full: hand it over if the database thread is free, else this
-         * event is this sink's loss (never a wait on the writer thread). */
+        /* Full: hand it over once the database thread is free.  The writer
+         * may wait for it only while that costs nobody an event: at most
+         * BACKPRESSURE_MS, and never once a recording queue is 3/4 full.
+         * Past that, this event is this sink's own loss. */
         pthread_mutex_lock(&q->mu);
+        if (q->running) wait_harmless(q);
         int handed = q->running && !q->busy;
         if (handed) hand_over(q);
         pthread_mutex_unlock(&q->mu);
@@ -366,38 +408,21 @@ static int sql_write(sink *s, const wev *ev, const char *line, size_t len)
     return 0;
 }
 
-/* Waits (under mu) until the database thread is idle, at most until
- * `deadline_ns` (0: no limit); returns 1 when it is idle. */
-static int wait_idle(sqlsink *q, int64_t deadline_ns)
-{
-    while (q->busy) {
-        if (!deadline_ns) {
-            pthread_cond_wait(&q->idle_cv, &q->mu);
-            continue;
-        }
-        int64_t left = deadline_ns - tally__mono_ns();
-        if (left <= 0) return 0;
-        struct timespec dl;
-        clock_gettime(CLOCK_REALTIME, &dl);
-        int64_t ns = dl.tv_nsec + left % 1000000000;
-        dl.tv_sec += (time_t)(left / 1000000000 + ns / 1000000000);
-        dl.tv_nsec = (long)(ns % 1000000000);
-        pthread_cond_timedwait(&q->idle_cv, &q->mu, &dl);
-    }
-    return 1;
-}
-
 static uint64_t sql_commit(sink *s, int sync)
 {
     sqlsink *q = s->state;
     pthread_mutex_lock(&q->mu);
     if (!q->running) start_thread(q);
     if (q->running) {
-        /* Busy: let this batch grow (group commit); a flush waits for the
-         * database a bounded time, then leaves the batch to a later commit. */
+        /* Busy: let this batch grow once (group commit); at the next
+         * commit wait for the database while that is harmless, else let it
+         * grow on.  A flush waits a bounded time, then leaves the batch to
+         * a later commit. */
         int64_t deadline = sync ? tally__mono_ns() + (int64_t)SYNC_WAIT_MS * 1000000 : 0;
         if (sync) wait_idle(q, deadline);
+        else if (q->busy && q->fill->n && q->fill->deferred) wait_harmless(q);
         if (q->fill->n && !q->busy) hand_over(q);
+        else if (q->fill->n) q->fill->deferred = 1;
         if (sync) wait_idle(q, deadline);
     }
     pthread_mutex_unlock(&q->mu);

@@ -566,6 +566,16 @@ static uint64_t drain(struct tally *h, int64_t *oldest)
     return n;
 }
 
+int tally__rings_pressed(struct tally *h)
+{
+    for (ring *r = atomic_load_explicit(&h->rings, memory_order_acquire); r; r = r->next) {
+        uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+        uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+        if (head - tail >= r->cap / 4 * 3) return 1;
+    }
+    return 0;
+}
+
 static int need_drain(struct tally *h)
 {
     for (ring *r = atomic_load_explicit(&h->rings, memory_order_acquire); r; r = r->next) {

@@ -17,13 +17,13 @@ start='{"kind":"run_start","t":0,"ts":1800000000.0,"run_id":"r1","schema":"toy/v
 req='{"kind":"eval","t":1,"ts":1800000001.0,"phase":"serve","name":"request","extra":{"model":"m","prompt_tokens":1,"completion_tokens":2,"latency_us":3}}'
 end='{"kind":"run_end","t":2,"ts":1800000002.0,"ended_at":"2027-01-15T08:00:02Z","reason":"completed","stats":{"requests":1,"errors":0,"tokens_out":2}}'
 
-# validate: a clean file, seed 000's shape (integer t, no ts, no run_id), and problems
+# validate: a clean file, Tep::Events's shape (integer t, no ts, no run_id), and problems
 printf '%s\n%s\n%s\n' "$start" "$req" "$end" >"$dir/good.jsonl"
 check "validate clean" "$TALLY" validate "$dir/good.jsonl"
 printf '%s\n' '{"kind":"run_start","schema":"toy/v1","t":0,"started_at":"2026-01-01T00:00:00Z","host":{"name":"h","os":"linux","arch":"x86_64"},"backend":{"kind":"cpu"},"model":{"name":"m","path":""},"config":{}}' \
     '{"kind":"eval","phase":"serve","t":3,"name":"request","extra":{"model":"m","prompt_tokens":5,"completion_tokens":2,"latency_us":9,"request_id":"x"}}' \
     '{"kind":"run_end","t":4,"ended_at":"2026-01-01T00:00:04Z","reason":"completed","stats":{"requests":1,"errors":0,"tokens_out":2}}' >"$dir/tep.jsonl"
-check "validate seed 000" "$TALLY" validate "$dir/tep.jsonl"
+check "validate Tep::Events" "$TALLY" validate "$dir/tep.jsonl"
 printf '%s\n%s\n%s\n%s\n%s\n%s\n{"kind":"no' "$req" "$start" "$req" '{"kind":"eval","t":0.5,"phase":"serve","name":"request","extra":{"model":"m","prompt_tokens":"1","completion_tokens":2}}' "$end" "$end" >"$dir/bad.jsonl"
 out=$("$TALLY" validate "$dir/bad.jsonl"); rc=$?
 check "validate exit 1" test "$rc" -eq 1

@@ -59,7 +59,7 @@ static void test_no_io_no_alloc(void **state)
     unsetenv("TALLY_DISABLE");
     tally_config cfg;
     tally_config_init(&cfg);
-    cfg.path = ""; /* empty path: disabled, as seed 000 */
+    cfg.path = ""; /* empty path: disabled, as Tep::Events */
     int t0 = threads();
     tally_t *h = tally_open(&cfg);
     assert_non_null(h);

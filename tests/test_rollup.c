@@ -309,7 +309,7 @@ static void test_spill_and_dedup(void **state)
     char file[600], db[600], args[1600], out[4096];
     snprintf(file, sizeof file, "%s/seed2.jsonl", dir);
     snprintf(db, sizeof db, "%s/t.db", dir);
-    /* Seed 002 with whole-second times: 3000 lines in one microsecond,
+    /* TelemetryLogger with whole-second times: 3000 lines in one microsecond,
      * then one a second later. */
     FILE *f = fopen(file, "w");
     for (int i = 0; i < 3000; i++)

@@ -441,7 +441,7 @@ static void test_import_idempotent(void **state)
     sqlite3 *db;
     sqlite3_open(dbp, &db);
     int64_t rows = count(db, "SELECT count(*) FROM events");
-    assert_int_equal(rows, 57 + 3 + 3); /* tally run (run_start+55+run_end), tep 3, seed-002 3 */
+    assert_int_equal(rows, 57 + 3 + 3); /* tally run (run_start+55+run_end), tep 3, TelemetryLogger 3 */
     assert_int_equal(count(db, "SELECT count(*) FROM events WHERE kind='step' AND step=1 AND loss=2.5"), 1);
     assert_int_equal(count(db, "SELECT count(*) FROM events WHERE kind='error' AND name='ValueError'"), 1);
     /* tep's integer t, placed at started_at + t. */
