@@ -1,0 +1,116 @@
+/*
+ * namespace -- every global symbol of libtally starts with "tally".
+ *
+ * A program that links the static library may have its own json_parse()
+ * or buf_init(); tally's must not clash with them.  The library's internal
+ * names stay short in the source (json_parse, store_open) and this header,
+ * given to every compilation of the library's sources with -include
+ * (CMakeLists.txt), renames them to tally__<name> in the object files.
+ *
+ * A new internal function with external linkage needs a line here: CI's
+ * scripts/check-symbols fails on any global symbol of libtally.a or
+ * libtally.so that does not start with "tally".
+ */
+#ifndef TALLY_NAMESPACE_H
+#define TALLY_NAMESPACE_H
+
+#define agg_cell_add tally__agg_cell_add
+#define agg_cell_decode_merge tally__agg_cell_decode_merge
+#define agg_cell_encode tally__agg_cell_encode
+#define agg_cell_free tally__agg_cell_free
+#define agg_cell_init tally__agg_cell_init
+#define agg_cell_merge tally__agg_cell_merge
+#define agg_cell_reset tally__agg_cell_reset
+#define agg_kind tally__agg_kind
+#define buf_free tally__buf_free
+#define buf_grow tally__buf_grow
+#define buf_init tally__buf_init
+#define enc_double tally__enc_double
+#define enc_i64 tally__enc_i64
+#define enc_iso8601 tally__enc_iso8601
+#define enc_str tally__enc_str
+#define enc_us_as_seconds tally__enc_us_as_seconds
+#define energy_begin tally__energy_begin
+#define energy_devices tally__energy_devices
+#define energy_end tally__energy_end
+#define energy_free tally__energy_free
+#define energy_new_manual tally__energy_new_manual
+#define energy_of tally__energy_of
+#define energy_ready_until tally__energy_ready_until
+#define energy_start tally__energy_start
+#define energy_stop tally__energy_stop
+#define energy_tick tally__energy_tick
+#define energy_util tally__energy_util
+#define get_f64 tally__get_f64
+#define get_uvarint tally__get_uvarint
+#define iso8601_parse tally__iso8601_parse
+#define json_arena_free tally__json_arena_free
+#define json_arena_init tally__json_arena_init
+#define json_arena_reset tally__json_arena_reset
+#define json_parse tally__json_parse
+#define json_parse_inplace tally__json_parse_inplace
+#define jv_get tally__jv_get
+#define jv_getn tally__jv_getn
+#define jv_int tally__jv_int
+#define jv_num tally__jv_num
+#define jv_str tally__jv_str
+#define jv_write tally__jv_write
+#define prices_cost tally__prices_cost
+#define prices_free tally__prices_free
+#define prices_load tally__prices_load
+#define prices_parse tally__prices_parse
+#define put_f64 tally__put_f64
+#define put_uvarint tally__put_uvarint
+#define ring_new tally__ring_new
+#define ring_release tally__ring_release
+#define ring_reset tally__ring_reset
+#define rollup_add tally__rollup_add
+#define rollup_cells tally__rollup_cells
+#define rollup_clear tally__rollup_clear
+#define rollup_each tally__rollup_each
+#define rollup_free tally__rollup_free
+#define rollup_key_decode tally__rollup_key_decode
+#define rollup_key_encode tally__rollup_key_encode
+#define rollup_minute tally__rollup_minute
+#define rollup_new tally__rollup_new
+#define row_clear tally__row_clear
+#define row_ctx_init tally__row_ctx_init
+#define row_from_json tally__row_from_json
+#define sink_callback_open tally__sink_callback_open
+#define sink_jsonl_open tally__sink_jsonl_open
+#define sink_memory_count tally__sink_memory_count
+#define sink_memory_foreach tally__sink_memory_foreach
+#define sink_memory_open tally__sink_memory_open
+#define sink_sqlite_open tally__sink_sqlite_open
+#define sketch_add tally__sketch_add
+#define sketch_decode_merge tally__sketch_decode_merge
+#define sketch_encode tally__sketch_encode
+#define sketch_free tally__sketch_free
+#define sketch_init tally__sketch_init
+#define sketch_merge tally__sketch_merge
+#define sketch_quantile tally__sketch_quantile
+#define sketch_reset tally__sketch_reset
+#define store_add_cells tally__store_add_cells
+#define store_begin tally__store_begin
+#define store_close tally__store_close
+#define store_commit tally__store_commit
+#define store_db tally__store_db
+#define store_drop_text tally__store_drop_text
+#define store_errmsg tally__store_errmsg
+#define store_insert tally__store_insert
+#define store_insert_rows tally__store_insert_rows
+#define store_open tally__store_open
+#define store_open_db_readonly tally__store_open_db_readonly
+#define store_rollback tally__store_rollback
+#define store_row_from_stmt tally__store_row_from_stmt
+#define store_run_event tally__store_run_event
+#define store_scan_time tally__store_scan_time
+#define store_select_sql tally__store_select_sql
+#define store_seq_base tally__store_seq_base
+#define store_trim tally__store_trim
+#define store_version tally__store_version
+#define utf8_cut tally__utf8_cut
+#define writer_start tally__writer_start
+#define writer_stop tally__writer_stop
+
+#endif
