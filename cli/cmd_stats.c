@@ -289,6 +289,7 @@ static const column cols[] = {
     {"loss_first", "loss_first", F_NUM, 1},
     {"loss_last", "loss_last", F_NUM, 1},
     {"loss_min", "loss_min", F_NUM, 1},
+    {"loss_nonfinite", "nan_loss", F_INT, 1},
     {"step_p50_ms", "step_p50", F_MS, 1},
     {"step_p99_ms", "step_p99", F_MS, 1},
     {"train_tokens_per_s", "tok/s", F_NUM, 1},
@@ -334,6 +335,7 @@ static double col_value(const agg_cell *g, size_t c)
     if (IS("loss_first")) return g->has_loss ? g->loss_first : NAN;
     if (IS("loss_last")) return g->has_loss ? g->loss_last : NAN;
     if (IS("loss_min")) return g->has_loss ? g->loss_min : NAN;
+    if (IS("loss_nonfinite")) return (double)g->loss_nonfinite;
     if (IS("step_p50_ms")) return sketch_quantile(&g->step_time, 0.50) / 1e3;
     if (IS("step_p99_ms")) return sketch_quantile(&g->step_time, 0.99) / 1e3;
     if (IS("train_tokens_per_s")) return g->step_tokens_n ? ratio((double)g->step_tokens, g->step_wall_us / 1e6) : NAN;

@@ -14,6 +14,12 @@
  *     must handle.  A full queue drops the event and counts it.
  *   - Sink failures (bad path, disk full) are counted and reported once
  *     through the log callback; they never reach the caller.
+ *
+ * One convention for every struct: zero it (`= {0}`), set the fields you
+ * have, and they are written.  An optional number is written when it is
+ * non-zero; when zero is the real value, say so with its TALLY_HAS_* bit.
+ * Misuse that can be seen (negative token counts, a cost breakdown that
+ * does not add up) is written as given and said once through the log.
  */
 #ifndef TALLY_H
 #define TALLY_H
@@ -143,8 +149,9 @@ void tally_run_start(tally_t *h);
 #define TALLY_CACHE_HIT    (1u << 2)
 #define TALLY_CEILING_HIT  (1u << 3)
 #define TALLY_USER_CAP_HIT (1u << 4)
-/* Presence bits for fields where zero is a real value. */
-#define TALLY_HAS_COST     (1u << 8)   /* cost_* fields are given */
+/* Presence bits: a zero that is a real value (non-zero values are written
+ * without them). */
+#define TALLY_HAS_COST     (1u << 8)   /* cost_* fields are given (a free request: 0) */
 #define TALLY_HAS_ENERGY   (1u << 9)   /* energy_j is given */
 #define TALLY_HAS_GPU_UTIL (1u << 10)  /* gpu_util_pct is given */
 #define TALLY_FAILED       (1u << 11)  /* ok:false even without `error` */
@@ -171,13 +178,14 @@ typedef struct tally_request {
     const tally_stage *stages;         /* stage_us{name:us} */
     size_t n_stages;
 
-    /* Cost in integer nano-USD, with TALLY_HAS_COST. */
+    /* Cost in integer nano-USD: written when any is non-zero, or with
+     * TALLY_HAS_COST (a request that really cost nothing). */
     int64_t cost_nusd;
     int64_t cost_input_nusd, cost_cached_nusd, cost_cache_write_nusd;
     int64_t cost_output_nusd, cost_reasoning_nusd;
 
-    double energy_j;                   /* with TALLY_HAS_ENERGY */
-    double gpu_util_pct;               /* with TALLY_HAS_GPU_UTIL */
+    double energy_j;                   /* non-zero, or TALLY_HAS_ENERGY */
+    double gpu_util_pct;               /* non-zero, or TALLY_HAS_GPU_UTIL */
 
     const char *error;                 /* set => ok:false */
     const char *degraded;              /* a stable token, e.g. "web_failed" */
@@ -204,18 +212,28 @@ void tally_request_record(tally_t *h, const tally_request *req);
 
 /* ---- training --------------------------------------------------------- */
 
+/* Presence bits of tally_step_info: a zero that is a real value. */
+#define TALLY_HAS_LOSS      (1u << 0)
+#define TALLY_HAS_LR        (1u << 1)
+#define TALLY_HAS_GRAD_NORM (1u << 2)
+#define TALLY_HAS_TOKENS    (1u << 3)
+
 typedef struct tally_step_info {
-    double loss, lr, grad_norm;        /* NaN = absent */
-    int64_t tokens;                    /* < 0 = absent */
+    double loss, lr, grad_norm;        /* written when non-zero (or its bit) */
+    int64_t tokens;                    /* written when non-zero (or its bit) */
     const char *metrics_json;          /* JSON object, optional */
+    unsigned has;                      /* TALLY_HAS_LOSS, ... for real zeros */
 } tally_step_info;
 
-/* Initialises `info` to "everything absent". */
+/* Zeroes `info`: everything absent (the same as `= {0}`). */
 void tally_step_info_init(tally_step_info *info);
 
 /* Spans: tally times begin..end and writes one `step` / `epoch` event with
- * wall_us.  A span begun and never ended is written at close with
- * "unfinished":true. */
+ * wall_us.  A span begun and never ended is written with "unfinished":true
+ * when the next one begins (step_begin(6), step_begin(7): step 6 is
+ * written unfinished) or at close.  An end whose begin was never seen is
+ * written without wall_us.  A loss that is NaN or infinite (a diverged
+ * step) is written as "loss":null and counted by `tally stats`. */
 void tally_step_begin(tally_t *h, int64_t step);
 void tally_step_end(tally_t *h, int64_t step, const tally_step_info *info);
 void tally_epoch_begin(tally_t *h, int64_t epoch);

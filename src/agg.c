@@ -149,6 +149,7 @@ static int add_step(agg_cell *c, const row *r)
 {
     int rc = 0;
     c->steps++;
+    if (r->has & ROW_LOSS_NONFINITE) c->loss_nonfinite++;
     if (r->has & ROW_LOSS) {
         /* First and last by time (a step without one: in the order read),
          * as merging cells does. */
@@ -252,6 +253,7 @@ int agg_cell_merge(agg_cell *into, const agg_cell *from)
         rc |= add_reason(into, from->degraded[i], strlen(from->degraded[i]), from->degraded_n[i]);
     into->degraded_other += from->degraded_other;
     into->steps += from->steps;
+    into->loss_nonfinite += from->loss_nonfinite;
     into->epochs += from->epochs;
     into->error_events += from->error_events;
     merge_loss(into, from);
@@ -316,6 +318,8 @@ void agg_cell_encode(const agg_cell *c, buf *b)
         buf_put(b, c->degraded[i], len);
         put_uvarint(b, c->degraded_n[i]);
     }
+    /* Trailer, absent from cells written before it existed. */
+    if (c->loss_nonfinite) put_uvarint(b, c->loss_nonfinite);
 }
 
 int agg_cell_decode_merge(agg_cell *c, const void *data, size_t n)
@@ -355,6 +359,7 @@ int agg_cell_decode_merge(agg_cell *c, const void *data, size_t n)
         at += len;
         if (get_uvarint(p, n, &at, &cnt) || add_reason(&t, (const char *)s, len, cnt)) goto out;
     }
+    if (at < n && get_uvarint(p, n, &at, &t.loss_nonfinite)) goto out;
     if (at != n) goto out;
     rc = agg_cell_merge(c, &t);
 out:

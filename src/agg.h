@@ -43,6 +43,7 @@ typedef struct agg_cell {
     uint64_t degraded_n[AGG_MAX_DEGRADED], degraded_other;
     /* training */
     uint64_t steps, epochs, error_events;
+    uint64_t loss_nonfinite;       /* steps whose loss was NaN or infinite */
     int has_loss;
     double loss_first, loss_first_ts, loss_last, loss_last_ts, loss_min;
     double step_wall_us;

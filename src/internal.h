@@ -61,6 +61,12 @@ typedef struct shared_totals {
     _Atomic uint64_t requests, errors, tokens_out, written, dropped, processes, unpriced;
 } shared_totals;
 
+/* An open step or epoch: its number and when it began (tally.c). */
+typedef struct span {
+    int open;
+    int64_t no, begin_ns;
+} span;
+
 /* Counter snapshot of one process. */
 typedef struct counts {
     uint64_t offered, dropped, requests, errors, tokens_out;
@@ -110,8 +116,7 @@ struct tally {
 
     /* Spans (under span_mu). */
     pthread_mutex_t span_mu;
-    int step_open, epoch_open;
-    int64_t step_no, step_begin_ns, epoch_no, epoch_begin_ns;
+    span step_span, epoch_span;
 
     /* Writer-owned. */
     buf line;
@@ -134,7 +139,7 @@ struct tally {
     prices prices;            /* loaded price table (n == 0: none) */
     struct energy *energy;    /* samplers, when asked for */
     shared_totals *shared;
-    int warned_drop, warned_sink;
+    int warned_drop, warned_sink, warned_misuse;
     const char *end_reason;   /* set by tally_close for the writer */
     int end_has_code, end_code;
 };

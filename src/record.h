@@ -53,14 +53,15 @@ typedef struct rec_request {
 } rec_request;
 
 typedef struct rec_step {
-    int64_t step, tokens, wall_us;
+    int64_t step, tokens, wall_us;     /* wall_us < 0: not known */
     double loss, lr, grad_norm;
     uint32_t unfinished, truncated;
+    uint32_t present, pad_;            /* TALLY_HAS_LOSS, ... */
     rstr metrics;
 } rec_step;
 
 typedef struct rec_epoch {
-    int64_t epoch, wall_us;
+    int64_t epoch, wall_us;            /* wall_us < 0: not known */
     uint32_t unfinished, truncated;
     rstr metrics;
 } rec_epoch;

@@ -252,6 +252,8 @@ int row_from_json(const jv *v, row_ctx *c, row *r)
         /* An unfinished span's wall time is only how long it had run. */
         if (!o.unfinished && num(o.wall_us, &r->wall_us)) r->has |= ROW_WALL;
         if (SV_IS(kind, "step") && inum(o.tokens, &r->step_tokens)) r->has |= ROW_STEP_TOKENS;
+        /* tally writes a NaN or infinite loss as null: a diverged step. */
+        if (SV_IS(kind, "step") && o.loss && o.loss->type == JV_NULL) r->has |= ROW_LOSS_NONFINITE;
     } else if (SV_IS(kind, "error")) {
         r->name = str(o.type);
         r->error = str(o.message);

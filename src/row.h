@@ -56,6 +56,7 @@ enum {
     ROW_COST_USD = 1u << 16,
     ROW_TOTAL = 1u << 17,
     ROW_TPUT = 1u << 18,
+    ROW_LOSS_NONFINITE = 1u << 19,  /* a step's loss was NaN or infinite (written null) */
 };
 
 typedef struct row {

@@ -32,6 +32,7 @@
  * every TRIM_EVERY transactions.
  */
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <unistd.h>
 #include <pthread.h>
@@ -126,16 +127,19 @@ static void row_from_record(struct tally *h, const wev *ev, row *r)
         r->phase = SV_LIT("train");
         r->step = st->step;
         r->has |= ROW_STEP;
-        if (st->loss == st->loss) { r->loss = st->loss; r->has |= ROW_LOSS; }
-        if (!st->unfinished) { r->wall_us = (double)st->wall_us; r->has |= ROW_WALL; }
-        if (st->tokens >= 0) { r->step_tokens = st->tokens; r->has |= ROW_STEP_TOKENS; }
+        if (st->present & TALLY_HAS_LOSS) {
+            if (isfinite(st->loss)) { r->loss = st->loss; r->has |= ROW_LOSS; }
+            else r->has |= ROW_LOSS_NONFINITE;
+        }
+        if (!st->unfinished && st->wall_us >= 0) { r->wall_us = (double)st->wall_us; r->has |= ROW_WALL; }
+        if (st->present & TALLY_HAS_TOKENS) { r->step_tokens = st->tokens; r->has |= ROW_STEP_TOKENS; }
         break;
     }
     case REC_EPOCH: {
         const rec_epoch *e = ev->payload;
         r->kind = SV_LIT("epoch");
         r->phase = SV_LIT("train");
-        if (!e->unfinished) { r->wall_us = (double)e->wall_us; r->has |= ROW_WALL; }
+        if (!e->unfinished && e->wall_us >= 0) { r->wall_us = (double)e->wall_us; r->has |= ROW_WALL; }
         break;
     }
     case REC_EVAL: {

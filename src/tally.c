@@ -653,7 +653,14 @@ void tally_request_record(tally_t *h, const tally_request *q)
     rq->cost_reasoning = q->cost_reasoning_nusd;
     rq->energy_j = q->energy_j;
     rq->gpu_util = q->gpu_util_pct;
-    rq->flags = q->flags;
+    /* Zero means absent unless its bit says it is real (tally.h). */
+    unsigned fl = q->flags;
+    if (q->cost_nusd | q->cost_input_nusd | q->cost_cached_nusd | q->cost_cache_write_nusd | q->cost_output_nusd |
+        q->cost_reasoning_nusd)
+        fl |= TALLY_HAS_COST;
+    if (q->energy_j != 0) fl |= TALLY_HAS_ENERGY;
+    if (q->gpu_util_pct != 0) fl |= TALLY_HAS_GPU_UTIL;
+    rq->flags = fl;
     rq->n_stages = (uint32_t)nst;
     rq->truncated = trunc;
     rq->device = q->device;
@@ -671,16 +678,13 @@ void tally_request_record(tally_t *h, const tally_request *q)
 
 void tally_step_info_init(tally_step_info *info)
 {
-    if (!info) return;
-    info->loss = info->lr = info->grad_norm = NAN;
-    info->tokens = -1;
-    info->metrics_json = NULL;
+    if (info) memset(info, 0, sizeof *info);
 }
 
+/* wall_us < 0: not known (an end without its begin). */
 static void record_step(tally_t *h, int64_t step, int64_t wall_us, const tally_step_info *info, int unfinished)
 {
-    tally_step_info none;
-    tally_step_info_init(&none);
+    static const tally_step_info none;
     if (!info) info = &none;
     uint32_t trunc = 0;
     size_t ml = str_len(h, info->metrics_json, &trunc, 0);
@@ -695,6 +699,10 @@ static void record_step(tally_t *h, int64_t step, int64_t wall_us, const tally_s
     s->loss = info->loss;
     s->lr = info->lr;
     s->grad_norm = info->grad_norm;
+    /* Present: non-zero (NaN included: a diverged loss is news), or said. */
+    s->present = (info->has & (TALLY_HAS_LOSS | TALLY_HAS_LR | TALLY_HAS_GRAD_NORM | TALLY_HAS_TOKENS)) |
+                 (info->loss != 0 ? TALLY_HAS_LOSS : 0) | (info->lr != 0 ? TALLY_HAS_LR : 0) |
+                 (info->grad_norm != 0 ? TALLY_HAS_GRAD_NORM : 0) | (info->tokens != 0 ? TALLY_HAS_TOKENS : 0);
     s->unfinished = (uint32_t)unfinished;
     s->truncated = trunc;
     pk p = {(char *)s, sizeof *s};
@@ -720,45 +728,75 @@ static void record_epoch(tally_t *h, int64_t epoch, int64_t wall_us, const char 
     rec_end(h, r, nh);
 }
 
+/* Begin and end of a step or epoch span.  A begin while another span of
+ * the same kind is open writes that one unfinished (its wall time up to
+ * now); an end for another number than the open one writes the open one
+ * unfinished and this one without wall time. */
+/* Under span_mu: opens `sp` for `no`; returns 1 (and the old span's number
+ * and wall time) when an open one has to be written unfinished. */
+static int span_begin(span *sp, int64_t no, int64_t now, int64_t *old_no, int64_t *old_wall)
+{
+    int had = sp->open;
+    *old_no = sp->no;
+    *old_wall = (now - sp->begin_ns) / 1000;
+    sp->open = 1;
+    sp->no = no;
+    sp->begin_ns = now;
+    return had;
+}
+
+/* Under span_mu: closes `sp` for `no`; *wall = -1 when its begin was not
+ * seen.  Returns 1 (and the other span's number and wall time) when an
+ * open span of another number has to be written unfinished. */
+static int span_end(span *sp, int64_t no, int64_t now, int64_t *wall, int64_t *old_no, int64_t *old_wall)
+{
+    int other = sp->open && sp->no != no;
+    *wall = sp->open && !other ? (now - sp->begin_ns) / 1000 : -1;
+    *old_no = sp->no;
+    *old_wall = (now - sp->begin_ns) / 1000;
+    sp->open = 0;
+    return other;
+}
+
 void tally_step_begin(tally_t *h, int64_t step)
 {
     if (!handle_live(h)) return;
+    int64_t old_no, old_wall;
     pthread_mutex_lock(&h->span_mu);
-    h->step_open = 1;
-    h->step_no = step;
-    h->step_begin_ns = tally__mono_ns();
+    int unfinished = span_begin(&h->step_span, step, tally__mono_ns(), &old_no, &old_wall);
     pthread_mutex_unlock(&h->span_mu);
+    if (unfinished) record_step(h, old_no, old_wall, NULL, 1);
 }
 
 void tally_step_end(tally_t *h, int64_t step, const tally_step_info *info)
 {
     if (!handle_live(h)) return;
-    int64_t now = tally__mono_ns(), wall = 0;
+    int64_t wall, old_no, old_wall;
     pthread_mutex_lock(&h->span_mu);
-    if (h->step_open) wall = (now - h->step_begin_ns) / 1000;
-    h->step_open = 0;
+    int other = span_end(&h->step_span, step, tally__mono_ns(), &wall, &old_no, &old_wall);
     pthread_mutex_unlock(&h->span_mu);
+    if (other) record_step(h, old_no, old_wall, NULL, 1);
     record_step(h, step, wall, info, 0);
 }
 
 void tally_epoch_begin(tally_t *h, int64_t epoch)
 {
     if (!handle_live(h)) return;
+    int64_t old_no, old_wall;
     pthread_mutex_lock(&h->span_mu);
-    h->epoch_open = 1;
-    h->epoch_no = epoch;
-    h->epoch_begin_ns = tally__mono_ns();
+    int unfinished = span_begin(&h->epoch_span, epoch, tally__mono_ns(), &old_no, &old_wall);
     pthread_mutex_unlock(&h->span_mu);
+    if (unfinished) record_epoch(h, old_no, old_wall, NULL, 1);
 }
 
 void tally_epoch_end(tally_t *h, int64_t epoch, const char *metrics_json)
 {
     if (!handle_live(h)) return;
-    int64_t now = tally__mono_ns(), wall = 0;
+    int64_t wall, old_no, old_wall;
     pthread_mutex_lock(&h->span_mu);
-    if (h->epoch_open) wall = (now - h->epoch_begin_ns) / 1000;
-    h->epoch_open = 0;
+    int other = span_end(&h->epoch_span, epoch, tally__mono_ns(), &wall, &old_no, &old_wall);
     pthread_mutex_unlock(&h->span_mu);
+    if (other) record_epoch(h, old_no, old_wall, NULL, 1);
     record_epoch(h, epoch, wall, metrics_json, 0);
 }
 
@@ -970,13 +1008,13 @@ static void close_impl(tally_t *h, const char *reason, int has_code, int code)
     handle_live(h); /* a child that never recorded still needs its writer state */
     /* Spans begun and never ended are written now, marked unfinished. */
     pthread_mutex_lock(&h->span_mu);
-    int so = h->step_open, eo = h->epoch_open;
+    int so = h->step_span.open, eo = h->epoch_span.open;
     int64_t now = tally__mono_ns();
-    int64_t sw = (now - h->step_begin_ns) / 1000, ew = (now - h->epoch_begin_ns) / 1000;
-    h->step_open = h->epoch_open = 0;
+    int64_t sw = (now - h->step_span.begin_ns) / 1000, ew = (now - h->epoch_span.begin_ns) / 1000;
+    h->step_span.open = h->epoch_span.open = 0;
     pthread_mutex_unlock(&h->span_mu);
-    if (so) record_step(h, h->step_no, sw, NULL, 1);
-    if (eo) record_epoch(h, h->epoch_no, ew, NULL, 1);
+    if (so) record_step(h, h->step_span.no, sw, NULL, 1);
+    if (eo) record_epoch(h, h->epoch_span.no, ew, NULL, 1);
     /* A last sample now, so that every request recorded so far can be
      * given its energy before the writer's final drain. */
     if (h->energy && !h->is_child) energy_stop(h->energy, tally__mono_ns());

@@ -209,12 +209,19 @@ static void enc_step(struct tally *h, buf *b, const wev *ev)
     put_head(b, "step", 4, ev);
     buf_put(b, ",\"phase\":\"train\",\"step\":", 24);
     enc_i64(b, s->step);
-    PUT_NUM_IF(b, "loss", s->loss);
-    PUT_NUM_IF(b, "lr", s->lr);
-    PUT_NUM_IF(b, "grad_norm", s->grad_norm);
-    if (s->tokens >= 0) { ENC_NKEY(b, "tokens"); enc_i64(b, s->tokens); }
-    ENC_NKEY(b, "wall_us");
-    enc_i64(b, s->wall_us);
+    /* enc_double writes null for NaN / infinity: a diverged loss stays
+     * visible (and counted by stats) instead of vanishing. */
+    if (s->present & TALLY_HAS_LOSS) { ENC_NKEY(b, "loss"); enc_double(b, s->loss); }
+    if (s->present & TALLY_HAS_LR) { ENC_NKEY(b, "lr"); enc_double(b, s->lr); }
+    if (s->present & TALLY_HAS_GRAD_NORM) { ENC_NKEY(b, "grad_norm"); enc_double(b, s->grad_norm); }
+    if (s->present & TALLY_HAS_TOKENS) {
+        if (s->tokens < 0)
+            tally__warn_once(h, &h->warned_misuse, "a step with negative tokens (%lld) is written as given",
+                             (long long)s->tokens);
+        ENC_NKEY(b, "tokens");
+        enc_i64(b, s->tokens);
+    }
+    if (s->wall_us >= 0) { ENC_NKEY(b, "wall_us"); enc_i64(b, s->wall_us); }
     if (s->unfinished) buf_put(b, ",\"unfinished\":true", 18);
     put_caller_json_r(h, b, "metrics", s, s->metrics, 0);
     put_truncated(b, s->truncated, names, 1);
@@ -222,7 +229,7 @@ static void enc_step(struct tally *h, buf *b, const wev *ev)
     if (s->unfinished) return;
     h->has_final |= 1;
     h->final_step = s->step;
-    if (!isnan(s->loss)) {
+    if ((s->present & TALLY_HAS_LOSS) && isfinite(s->loss)) {
         h->has_final |= 2;
         h->final_loss = s->loss;
     }
@@ -235,8 +242,7 @@ static void enc_epoch(struct tally *h, buf *b, const wev *ev)
     put_head(b, "epoch", 5, ev);
     buf_put(b, ",\"phase\":\"train\",\"epoch\":", 25);
     enc_i64(b, e->epoch);
-    ENC_NKEY(b, "wall_us");
-    enc_i64(b, e->wall_us);
+    if (e->wall_us >= 0) { ENC_NKEY(b, "wall_us"); enc_i64(b, e->wall_us); }
     if (e->unfinished) buf_put(b, ",\"unfinished\":true", 18);
     put_caller_json_r(h, b, "metrics", e, e->metrics, 0);
     put_truncated(b, e->truncated, names, 1);

@@ -133,5 +133,15 @@ check "read-only directory: stats reads it" test "$rc" -eq 0
 check "read-only directory: the request is there" grep -q '"requests":1' <<<"$out"
 chmod 0755 "$rod"
 
+# a diverged step (loss written null) is counted, from the file and from the database
+printf '%s\n' '{"kind":"step","t":1,"ts":1800000001.0,"phase":"train","step":1,"loss":2.5,"wall_us":5}' \
+    '{"kind":"step","t":2,"ts":1800000002.0,"phase":"train","step":2,"loss":null,"wall_us":5}' >"$dir/nan.jsonl"
+out=$("$TALLY" stats --json "$dir/nan.jsonl")
+check "stats counts a non-finite loss" grep -q '"loss_nonfinite":1' <<<"$out"
+check "a non-finite loss is not the last loss" grep -q '"loss_last":2.5' <<<"$out"
+"$TALLY" import "$dir/nan.jsonl" --db "$dir/nan.db" >/dev/null
+out=$("$TALLY" stats --json "$dir/nan.db")
+check "the rollup counts a non-finite loss" grep -q '"loss_nonfinite":1' <<<"$out"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -510,6 +510,131 @@ static void test_subscriber(void **state)
     assert_int_equal(seen, 12); /* run_end */
 }
 
+typedef struct logcount {
+    int n;
+    char last[512];
+} logcount;
+
+static void count_log(void *ud, int level, const char *msg)
+{
+    (void)level;
+    logcount *l = ud;
+    l->n++;
+    snprintf(l->last, sizeof l->last, "%s", msg);
+}
+
+/* One convention: a struct zeroed with {0} writes what was set, a real
+ * zero needs its bit, misuse is said once. */
+static void test_zeroed_structs(void **state)
+{
+    (void)state;
+    logcount lg = {0};
+    tally_config cfg;
+    tally_config_init(&cfg);
+    cfg.log = count_log;
+    cfg.log_ud = &lg;
+    tally_t *h = open_mem(&cfg);
+    tally_step_info a = {0};
+    a.loss = 1.5;
+    tally_step_end(h, 1, &a);                /* only loss */
+    tally_step_info b = {0};
+    b.has = TALLY_HAS_LOSS | TALLY_HAS_TOKENS;
+    tally_step_end(h, 2, &b);                /* a real zero loss and zero tokens */
+    tally_step_info c = {0};
+    c.loss = NAN;
+    tally_step_end(h, 3, &c);                /* diverged */
+    tally_step_info d = {0};
+    d.tokens = -5;
+    tally_step_end(h, 4, &d);                /* misuse: said once */
+    tally_step_end(h, 5, &d);
+    tally_request q = {0};
+    q.model = "m";
+    q.latency_us = 10;
+    q.cost_nusd = 1234;                      /* no TALLY_HAS_COST */
+    q.energy_j = 2.5;                        /* no TALLY_HAS_ENERGY */
+    tally_request_record(h, &q);
+    tally_request z = {0};
+    z.model = "m";
+    tally_request_record(h, &z);             /* nothing optional */
+    th_lines l;
+    lines_of(h, &l);
+    assert_int_equal(l.n, 8);
+    json_arena ar;
+    json_arena_init(&ar, 1 << 20);
+    const jv *v = th_parse(&ar, l.line[1]);
+    assert_true(jv_num(jv_get(v, "loss"), 0) == 1.5);
+    TH_ABSENT(v, "lr");
+    TH_ABSENT(v, "grad_norm");
+    TH_ABSENT(v, "tokens");
+    TH_ABSENT(v, "wall_us");                 /* no step_begin: not known */
+    json_arena_reset(&ar);
+    v = th_parse(&ar, l.line[2]);
+    TH_INT(v, "loss", 0);
+    TH_INT(v, "tokens", 0);
+    TH_ABSENT(v, "lr");
+    json_arena_reset(&ar);
+    v = th_parse(&ar, l.line[3]);
+    assert_non_null(jv_get(v, "loss"));
+    assert_int_equal(jv_get(v, "loss")->type, JV_NULL);
+    json_arena_reset(&ar);
+    v = th_parse(&ar, l.line[4]);
+    TH_INT(v, "tokens", -5);
+    assert_int_equal(lg.n, 1);
+    assert_non_null(strstr(lg.last, "negative tokens"));
+    json_arena_reset(&ar);
+    v = th_parse(&ar, l.line[6]);
+    TH_INT(v, "extra.cost_nusd", 1234);
+    assert_true(jv_num(th_get(v, "extra.energy_j"), 0) == 2.5);
+    json_arena_reset(&ar);
+    v = th_parse(&ar, l.line[7]);
+    TH_ABSENT(v, "extra.cost_nusd");
+    TH_ABSENT(v, "extra.energy_j");
+    TH_ABSENT(v, "extra.gpu_util_pct");
+    json_arena_free(&ar);
+    th_lines_free(&l);
+    tally_close(h, NULL);
+}
+
+/* step_begin(6), step_begin(7), step_end(7): step 6 is written unfinished,
+ * not lost; an end for another number than the open one likewise. */
+static void test_spans_not_lost(void **state)
+{
+    (void)state;
+    tally_t *h = open_mem(NULL);
+    tally_step_begin(h, 6);
+    usleep(1000);
+    tally_step_begin(h, 7);
+    tally_step_end(h, 7, NULL);
+    tally_epoch_begin(h, 1);
+    tally_epoch_end(h, 2, NULL);
+    th_lines l;
+    lines_of(h, &l);
+    assert_int_equal(l.n, 5);
+    json_arena a;
+    json_arena_init(&a, 1 << 20);
+    const jv *v = th_parse(&a, l.line[1]);
+    TH_INT(v, "step", 6);
+    TH_TRUE(v, "unfinished");
+    assert_true(jv_int(jv_get(v, "wall_us"), 0) >= 1000);
+    json_arena_reset(&a);
+    v = th_parse(&a, l.line[2]);
+    TH_INT(v, "step", 7);
+    TH_ABSENT(v, "unfinished");
+    assert_non_null(jv_get(v, "wall_us"));
+    json_arena_reset(&a);
+    v = th_parse(&a, l.line[3]);
+    TH_STR(v, "kind", "epoch");
+    TH_INT(v, "epoch", 1);
+    TH_TRUE(v, "unfinished");
+    json_arena_reset(&a);
+    v = th_parse(&a, l.line[4]);
+    TH_INT(v, "epoch", 2);
+    TH_ABSENT(v, "wall_us");
+    json_arena_free(&a);
+    th_lines_free(&l);
+    tally_close(h, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -518,6 +643,7 @@ int main(void)
         cmocka_unit_test(test_generic_event),  cmocka_unit_test(test_run_end),
         cmocka_unit_test(test_bad_caller_input), cmocka_unit_test(test_null_safety),
         cmocka_unit_test(test_subscriber),
+        cmocka_unit_test(test_zeroed_structs), cmocka_unit_test(test_spans_not_lost),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
