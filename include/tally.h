@@ -276,18 +276,25 @@ void tally_event(tally_t *h, const char *kind, const tally_field *fields,
  * most `timeout_ms` (0 = 5000).  Returns 0 when done, 1 on time-out. */
 int tally_flush(tally_t *h, uint32_t timeout_ms);
 
+/* The rule, once flushed:  offered == written + dropped.
+ * These count the caller's events; run_start and run_end are tally's own
+ * lines and count in neither (run_end.stats.events = written + 2, summed
+ * over the run's processes).  A sink that loses a line -- any line,
+ * run_start included -- counts it in sink_failures (and in its own
+ * tally_get_sinks() entry): written events may still be lost by one sink
+ * and kept by another. */
 typedef struct tally_counters {
     uint64_t offered;        /* events handed to tally */
     uint64_t written;        /* events the writer encoded and gave to sinks */
     uint64_t dropped;        /* events dropped: queue full, too large */
-    uint64_t sink_failures;  /* events a sink failed to store */
+    uint64_t sink_failures;  /* lines the sinks failed to store, summed */
     uint64_t requests;       /* request events recorded */
     uint64_t errors;         /* error events (tally_error, tally_error_at) */
     uint64_t tokens_out;     /* completion tokens of requests */
     uint64_t unpriced;       /* requests with no cost and no price for their model */
 } tally_counters;
 
-/* This process's counters.  offered == written + dropped once flushed. */
+/* This process's counters (the rule is above the struct). */
 void tally_get_counters(const tally_t *h, tally_counters *out);
 
 /* Each sink's own losses: events it could not keep (its buffer was full

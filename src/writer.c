@@ -417,8 +417,9 @@ static void emit(struct tally *h, const wev *ev)
     }
     for (int i = 0; i < h->n_sinks; i++)
         if (h->sinks[i].ops->write(&h->sinks[i], ev, b->p, b->len) != 0) sink_lost(h, &h->sinks[i], 1);
-    /* Only this thread writes `written`: no locked add per event. */
-    ring_bump(&h->written, 1);
+    /* Only this thread writes `written`: no locked add per event.  It
+     * counts the caller's events, not run_start (tally.h, the counters). */
+    if (ev->type < WEV_RUN_START) ring_bump(&h->written, 1);
 }
 
 static void commit(struct tally *h, int sync)
@@ -763,8 +764,8 @@ static void writer_finish(struct tally *h)
         ENC_NKEY(b, "reason");
         enc_cstr(b, reason);
         shared_totals *s = h->shared;
-        /* Counted as written: run_end itself is an event. */
-        uint64_t written = (s ? atomic_load(&s->written) : atomic_load(&h->written)) + 1;
+        /* Every line of the run: the caller's events, run_start, run_end. */
+        uint64_t written = (s ? atomic_load(&s->written) : atomic_load(&h->written)) + 2;
         buf_put(b, ",\"stats\":{\"requests\":", 21);
         enc_i64(b, (int64_t)(s ? atomic_load(&s->requests) : c.requests));
         ENC_NKEY(b, "errors");
@@ -814,7 +815,6 @@ static void writer_finish(struct tally *h)
         buf_putc(b, '}');
         for (int i = 0; i < h->n_sinks; i++)
             if (h->sinks[i].ops->write(&h->sinks[i], &ev, b->p, b->len) != 0) sink_lost(h, &h->sinks[i], 1);
-        atomic_fetch_add(&h->written, 1);
     }
     commit(h, 1);
     for (int i = 0; i < h->n_sinks; i++)
