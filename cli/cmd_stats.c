@@ -18,6 +18,7 @@
 #include "agg.h"
 #include "prices.h"
 #include "source.h"
+#include "hash.h"
 #include "util.h"
 
 #define MAX_BY 8
@@ -100,15 +101,7 @@ static sv key_value(const row *e, int k, char *tmp, size_t n)
     return SV_LIT("-");
 }
 
-static uint64_t hash_bytes(const char *s, size_t n)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
+static uint64_t hash_bytes(const char *s, size_t n) { return fnv1a(FNV_SEED, s, n); }
 
 static group *group_new(const char *key, size_t n, uint64_t hash)
 {
@@ -540,6 +533,8 @@ static void print_json(agg *a, const source_stats *st)
     enc_i64(&b, (int64_t)st->bad);
     buf_puts(&b, ",\"torn_lines\":");
     enc_i64(&b, (int64_t)st->torn);
+    buf_puts(&b, ",\"duplicates\":");
+    enc_i64(&b, (int64_t)st->duplicates);
     buf_puts(&b, ",\"rollup_cells\":");
     enc_i64(&b, (int64_t)st->cells);
     buf_puts(&b, "}\n");
@@ -736,6 +731,9 @@ int cmd_stats(int argc, char **argv)
         if (isatty(STDOUT_FILENO) && (st.bad || st.torn))
             printf("(%llu lines skipped, %llu torn last lines)\n", (unsigned long long)st.bad,
                    (unsigned long long)st.torn);
+        if (isatty(STDOUT_FILENO) && st.duplicates)
+            printf("(%llu events found in more than one source, counted once)\n",
+                   (unsigned long long)st.duplicates);
     }
 out:
     for (size_t i = 0; i < a.ng; i++) {

@@ -5,9 +5,13 @@
  * backwards within one writer, run_start not first, more than one run_end
  * in a run, a torn last line.  Exit 0 when clean, 1 when not, 2 on usage.
  *
- * One writer: tally's events carry an id whose first 12 characters name
- * the writing process, so a file shared by prefork workers is checked per
- * writer; files without ids are one writer.
+ * Runs and writers: tally's events carry an id whose first 12 characters
+ * name the run and first 18 the writing process (src/event_id.h), so a
+ * file that several runs, or a prefork server's workers, append to is
+ * checked per run (run_start first, one run_end) and per writer (t never
+ * decreasing).  Lines with other ids or none belong to the latest run and
+ * one writer.  Duplicate keys in an object are reported: readers disagree
+ * on which one counts.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -15,19 +19,40 @@
 #include <string.h>
 
 #include "cli.h"
+#include "event_id.h"
 #include "json.h"
 #include "util.h"
 
 #define MAX_WRITERS 1024
+#define MAX_RUNS 1024
+
+typedef struct vrun {
+    char key[TALLY_ID_RUN + 1];   /* "" for lines whose id names no run */
+    int in_run, ended;
+} vrun;
 
 typedef struct vstate {
     const char *path;
     uint64_t problems;
-    int in_run, ended, seen_any;
-    char writer[MAX_WRITERS][13];
+    int seen_any;
+    vrun runs[MAX_RUNS];
+    int nruns;
+    char writer[MAX_WRITERS][TALLY_ID_WRITER + 1];
     double last_t[MAX_WRITERS];
     int nwriters;
 } vstate;
+
+/* The run state for `key` (created when `create`); NULL when unknown. */
+static vrun *run_state(vstate *s, const char *key, int create)
+{
+    for (int i = 0; i < s->nruns; i++)
+        if (!strcmp(s->runs[i].key, key)) return &s->runs[i];
+    if (!create) return NULL;
+    vrun *r = &s->runs[s->nruns < MAX_RUNS ? s->nruns++ : MAX_RUNS - 1];
+    memset(r, 0, sizeof *r);
+    snprintf(r->key, sizeof r->key, "%s", key);
+    return r;
+}
 
 __attribute__((format(printf, 3, 4))) static void problem(vstate *s, uint64_t line, const char *fmt, ...)
 {
@@ -39,6 +64,26 @@ __attribute__((format(printf, 3, 4))) static void problem(vstate *s, uint64_t li
     va_end(ap);
     printf("\n");
 }
+
+/* Each object's keys once: the first of duplicates is what tally reads,
+ * the last what most JSON libraries read. */
+static void check_duplicates(vstate *s, uint64_t line, const jv *obj, const char *where, int depth)
+{
+    if (!obj || obj->type != JV_OBJ || depth > 4) return;
+    for (const jv *a = obj->child; a; a = a->next) {
+        for (const jv *b = obj->child; b != a; b = b->next)
+            if (b->keylen == a->keylen && !memcmp(a->key, b->key, a->keylen)) {
+                problem(s, line, "duplicate key %s%.*s", where, (int)(a->keylen > 64 ? 64 : a->keylen), a->key);
+                break;
+            }
+        if (a->type == JV_OBJ) {
+            char sub[160];
+            snprintf(sub, sizeof sub, "%s%.*s.", where, (int)(a->keylen > 64 ? 64 : a->keylen), a->key);
+            check_duplicates(s, line, a, sub, depth + 1);
+        }
+    }
+}
+
 
 static int is_int(const jv *v) { return jv_is_int(v); }
 static int is_num_or_null(const jv *v) { return v && (v->type == JV_NUM || v->type == JV_NULL); }
@@ -88,19 +133,42 @@ static void check_event(vstate *s, uint64_t line, const jv *v)
     maybe(s, line, v, "", "ts", T_NUM);
     maybe(s, line, v, "", "step", T_INT);
     maybe(s, line, v, "", "phase", T_STR);
-    if (!strcmp(kind, "run_start")) s->nwriters = 0; /* a new run: t starts again */
+    check_duplicates(s, line, v, "", 0);
+    const char *id = jv_str(jv_get(v, "id"));
+    size_t idlen = id ? strlen(id) : 0;
+    int tagged = idlen == TALLY_ID_LEN;
+    char runkey[TALLY_ID_RUN + 1] = "";
+    if (tagged) snprintf(runkey, sizeof runkey, "%.*s", TALLY_ID_RUN, id);
+    int is_start = !strcmp(kind, "run_start");
+    /* An event whose run_start is not in this file goes with the latest
+     * run, as readers credit it. */
+    vrun *run = is_start ? run_state(s, runkey, 1) : run_state(s, runkey, 0);
+    if (!run) run = run_state(s, "", 1);
+    if (is_start) {
+        /* A new run: its writers' t starts again. */
+        int keep = 0;
+        for (int i = 0; i < s->nwriters; i++) {
+            int mine = tagged ? !strncmp(s->writer[i], runkey, TALLY_ID_RUN) : 1;
+            if (mine) continue;
+            memmove(s->writer[keep], s->writer[i], sizeof s->writer[0]);
+            s->last_t[keep++] = s->last_t[i];
+        }
+        s->nwriters = keep;
+    }
     const jv *t = jv_get(v, "t");
     if (t && t->type == JV_NUM) {
         if (jv_num(t, 0) < 0) problem(s, line, "%s", "t is negative");
-        const char *id = jv_str(jv_get(v, "id"));
-        char w[13] = "";
-        if (id && strlen(id) >= 12) snprintf(w, sizeof w, "%.12s", id);
+        /* The writer: run and process for tally's ids, the process for
+         * older ones (12 + 10 digits), one writer for the rest. */
+        char w[TALLY_ID_WRITER + 1] = "";
+        if (tagged) snprintf(w, sizeof w, "%.*s", TALLY_ID_WRITER, id);
+        else if (idlen >= 12) snprintf(w, sizeof w, "%.12s", id);
         int wi = -1;
         for (int i = 0; i < s->nwriters; i++)
             if (!strcmp(s->writer[i], w)) wi = i;
         if (wi < 0 && s->nwriters < MAX_WRITERS) {
             wi = s->nwriters++;
-            snprintf(s->writer[wi], 13, "%s", w);
+            snprintf(s->writer[wi], sizeof s->writer[wi], "%s", w);
             s->last_t[wi] = jv_num(t, 0);
         }
         if (wi >= 0) {
@@ -114,10 +182,10 @@ static void check_event(vstate *s, uint64_t line, const jv *v)
     }
     int first = !s->seen_any;
     s->seen_any = 1;
-    if (!strcmp(kind, "run_start")) {
-        if (s->in_run && !s->ended) problem(s, line, "%s", "run_start inside a run that has not ended");
-        s->in_run = 1;
-        s->ended = 0;
+    if (is_start) {
+        if (run->in_run && !run->ended) problem(s, line, "%s", "run_start inside a run that has not ended");
+        run->in_run = 1;
+        run->ended = 0;
         need(s, line, v, "", "started_at", T_STR);
         need(s, line, v, "", "host", T_OBJ);
         need(s, line, v, "", "backend", T_OBJ);
@@ -132,7 +200,7 @@ static void check_event(vstate *s, uint64_t line, const jv *v)
         return;
     }
     if (first) problem(s, line, "%s", "run_start is not the first event");
-    else if (s->ended) problem(s, line, "%s", "event after run_end (a new run needs a run_start)");
+    else if (run->ended) problem(s, line, "%s", "event after run_end (a new run needs a run_start)");
     if (!strcmp(kind, "run_end")) {
         need(s, line, v, "", "ended_at", T_STR);
         need(s, line, v, "", "reason", T_STR);
@@ -148,8 +216,8 @@ static void check_event(vstate *s, uint64_t line, const jv *v)
         const char *r = jv_str(jv_get(v, "reason"));
         if (r && strcmp(r, "completed") && strcmp(r, "interrupted") && strcmp(r, "aborted") && strcmp(r, "errored"))
             problem(s, line, "reason '%s' is not completed, interrupted, aborted or errored", r);
-        if (s->ended && s->in_run) problem(s, line, "%s", "more than one run_end in this run");
-        s->ended = 1;
+        if (run->ended && run->in_run) problem(s, line, "%s", "more than one run_end in this run");
+        run->ended = 1;
         return;
     }
     const char *name = jv_str(jv_get(v, "name"));
@@ -244,7 +312,9 @@ int cmd_validate(int argc, char **argv)
             printf("usage: tally validate FILE...\n\n"
                    "Checks JSONL files against the toy/v1 wire format and prints each problem\n"
                    "with its line number: bad JSON, missing required keys, wrong types, t going\n"
-                   "backwards, run_start not first, more than one run_end, a torn last line.\n"
+                   "backwards, run_start not first, more than one run_end, duplicate keys, a\n"
+                   "torn last line.  A file that several runs append to is checked run by run\n"
+                   "(by the run part of each event's id).\n"
                    "Exit status: 0 clean, 1 problems found, 2 usage or unreadable file.\n");
             return 0;
         }

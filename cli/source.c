@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "idset.h"
 #include "store.h"
 #include "util.h"
 
@@ -73,7 +74,7 @@ static int in_range(const source_opts *o, const row *r)
 }
 
 static int read_jsonl(const char *path, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
-                      size_t errlen)
+                      size_t errlen, int give_ids)
 {
     line_reader lr;
     if (lr_open(&lr, path, MAX_LINE) != 0) {
@@ -94,7 +95,8 @@ static int read_jsonl(const char *path, const source_opts *o, row_fn fn, void *u
         if (len == 0) continue;
         json_error je;
         json_arena_reset(&a);
-        jv *v = toolong ? NULL : json_parse_inplace(&a, line, len, &je);
+        /* Ids for lines without one need the line as it was: parsed by copy. */
+        jv *v = toolong ? NULL : give_ids ? json_parse(&a, line, len, &je) : json_parse_inplace(&a, line, len, &je);
         row e;
         if (!v || v->type != JV_OBJ || !row_from_json(v, &ctx, &e)) {
             if (!complete && !toolong) {
@@ -114,6 +116,11 @@ static int read_jsonl(const char *path, const source_opts *o, row_fn fn, void *u
             continue;
         }
         if (!in_range(o, &e)) continue;
+        char idbuf[34];
+        if (give_ids && !e.id.p) {
+            hash_id(ctx.run_id, strlen(ctx.run_id), lr.offset, line, len, idbuf);
+            e.id = (sv){idbuf, strlen(idbuf)};
+        }
         st->events++;
         if (fn(ud, &e)) break;
     }
@@ -351,10 +358,9 @@ static int read_db(const char *path, int kind, const source_opts *o, row_fn fn, 
     return rc;
 }
 
-int source_read_all(char **paths, int n, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
-                    size_t errlen)
+static int read_sources(char **paths, int n, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
+                        size_t errlen, int give_ids)
 {
-    if (errlen) err[0] = 0;
     for (int i = 0; i < n; i++) {
         int kind = source_kind(paths[i], err, errlen);
         if (kind < 0) return -1;
@@ -372,7 +378,7 @@ int source_read_all(char **paths, int n, const source_opts *o, row_fn fn, void *
             return -1;
         }
         for (size_t k = 0; k < nf; k++) {
-            if (read_jsonl(files[k], o, fn, ud, st, err, errlen)) {
+            if (read_jsonl(files[k], o, fn, ud, st, err, errlen, give_ids)) {
                 free_list(files);
                 return -1;
             }
@@ -382,4 +388,53 @@ int source_read_all(char **paths, int n, const source_opts *o, row_fn fn, void *
     if (st->reported > MAX_REPORTED)
         fprintf(stderr, "tally: ... %d more lines skipped\n", st->reported - MAX_REPORTED);
     return 0;
+}
+
+/* Merging by id: passes each event on the first time its id is met. */
+typedef struct merger {
+    row_fn fn;
+    void *ud;
+    idset ids;
+    source_stats *st;
+    int warned;
+} merger;
+
+static int merge_row(void *arg, const row *r)
+{
+    merger *m = arg;
+    if (r->id.p) {
+        int added = idset_add(&m->ids, r->id.p, r->id.n);
+        if (added == 0) {
+            m->st->duplicates++;
+            m->st->events--;
+            return 0;
+        }
+        if (added < 0 && !m->warned) {
+            m->warned = 1;
+            fprintf(stderr, "tally: more than %zu events: ids past them are not merged across sources\n",
+                    (size_t)IDSET_MAX);
+        }
+    }
+    return m->fn(m->ud, r);
+}
+
+int source_read_all(char **paths, int n, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
+                    size_t errlen)
+{
+    if (errlen) err[0] = 0;
+    merger m = {fn, ud, {0}, st, 0};
+    source_opts merged;
+    int merging = n > 1;
+    if (merging) {
+        /* Rollup cells cannot be merged by id: read rows. */
+        merged = *o;
+        merged.cells = NULL;
+        o = &merged;
+        idset_init(&m.ids);
+        fn = merge_row;
+        ud = &m;
+    }
+    int rc = read_sources(paths, n, o, fn, ud, st, err, errlen, merging);
+    if (merging) idset_free(&m.ids);
+    return rc;
 }

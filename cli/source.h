@@ -34,12 +34,16 @@ typedef struct source_opts {
 
 typedef struct source_stats {
     uint64_t lines, events, bad, torn;
+    uint64_t duplicates;         /* events met again in another source, counted once */
     uint64_t cells, rows_read;   /* from databases: rollup cells, rows */
     int reported;
 } source_stats;
 
-/* Reads every source in `paths` (FILE, DIR, DB or "-").  Returns 0, or -1
- * with a one-line reason in err. */
+/* Reads every source in `paths` (FILE, DIR, DB or "-").  With more than
+ * one, events are merged by id: the same event from a run directory and
+ * from the database imported from it counts once (databases are then read
+ * as rows, not rollup cells, and lines without an id get the one `tally
+ * import` gives them).  Returns 0, or -1 with a one-line reason in err. */
 int source_read_all(char **paths, int n, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
                     size_t errlen);
 

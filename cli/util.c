@@ -2,6 +2,7 @@
 #include "util.h"
 
 #include "encode.h"
+#include "hash.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -336,20 +337,10 @@ void run_id_from_path(const char *path, char *out, size_t n)
     }
 }
 
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *u = p;
-    for (size_t i = 0; i < n; i++) {
-        h ^= u[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
 void hash_id(const char *a, size_t an, uint64_t b, const char *c, size_t cn, char out[34])
 {
-    uint64_t h1 = 0xcbf29ce484222325ull, h2 = 0x84222325cbf29ce4ull;
-    h1 = fnv(fnv(fnv(h1, a, an), &b, sizeof b), c, cn);
-    h2 = fnv(fnv(fnv(h2, c, cn), &b, sizeof b), a, an);
+    uint64_t h1 = FNV_SEED, h2 = 0x84222325cbf29ce4ull;
+    h1 = fnv1a(fnv1a(fnv1a(h1, a, an), &b, sizeof b), c, cn);
+    h2 = fnv1a(fnv1a(fnv1a(h2, c, cn), &b, sizeof b), a, an);
     snprintf(out, 34, "x%016llx%015llx", (unsigned long long)h1, (unsigned long long)(h2 >> 4));
 }

@@ -41,7 +41,9 @@ void lr_close(line_reader *lr);
 char **collect_jsonl(char **args, int nargs, size_t *n, char *err, size_t errlen);
 void free_list(char **list);
 
-/* 128-bit FNV-1a pair, as 32 hex digits, for deterministic ids. */
+/* 128-bit FNV-1a pair, as "x" + 31 hex digits: the id of a line from a
+ * producer that writes none, from its run, byte offset and content (the
+ * same in `tally import` and in readers that merge sources by id). */
 void hash_id(const char *a, size_t an, uint64_t b, const char *c, size_t cn, char out[34]);
 
 /* The run a JSONL file belongs to when it names none: the directory of

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "buf.h"
+#include "event_id.h"
 #include "json.h"
 #include "prices.h"
 
@@ -30,7 +31,7 @@ typedef struct wev {
     int type;                 /* REC_* or WEV_* */
     const void *payload;      /* the record's fixed part (NULL for WEV_*) */
     int64_t t_us, ts_us;
-    char id[24];              /* the event's id: process nonce + sequence */
+    char id[TALLY_ID_LEN + 2]; /* the event's id: run nonce + process + sequence */
 } wev;
 
 typedef struct sink sink;
@@ -125,7 +126,8 @@ struct tally {
     int n_sinks;
     sink *memory;             /* the memory sink, when configured */
     int64_t last_t_us;
-    char nonce[13];           /* 48 random bits, hex: new in each process */
+    char nonce[13];           /* the run: 48 random bits, hex, the same in its forked children */
+    char proc[7];             /* the process within the run: 0 for the opener, 1, 2, ... */
     uint64_t event_seq;
     int run_start_written;
     int has_final;

@@ -207,6 +207,28 @@ static int from_tag(const top *o, row_ctx *c, row *r)
     return 1;
 }
 
+/* The run an id's tag names, or NULL. */
+static row_run *run_of(row_ctx *c, sv id)
+{
+    if (!id.p || id.n != TALLY_ID_LEN) return NULL;
+    for (int i = 0; i < c->nruns; i++)
+        if (memcmp(c->runs[i].tag, id.p, TALLY_ID_RUN) == 0) return &c->runs[i];
+    return NULL;
+}
+
+/* Remembers a run_start's tag (the oldest is forgotten past ROW_CTX_RUNS). */
+static row_run *run_add(row_ctx *c, sv id)
+{
+    row_run *x = run_of(c, id);
+    if (x) return x;
+    if (!id.p || id.n != TALLY_ID_LEN) return NULL;
+    if (c->nruns < ROW_CTX_RUNS) x = &c->runs[c->nruns++];
+    else x = &c->runs[c->evict++ % ROW_CTX_RUNS];
+    memcpy(x->tag, id.p, TALLY_ID_RUN);
+    x->tag[TALLY_ID_RUN] = 0;
+    return x;
+}
+
 int row_from_json(const jv *v, row_ctx *c, row *r)
 {
     row_clear(r);
@@ -225,6 +247,8 @@ int row_from_json(const jv *v, row_ctx *c, row *r)
     r->phase = str(o.phase);
     r->name = str(o.name);
     r->id = str(o.id);
+    row_run *run = SV_IS(kind, "run_start") ? NULL : run_of(c, r->id);
+    if (run) r->run_id = (sv){run->run_id, strlen(run->run_id)};
     if (inum(o.step, &r->step)) r->has |= ROW_STEP;
     if (num(o.loss, &r->loss)) r->has |= ROW_LOSS;
     if (SV_IS(kind, "run_start")) {
@@ -239,13 +263,24 @@ int row_from_json(const jv *v, row_ctx *c, row *r)
         } else if (o.started_at && o.started_at->type == JV_STR && iso8601_parse(o.started_at->s, &x) == 0) {
             c->started = x;
             c->have_started = 1;
+        } else {
+            c->have_started = 0;
+        }
+        row_run *nr = run_add(c, r->id);
+        if (nr) {
+            memcpy(nr->run_id, c->run_id, sizeof nr->run_id);
+            nr->started = c->started;
+            nr->have_started = c->have_started;
         }
         r->run_model = o.model && o.model->type == JV_OBJ ? str(jv_getn(o.model, "name", 4)) : str(o.model);
     } else if (SV_IS(kind, "run_end")) {
         r->reason = str(o.reason);
     }
     /* toy/v1 without ts: the run's start plus t (an integer for tep). */
-    if (!(r->has & ROW_TS) && c->have_started && num(o.t, &x)) set_ts(r, c->started + x);
+    if (!(r->has & ROW_TS) && num(o.t, &x)) {
+        if (run && run->have_started) set_ts(r, run->started + x);
+        else if (!run && c->have_started) set_ts(r, c->started + x);
+    }
     if (SV_IS(kind, "eval") && SV_IS(r->name, "request") && o.extra && o.extra->type == JV_OBJ) {
         request_fields(o.extra, r);
     } else if (SV_IS(kind, "step") || SV_IS(kind, "epoch")) {

@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "event_id.h"
 #include "json.h"
 
 typedef struct sv {
@@ -86,16 +87,32 @@ static inline int row_is_request(const row *r)
     return SV_IS(r->kind, "eval") && SV_IS(r->name, "request");
 }
 
-/* What a reader of one file remembers between lines: the run (from
- * run_start, else named by the file), when it started (for toy/v1 lines
- * that have only `t`), and a TelemetryLogger file's open step_begin. */
-typedef struct row_ctx {
+/* What a reader of one file remembers between lines: the runs (from
+ * run_start, else named by the file), when each started (for toy/v1 lines
+ * that have only `t`), and a TelemetryLogger file's open step_begin.  An
+ * event goes to the run whose run_start's id begins like its own
+ * (event_id.h); an event without such an id to the latest run_start. */
+#define ROW_CTX_RUNS 64
+
+/* A run seen in this file: its id tag (event_id.h), name and start. */
+typedef struct row_run {
+    char tag[TALLY_ID_RUN + 1];
     char run_id[256];
+    double started;
+    int have_started;
+} row_run;
+
+typedef struct row_ctx {
+    char run_id[256];          /* the latest run: for lines whose id names none */
     double started;
     int have_started;
     int64_t begin_step;
     double begin_ts;
     int have_begin;
+    /* Runs by id tag, so that lines of several runs appending to one file
+     * are each credited to their own run_start. */
+    row_run runs[ROW_CTX_RUNS];
+    int nruns, evict;
 } row_ctx;
 
 /* `run_id` names the file's run until a run_start says otherwise. */

@@ -48,6 +48,7 @@
 
 #include "agg.h"
 #include "buf.h"
+#include "hash.h"
 #include "rollup.h"
 
 #define PAGE_SIZE 16384           /* new databases: fewer, larger pages for rows of ~500 bytes */
@@ -218,11 +219,7 @@ int64_t store_seq_base(const row *r)
 {
     if (r->has & ROW_TS) return base_of_ts(r->ts);
     /* No time: below zero, spread by the id (FNV-1a, 40 bits). */
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < r->id.n; i++) {
-        h ^= (unsigned char)r->id.p[i];
-        h *= 0x100000001b3ull;
-    }
+    uint64_t h = fnv1a(FNV_SEED, r->id.p, r->id.n);
     return -(int64_t)(((h >> 24) + 1) * STORE_SLOTS);
 }
 

@@ -95,6 +95,14 @@ static int tls_owns(ring *r)
     return 0;
 }
 
+/* The process part of ids (internal.h): 6 hex digits. */
+static void proc_hex(tally_t *h, uint64_t idx)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 5; i >= 0; i--, idx >>= 4) h->proc[i] = hex[idx & 15];
+    h->proc[6] = 0;
+}
+
 /* Runs in the child, on the thread that called fork(); only plain stores
  * and lock-free atomics here. */
 static void fork_child(void)
@@ -133,7 +141,12 @@ static void fork_child(void)
         atomic_store(&h->unpriced, 0);
         h->published_unpriced = 0;
         atomic_store(&h->lost_no_ring, 0);
-        if (h->shared) atomic_fetch_add(&h->shared->processes, 1);
+        /* The child's place in the run: its events keep the run's nonce. */
+        uint64_t idx;
+        if (h->shared) idx = atomic_fetch_add(&h->shared->processes, 1);
+        else if (getrandom(&idx, sizeof idx, GRND_NONBLOCK) != (ssize_t)sizeof idx) idx = (uint64_t)getpid();
+        proc_hex(h, idx);
+        h->event_seq = 0;
     }
     pthread_mutex_unlock(&all_mu);
 }
@@ -150,7 +163,6 @@ static void child_restart(tally_t *h)
         for (int i = 0; i < h->n_sinks; i++)
             if (h->sinks[i].ops->after_fork) h->sinks[i].ops->after_fork(&h->sinks[i]);
         buf_reset(&h->line);
-        tally__new_nonce(h);
         writer_start(h);
     }
     pthread_mutex_unlock(&h->mu);
@@ -207,10 +219,11 @@ int64_t tally__real_us(void)
 
 /* ---- event ids ---------------------------------------------------------- */
 
-/* Each process writing a run gets 48 random bits; an event's id is those
- * and its sequence number in that process, so ids never collide across
- * the processes of a run or across runs, and `tally import` can skip what
- * it already has. */
+/* Each run gets 48 random bits; an event's id is those, its process's
+ * place in the run and its sequence number in that process (internal.h),
+ * so ids never collide across the processes of a run or across runs,
+ * `tally import` can skip what it already has, and readers can tell which
+ * run an event belongs to in a file that several runs share. */
 void tally__new_nonce(tally_t *h)
 {
     uint64_t r = 0;
@@ -219,6 +232,7 @@ void tally__new_nonce(tally_t *h)
     static const char hex[] = "0123456789abcdef";
     for (int i = 0; i < 12; i++) h->nonce[i] = hex[(r >> (4 * i)) & 15];
     h->nonce[12] = 0;
+    proc_hex(h, 0);
     h->event_seq = 0;
 }
 

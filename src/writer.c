@@ -103,7 +103,7 @@ static void put_head(buf *b, const char *kind, size_t kind_len, const wev *ev)
     ENC_NKEY(b, "ts");
     enc_us_as_seconds(b, ev->ts_us);
     buf_put(b, ",\"id\":\"", 7);
-    buf_put(b, ev->id, 22);
+    buf_put(b, ev->id, TALLY_ID_LEN);
     buf_putc(b, '"');
 }
 
@@ -440,12 +440,13 @@ static void stamp(struct tally *h, wev *ev, int64_t mono_ns)
     h->last_t_us = t;
     ev->t_us = t;
     ev->ts_us = h->origin_real_us + t;
-    /* id: 12 hex digits of nonce, 10 of sequence. */
+    /* id: run nonce, process, 10 hex digits of sequence (internal.h). */
     static const char hex[] = "0123456789abcdef";
     uint64_t seq = ++h->event_seq;
-    memcpy(ev->id, h->nonce, 12);
-    for (int i = 21; i >= 12; i--, seq >>= 4) ev->id[i] = hex[seq & 15];
-    ev->id[22] = 0;
+    memcpy(ev->id, h->nonce, TALLY_ID_RUN);
+    memcpy(ev->id + TALLY_ID_RUN, h->proc, TALLY_ID_WRITER - TALLY_ID_RUN);
+    for (int i = TALLY_ID_LEN - 1; i >= TALLY_ID_WRITER; i--, seq >>= 4) ev->id[i] = hex[seq & 15];
+    ev->id[TALLY_ID_LEN] = 0;
 }
 
 static void emit_run_start(struct tally *h)

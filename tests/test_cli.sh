@@ -143,5 +143,43 @@ check "a non-finite loss is not the last loss" grep -q '"loss_last":2.5' <<<"$ou
 out=$("$TALLY" stats --json "$dir/nan.db")
 check "the rollup counts a non-finite loss" grep -q '"loss_nonfinite":1' <<<"$out"
 
+# several runs appending to one file: each event goes to its own run
+A=aaaaaaaaaaaa; B=bbbbbbbbbbbb
+st() { printf '{"kind":"run_start","t":0,"ts":%s,"id":"%s0000000000000001","run_id":"%s","schema":"toy/v1","started_at":"2027-01-15T08:00:00Z","host":{"name":"h","os":"linux","arch":"x86_64"},"backend":{"kind":"cpu"},"model":{"name":"m"},"config":{}}' "$1" "$2" "$3"; }
+rq() { printf '{"kind":"eval","t":%s,"ts":%s,"id":"%s%s","phase":"serve","name":"request","extra":{"model":"%s","prompt_tokens":1,"completion_tokens":2,"latency_us":3}}' "$1" "$2" "$3" "$4" "$5"; }
+en() { printf '{"kind":"run_end","t":%s,"ts":%s,"id":"%s%s","ended_at":"2027-01-15T08:00:09Z","reason":"completed","stats":{"requests":%s,"errors":0,"tokens_out":0}}' "$1" "$2" "$3" "$4" "$5"; }
+{
+    st 1800000000.0 $A run-a; echo
+    st 1800000000.5 $B run-b; echo
+    rq 1 1800000001.0 $A 0000000000000002 ma; echo
+    rq 0.6 1800000001.1 $B 0000000000000002 mb; echo
+    rq 2 1800000002.0 $A 0000010000000001 ma; echo   # a forked child of run A
+    en 1 1800000001.5 $B 0000000000000003 1; echo
+    rq 3 1800000003.0 $A 0000000000000003 ma; echo
+    en 4 1800000004.0 $A 0000000000000004 3; echo
+} >"$dir/shared.jsonl"
+out=$("$TALLY" validate "$dir/shared.jsonl"); rc=$?
+check "validate: a shared file is clean" test "$rc" -eq 0
+out=$("$TALLY" stats --by run --json "$dir/shared.jsonl")
+check "stats --by run: run A has its 3 requests" grep -q '"run":"run-a","requests":3' <<<"$out"
+check "stats --by run: run B has its 1 request" grep -q '"run":"run-b","requests":1' <<<"$out"
+out=$("$TALLY" runs "$dir/shared.jsonl")
+check "runs: run A 3 requests" grep -qE '^run-a .* 3rq ' <<<"$out"
+check "runs: run B 1 request" grep -qE '^run-b .* 1rq ' <<<"$out"
+"$TALLY" import "$dir/shared.jsonl" --db "$dir/shared.db" >/dev/null
+out=$("$TALLY" stats --by run --json "$dir/shared.db")
+check "import keeps each event in its run" grep -q '"run":"run-a","requests":3' <<<"$out"
+# duplicate keys are reported
+printf '%s\n' "$(st 1800000000.0 $A r)" '{"kind":"eval","t":1,"ts":1800000001.0,"phase":"serve","name":"request","extra":{"model":"m","prompt_tokens":1,"completion_tokens":2,"latency_us":3,"model":"forged"}}' >"$dir/dup.jsonl"
+out=$("$TALLY" validate "$dir/dup.jsonl"); rc=$?
+check "validate reports a duplicate key" grep -q 'dup.jsonl:2: duplicate key extra.model' <<<"$out"
+
+# the same events from two sources count once
+out=$("$TALLY" stats --json "$dir/shared.jsonl" "$dir/shared.db")
+check "file + its database: counted once" grep -q '"requests":4,' <<<"$out"
+check "file + its database: duplicates said" grep -q '"duplicates":8' <<<"$out"
+out=$("$TALLY" stats --json "$dir/tep.jsonl" "$dir/tep.jsonl")
+check "lines without ids merge too" grep -q '"requests":1,' <<<"$out"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
