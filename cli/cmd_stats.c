@@ -218,22 +218,7 @@ static int on_cell(void *ud, const rollup_key *k, const agg_cell *c)
     agg *a = ud;
     if (k->agg == AGG_NONE) return 0;
     row e;
-    row_clear(&e);
-    e.run_id = k->s[RK_RUN];
-    e.kind = k->s[RK_KIND];
-    e.phase = k->s[RK_PHASE];
-    e.model = k->s[RK_MODEL];
-    e.engine = k->s[RK_ENGINE];
-    e.route = k->s[RK_ROUTE];
-    e.degraded = k->s[RK_DEGRADED];
-    if (k->ok >= 0) {
-        e.ok = k->ok;
-        e.has |= ROW_OK;
-    }
-    if (k->minute >= 0) {
-        e.ts = 60.0 * (double)k->minute;
-        e.has |= ROW_TS;
-    }
+    rollup_key_row(k, &e);
     group *g = group_of(a, &e);
     if (!g) return a->too_many;
     a->nomem |= agg_cell_merge(&g->c, c) != 0;

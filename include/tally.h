@@ -169,6 +169,8 @@ typedef struct tally_request {
 
     const char *engine, *route, *request_id, *principal_id;
     const char *provider_request_id, *prompt_version;
+    const char *provider;              /* who served it: "openai", "anthropic", "vllm", ... */
+    const char *finish_reason;         /* "stop", "length", "abort", "tool_calls", ... */
 
     int64_t cached_tokens;             /* written when > 0 */
     int64_t cache_write_tokens;        /* written when > 0 */

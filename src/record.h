@@ -14,6 +14,8 @@
 
 #include <stdint.h>
 
+#include "fields.h"
+
 enum {
     REC_PAD = 0,
     REC_REQUEST,
@@ -29,11 +31,14 @@ typedef struct rstr {
     uint32_t off, len;
 } rstr;
 
-/* String slots of a request, in this order (bit i of `truncated`). */
+/* String slots of a request, in this order (bit i of `truncated`): the
+ * named fields of fields.h, then the strings with rules of their own. */
 enum {
-    RQ_MODEL, RQ_ENGINE, RQ_ROUTE, RQ_REQUEST_ID, RQ_PRINCIPAL_ID,
-    RQ_PROVIDER_REQUEST_ID, RQ_PROMPT_VERSION, RQ_ERROR, RQ_DEGRADED,
-    RQ_SAMPLING, RQ_TEXT, RQ_EXTRA, RQ_NSTR
+#define X(SLOT, name, flags) RQ_##SLOT,
+    TALLY_REQUEST_LABELS(X)
+#undef X
+    RQ_NLABELS,
+    RQ_ERROR = RQ_NLABELS, RQ_DEGRADED, RQ_SAMPLING, RQ_TEXT, RQ_EXTRA, RQ_NSTR
 };
 
 typedef struct rec_stage {

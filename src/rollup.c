@@ -32,40 +32,107 @@ int64_t rollup_minute(const row *r)
     return (int64_t)m;
 }
 
-static const sv *key_field(const row *r, int i)
+/* The strings of schema v2's keys, in their order, then the newer ones:
+ * RK_* places. */
+static int base_places(int out[RK_NSTR])
 {
-    switch (i) {
+    int n = 0;
+    out[n++] = RK_RUN;
+    out[n++] = RK_KIND;
+    out[n++] = RK_PHASE;
+    out[n++] = RK_LABEL(RQ_MODEL);
+    out[n++] = RK_LABEL(RQ_ENGINE);
+    out[n++] = RK_LABEL(RQ_ROUTE);
+    out[n++] = RK_DEGRADED;
+    return n;
+}
+
+static int is_base_label(int slot) { return slot == RQ_MODEL || slot == RQ_ENGINE || slot == RQ_ROUTE; }
+
+static int newer_places(int out[RK_NSTR])
+{
+    int n = 0;
+    for (int i = 0; i < N_REQUEST_LABELS; i++) {
+        const field_def *f = &tally_request_labels[i];
+        if ((f->flags & FLD_ROLLUP) && !is_base_label(f->slot)) out[n++] = RK_LABEL(f->slot);
+    }
+    return n;
+}
+
+static const sv *key_field(const row *r, int place)
+{
+    switch (place) {
     case RK_RUN: return &r->run_id;
     case RK_KIND: return &r->kind;
     case RK_PHASE: return &r->phase;
-    case RK_MODEL: return &r->model;
-    case RK_ENGINE: return &r->engine;
-    case RK_ROUTE: return &r->route;
-    default: return &r->degraded;
+    case RK_DEGRADED: return &r->degraded;
+    default: return FIELD_CSV(r, &tally_request_labels[place - RK_LABEL0]);
     }
+}
+
+void rollup_key_row(const rollup_key *k, row *r)
+{
+    row_clear(r);
+    r->run_id = k->s[RK_RUN];
+    r->kind = k->s[RK_KIND];
+    r->phase = k->s[RK_PHASE];
+    r->degraded = k->s[RK_DEGRADED];
+    for (int i = 0; i < N_REQUEST_LABELS; i++)
+        *FIELD_SV(r, &tally_request_labels[i]) = k->s[RK_LABEL(tally_request_labels[i].slot)];
+    if (k->ok >= 0) {
+        r->ok = k->ok;
+        r->has |= ROW_OK;
+    }
+    if (k->minute >= 0) {
+        r->ts = 60.0 * (double)k->minute;
+        r->has |= ROW_TS;
+    }
+}
+
+static unsigned char *put_key_str(unsigned char *o, const sv *f)
+{
+    if (!f->p) {
+        *o++ = 0;
+        return o;
+    }
+    *o++ = 1;
+    o = uvarint_at(o, f->n);
+    memcpy(o, f->p, f->n);
+    return o + f->n;
 }
 
 void rollup_key_encode(const row *r, buf *b)
 {
     /* Once per row on the writer thread: sized first, then written in place. */
+    int base[RK_NSTR], newer[RK_NSTR];
+    int nb = base_places(base), nn = newer_places(newer), any_newer = 0;
     size_t need = 2;
-    for (int i = 0; i < RK_NSTR; i++) need += 1 + (key_field(r, i)->p ? 10 + key_field(r, i)->n : 0);
+    for (int i = 0; i < nb; i++) need += 1 + (key_field(r, base[i])->p ? 10 + key_field(r, base[i])->n : 0);
+    for (int i = 0; i < nn; i++)
+        if (key_field(r, newer[i])->p) any_newer = 1;
+    if (any_newer)
+        for (int i = 0; i < nn; i++) need += 1 + (key_field(r, newer[i])->p ? 10 + key_field(r, newer[i])->n : 0);
     if (buf_reserve(b, need)) return;
     unsigned char *o = (unsigned char *)b->p + b->len, *start = o;
-    for (int i = 0; i < RK_NSTR; i++) {
-        const sv *f = key_field(r, i);
-        if (!f->p) {
-            *o++ = 0;
-            continue;
-        }
-        *o++ = 1;
-        o = uvarint_at(o, f->n);
-        memcpy(o, f->p, f->n);
-        o += f->n;
-    }
+    for (int i = 0; i < nb; i++) o = put_key_str(o, key_field(r, base[i]));
     *o++ = (unsigned char)((r->has & ROW_OK) ? (r->ok ? 2 : 1) : 0);
     *o++ = (unsigned char)agg_kind(r);
+    if (any_newer)
+        for (int i = 0; i < nn; i++) o = put_key_str(o, key_field(r, newer[i]));
     b->len += (size_t)(o - start);
+}
+
+static int get_key_str(const unsigned char *p, size_t n, size_t *at, sv *out)
+{
+    if (*at >= n) return -1;
+    unsigned char present = p[(*at)++];
+    if (present > 1) return -1;
+    if (!present) return 0;
+    uint64_t len;
+    if (get_uvarint(p, n, at, &len) || n - *at < len) return -1;
+    *out = (sv){(const char *)p + *at, (size_t)len};
+    *at += len;
+    return 0;
 }
 
 int rollup_key_decode(const void *data, size_t n, int64_t minute, rollup_key *k)
@@ -76,20 +143,18 @@ int rollup_key_decode(const void *data, size_t n, int64_t minute, rollup_key *k)
     k->minute = minute;
     k->bytes = data;
     k->len = n;
-    for (int i = 0; i < RK_NSTR; i++) {
-        if (at >= n) return -1;
-        unsigned char present = p[at++];
-        if (present > 1) return -1;
-        if (!present) continue;
-        uint64_t len;
-        if (get_uvarint(p, n, &at, &len) || n - at < len) return -1;
-        k->s[i] = (sv){(const char *)p + at, (size_t)len};
-        at += len;
-    }
-    if (at + 2 != n || p[at] > 2 || p[at + 1] > AGG_ERROR) return -1;
+    int base[RK_NSTR], newer[RK_NSTR];
+    int nb = base_places(base), nn = newer_places(newer);
+    for (int i = 0; i < nb; i++)
+        if (get_key_str(p, n, &at, &k->s[base[i]])) return -1;
+    if (n - at < 2 || p[at] > 2 || p[at + 1] > AGG_ERROR) return -1;
     k->ok = p[at] == 0 ? -1 : p[at] == 2;
     k->agg = p[at + 1];
-    return 0;
+    at += 2;
+    if (at < n)
+        for (int i = 0; i < nn; i++)
+            if (get_key_str(p, n, &at, &k->s[newer[i]])) return -1;
+    return at == n ? 0 : -1;
 }
 
 rollup *rollup_new(size_t max_cells)

@@ -2,7 +2,9 @@
  * rollup -- per-minute cells of the events a transaction adds.
  *
  * The database keeps, beside its rows, one aggregate cell (agg.h) per
- * minute and key: run, kind, phase, model, engine, route, ok, degraded.
+ * minute and key: run, kind, phase, ok, degraded, and the request fields
+ * marked FLD_ROLLUP in fields.h (model, engine, provider, finish_reason,
+ * route).
  * Writers add each row they insert to a rollup in memory and upsert its
  * cells in the same transaction (store.c), so the cells always describe
  * exactly the committed rows; `tally stats` answers from them when its
@@ -20,10 +22,20 @@
 #include <stdint.h>
 
 #include "agg.h"
+#include "record.h"
 #include "row.h"
 
-/* The key's string fields, in the order they are encoded. */
-enum { RK_RUN, RK_KIND, RK_PHASE, RK_MODEL, RK_ENGINE, RK_ROUTE, RK_DEGRADED, RK_NSTR };
+/* The key's string fields: run, kind, phase, degraded, then one place per
+ * named request field (fields.h; absent unless it is FLD_ROLLUP).
+ *
+ * Encoded as schema v2 wrote keys -- run, kind, phase, model, engine,
+ * route, degraded, ok, what the rows count as -- then, only when one of
+ * them is present, the FLD_ROLLUP fields added since (provider,
+ * finish_reason, ...) in fields.h's order.  So a v2 database's keys read
+ * as they are, and a row without the newer fields has the key it had. */
+enum { RK_RUN, RK_KIND, RK_PHASE, RK_DEGRADED, RK_LABEL0 };
+#define RK_NSTR (RK_LABEL0 + RQ_NLABELS)
+#define RK_LABEL(slot) (RK_LABEL0 + (slot))
 
 typedef struct rollup_key {
     int64_t minute;            /* -1: events with no time */
@@ -37,6 +49,9 @@ typedef struct rollup_key {
 /* The minute of a time: m with 60m <= ts < 60(m+1), by the same
  * comparisons a reader makes; -1 without a time. */
 int64_t rollup_minute(const row *r);
+
+/* The row a key stands for (its minute's start as the time). */
+void rollup_key_row(const rollup_key *k, row *r);
 
 /* Encodes r's key (minute apart) into b. */
 void rollup_key_encode(const row *r, buf *b);

@@ -11,8 +11,25 @@
 #include <string.h>
 
 #include "encode.h"
+#include "record.h"
 
 void row_clear(row *r) { memset(r, 0, sizeof *r); }
+
+size_t row_strings(row *r, sv *out[ROW_MAX_STRINGS])
+{
+    size_t n = 0;
+    out[n++] = &r->id;
+    out[n++] = &r->run_id;
+    out[n++] = &r->kind;
+    out[n++] = &r->phase;
+    out[n++] = &r->name;
+    for (int i = 0; i < N_REQUEST_LABELS; i++) out[n++] = FIELD_SV(r, &tally_request_labels[i]);
+    out[n++] = &r->error;
+    out[n++] = &r->degraded;
+    out[n++] = &r->text;
+    out[n++] = &r->json;
+    return n;
+}
 
 void row_ctx_init(row_ctx *c, const char *run_id)
 {
@@ -28,7 +45,8 @@ typedef struct top {
 
 /* The members of a request's `extra` that rows use. */
 typedef struct xtra {
-    const jv *model, *engine, *route, *principal_id, *request_id, *error, *degraded, *text, *ok;
+    const jv *label[RQ_NLABELS];   /* the named fields (fields.h), by slot */
+    const jv *error, *degraded, *text, *ok;
     const jv *prompt, *cached, *cache_write, *completion, *reasoning, *latency, *ttft, *cost, *energy, *gpu;
 } xtra;
 
@@ -79,42 +97,39 @@ static void scan_top(const jv *obj, top *o)
     }
 }
 
+#define TAKEN(slot) do { TAKE(slot); goto next; } while (0)
+
 static void scan_extra(const jv *obj, xtra *x)
 {
     memset(x, 0, sizeof *x);
     for (const jv *e = obj->child; e; e = e->next) {
         switch (e->keylen) {
-        case 2: if (KEY(e, "ok")) TAKE(x->ok); break;
-        case 4: if (KEY(e, "text")) TAKE(x->text); break;
-        case 5:
-            if (KEY(e, "model")) TAKE(x->model);
-            else if (KEY(e, "route")) TAKE(x->route);
-            else if (KEY(e, "error")) TAKE(x->error);
-            break;
-        case 6: if (KEY(e, "engine")) TAKE(x->engine); break;
-        case 7: if (KEY(e, "ttft_us")) TAKE(x->ttft); break;
+        case 2: if (KEY(e, "ok")) TAKEN(x->ok); break;
+        case 4: if (KEY(e, "text")) TAKEN(x->text); break;
+        case 5: if (KEY(e, "error")) TAKEN(x->error); break;
+        case 7: if (KEY(e, "ttft_us")) TAKEN(x->ttft); break;
         case 8:
-            if (KEY(e, "degraded")) TAKE(x->degraded);
-            else if (KEY(e, "energy_j")) TAKE(x->energy);
+            if (KEY(e, "degraded")) TAKEN(x->degraded);
+            if (KEY(e, "energy_j")) TAKEN(x->energy);
             break;
-        case 9: if (KEY(e, "cost_nusd")) TAKE(x->cost); break;
-        case 10:
-            if (KEY(e, "latency_us")) TAKE(x->latency);
-            else if (KEY(e, "request_id")) TAKE(x->request_id);
-            break;
-        case 12:
-            if (KEY(e, "principal_id")) TAKE(x->principal_id);
-            else if (KEY(e, "gpu_util_pct")) TAKE(x->gpu);
-            break;
+        case 9: if (KEY(e, "cost_nusd")) TAKEN(x->cost); break;
+        case 10: if (KEY(e, "latency_us")) TAKEN(x->latency); break;
+        case 12: if (KEY(e, "gpu_util_pct")) TAKEN(x->gpu); break;
         case 13:
-            if (KEY(e, "prompt_tokens")) TAKE(x->prompt);
-            else if (KEY(e, "cached_tokens")) TAKE(x->cached);
+            if (KEY(e, "prompt_tokens")) TAKEN(x->prompt);
+            if (KEY(e, "cached_tokens")) TAKEN(x->cached);
             break;
-        case 16: if (KEY(e, "reasoning_tokens")) TAKE(x->reasoning); break;
-        case 17: if (KEY(e, "completion_tokens")) TAKE(x->completion); break;
-        case 18: if (KEY(e, "cache_write_tokens")) TAKE(x->cache_write); break;
+        case 16: if (KEY(e, "reasoning_tokens")) TAKEN(x->reasoning); break;
+        case 17: if (KEY(e, "completion_tokens")) TAKEN(x->completion); break;
+        case 18: if (KEY(e, "cache_write_tokens")) TAKEN(x->cache_write); break;
         default: break;
         }
+        {
+            /* The named fields (fields.h). */
+            const field_def *f = field_by_key(e->key, e->keylen);
+            if (f) TAKE(x->label[f->slot]);
+        }
+    next:;
     }
 }
 
@@ -150,11 +165,8 @@ static void request_fields(const jv *extra, row *r)
 {
     xtra x;
     scan_extra(extra, &x);
-    r->model = str(x.model);
-    r->engine = str(x.engine);
-    r->route = str(x.route);
-    r->principal_id = str(x.principal_id);
-    r->request_id = str(x.request_id);
+    for (int i = 0; i < N_REQUEST_LABELS; i++)
+        *FIELD_SV(r, &tally_request_labels[i]) = str(x.label[tally_request_labels[i].slot]);
     r->error = str(x.error);
     r->degraded = str(x.degraded);
     r->text = str(x.text);

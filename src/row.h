@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "event_id.h"
+#include "fields.h"
 #include "json.h"
 
 typedef struct sv {
@@ -62,7 +63,10 @@ enum {
 
 typedef struct row {
     sv id, run_id, kind, phase, name;
-    sv model, engine, route, principal_id, request_id, error, degraded, text;
+#define X(SLOT, name, flags) sv name;
+    TALLY_REQUEST_LABELS(X)         /* a request's named fields (fields.h) */
+#undef X
+    sv error, degraded, text;
     sv json;                   /* the whole line, when the row came from one */
     sv reason, run_model;      /* run_end.reason, run_start.model.name */
     unsigned has;
@@ -80,6 +84,12 @@ typedef struct row {
 #define ROW_TS_MAX 8.9e9
 
 void row_clear(row *r);
+
+/* Pointers to the row's event strings (id, run, kind, phase, name, the
+ * named fields, error, degraded, text, json): what a copy of a row must
+ * carry.  Returns how many (at most ROW_MAX_STRINGS). */
+#define ROW_MAX_STRINGS 32
+size_t row_strings(row *r, sv *out[ROW_MAX_STRINGS]);
 
 /* A request: kind "eval" with name "request". */
 static inline int row_is_request(const row *r)

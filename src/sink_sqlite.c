@@ -99,11 +99,8 @@ static void row_from_record(struct tally *h, const wev *ev, row *r)
         r->kind = SV_LIT("eval");
         r->phase = SV_LIT("serve");
         r->name = SV_LIT("request");
-        r->model = rs(q, q->s[RQ_MODEL]);
-        r->engine = rs(q, q->s[RQ_ENGINE]);
-        r->route = rs(q, q->s[RQ_ROUTE]);
-        r->principal_id = rs(q, q->s[RQ_PRINCIPAL_ID]);
-        r->request_id = rs(q, q->s[RQ_REQUEST_ID]);
+        for (int i = 0; i < N_REQUEST_LABELS; i++)
+            *FIELD_SV(r, &tally_request_labels[i]) = rs(q, q->s[tally_request_labels[i].slot]);
         r->error = rs(q, q->s[RQ_ERROR]);
         r->degraded = rs(q, q->s[RQ_DEGRADED]);
         r->text = rs(q, q->s[RQ_TEXT]);
@@ -185,21 +182,17 @@ static int batch_add(batch *b, const row *r)
         b->rows = nr;
         b->cap = nc;
     }
-    sv *const fields[] = {&b->rows[b->n].id, &b->rows[b->n].run_id, &b->rows[b->n].kind, &b->rows[b->n].phase,
-                          &b->rows[b->n].name, &b->rows[b->n].model, &b->rows[b->n].engine,
-                          &b->rows[b->n].route, &b->rows[b->n].principal_id, &b->rows[b->n].request_id,
-                          &b->rows[b->n].error, &b->rows[b->n].degraded, &b->rows[b->n].text,
-                          &b->rows[b->n].json};
-    size_t need = 0;
+    sv *fields[ROW_MAX_STRINGS];
     b->rows[b->n] = *r;
-    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+    size_t nf = row_strings(&b->rows[b->n], fields), need = 0;
+    for (size_t i = 0; i < nf; i++)
         if (fields[i]->p) need += fields[i]->n;
     if (buf_reserve(&b->bytes, need)) {
         b->bytes.failed = 0;
         return -1;
     }
     /* Offsets now (the buffer may have moved), pointers when committed. */
-    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+    for (size_t i = 0; i < nf; i++) {
         if (!fields[i]->p) continue;
         memcpy(b->bytes.p + b->bytes.len, fields[i]->p, fields[i]->n);
         fields[i]->p = (const char *)(uintptr_t)(b->bytes.len + 1);
@@ -217,11 +210,9 @@ static int batch_add(batch *b, const row *r)
 static void batch_fix(batch *b)
 {
     for (size_t k = 0; k < b->n; k++) {
-        row *r = &b->rows[k];
-        sv *const fields[] = {&r->id, &r->run_id, &r->kind, &r->phase, &r->name, &r->model, &r->engine,
-                              &r->route, &r->principal_id, &r->request_id, &r->error, &r->degraded, &r->text,
-                              &r->json};
-        for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        sv *fields[ROW_MAX_STRINGS];
+        size_t nf = row_strings(&b->rows[k], fields);
+        for (size_t i = 0; i < nf; i++)
             if (fields[i]->p) fields[i]->p = b->bytes.p + ((uintptr_t)fields[i]->p - 1);
     }
 }

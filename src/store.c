@@ -82,26 +82,6 @@ struct store {
 
 /* ---- schema --------------------------------------------------------------- */
 
-#define EVENTS_V2                                                                                          \
-    "CREATE TABLE events("                                                                                 \
-    " seq INTEGER PRIMARY KEY,"                                                                            \
-    " id TEXT NOT NULL,"                                                                                   \
-    " ts REAL, run_id TEXT, kind TEXT NOT NULL, phase TEXT, name TEXT,"                                   \
-    " model TEXT, engine TEXT, route TEXT, principal_id TEXT, request_id TEXT,"                          \
-    " ok INTEGER, error TEXT, degraded TEXT,"                                                              \
-    " prompt_tokens INTEGER, cached_tokens INTEGER, cache_write_tokens INTEGER,"                          \
-    " completion_tokens INTEGER, reasoning_tokens INTEGER,"                                                \
-    " latency_us INTEGER, ttft_us INTEGER, cost_nusd INTEGER, energy_j REAL, gpu_util_pct REAL,"         \
-    " step INTEGER, loss REAL, wall_us INTEGER, step_tokens INTEGER, text TEXT,"                          \
-    " json TEXT NOT NULL)"
-
-#define ROLLUP_V2                                                                                          \
-    "CREATE TABLE rollup("                                                                                 \
-    " minute INTEGER NOT NULL, key BLOB NOT NULL,"                                                         \
-    " run_id TEXT, kind TEXT, phase TEXT, model TEXT, engine TEXT, route TEXT, ok INTEGER, degraded TEXT," \
-    " events INTEGER NOT NULL, cell BLOB NOT NULL,"                                                        \
-    " PRIMARY KEY(minute, key))"
-
 #define RUNS_V1                                                                                            \
     "CREATE TABLE runs("                                                                                   \
     " run_id TEXT PRIMARY KEY, phase TEXT, started_at TEXT, ended_at TEXT, reason TEXT,"                  \
@@ -109,31 +89,7 @@ struct store {
     " requests INTEGER, errors INTEGER, tokens_out INTEGER, events INTEGER, dropped INTEGER,"             \
     " final_step INTEGER, final_loss REAL, start_ts REAL, end_ts REAL)"
 
-/* OR FAIL: a row that conflicts stops the statement and keeps the rows
- * before it, so a statement of many rows needs no statement journal. */
-#define INSERT_HEAD                                                                                        \
-    "INSERT OR FAIL INTO events(seq, id, ts, run_id, kind, phase, name, model, engine, route, principal_id," \
-    " request_id, ok, error, degraded, prompt_tokens, cached_tokens, cache_write_tokens, completion_tokens," \
-    " reasoning_tokens, latency_us, ttft_us, cost_nusd, energy_j, gpu_util_pct, step, loss, wall_us,"       \
-    " step_tokens, text, json) VALUES"
-#define INSERT_ROW "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-#define INSERT_COLS 31
-#define INSERT_MANY 32            /* rows per statement for batches (25% faster than one) */
-
-static const char insert_sql[] =
-    "INSERT OR FAIL INTO events(seq, id, ts, run_id, kind, phase, name, model, engine, route, principal_id,"
-    " request_id, ok, error, degraded, prompt_tokens, cached_tokens, cache_write_tokens, completion_tokens,"
-    " reasoning_tokens, latency_us, ttft_us, cost_nusd, energy_j, gpu_util_pct, step, loss, wall_us,"
-    " step_tokens, text, json)"
-    " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
-
 static const char near_sql[] = "SELECT seq, id FROM events WHERE seq >= ?1 ORDER BY seq";
-
-static const char upsert_sql[] =
-    "INSERT INTO rollup(minute, key, run_id, kind, phase, model, engine, route, ok, degraded, events, cell)"
-    " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"
-    " ON CONFLICT(minute, key) DO UPDATE SET events = events + excluded.events,"
-    " cell = tally_cell_merge(cell, excluded.cell)";
 
 static const char run_start_sql[] =
     "INSERT INTO runs(run_id, phase, started_at, host, backend, model, config, start_ts)"
@@ -148,24 +104,169 @@ static const char run_end_sql[] =
     " ON CONFLICT(run_id) DO UPDATE SET ended_at=?2, reason=?3, requests=?4, errors=?5, tokens_out=?6,"
     " events=?7, dropped=?8, final_step=?9, final_loss=?10, end_ts=?11";
 
-#define SELECT_COLS(wall)                                                                                  \
-    "SELECT seq, id, ts, run_id, kind, phase, name, model, engine, route, principal_id, request_id, ok,"   \
-    " error, degraded, prompt_tokens, cached_tokens, cache_write_tokens, completion_tokens,"              \
-    " reasoning_tokens, latency_us, ttft_us, cost_nusd, energy_j, gpu_util_pct, step, loss, " wall ","    \
-    " text,"                                                                                               \
-    " CASE WHEN kind='run_end' THEN json_extract(json, '$.reason') END,"                                   \
-    " CASE WHEN kind='run_start' THEN coalesce(json_extract(json, '$.model.name'),"                         \
-    " json_extract(json, '$.model')) END"
-#define WALL_V2 "wall_us, step_tokens"
-/* v1 kept a step's wall time and tokens only in its JSON. */
-#define WALL_V1                                                                                            \
-    "CASE WHEN kind IN ('step','epoch') AND json_extract(json, '$.unfinished') IS NULL"                    \
-    " THEN json_extract(json, '$.wall_us') END, CASE WHEN kind='step' THEN json_extract(json, '$.tokens') END"
+/* ---- the events and rollup tables, from one list of columns ------------------------ */
 
-static const char select_v2[] = SELECT_COLS(WALL_V2) " FROM events";
-static const char select_v1[] = SELECT_COLS(WALL_V1) " FROM events";
+/* The events table's columns, in the one order that CREATE, INSERT, SELECT,
+ * bind_row() and store_row_from_stmt() use: the head, a column for each
+ * named request field (fields.h), the tail.  `v1` / `v2`: what a database
+ * of that schema version has instead (NULL: the column itself). */
+typedef struct col {
+    const char *name, *type;
+    const char *v1;
+} col;
 
-const char *store_select_sql(int version) { return version >= 2 ? select_v2 : select_v1; }
+static const col head_cols[] = {
+    {"seq", "INTEGER PRIMARY KEY", NULL}, {"id", "TEXT NOT NULL", NULL}, {"ts", "REAL", NULL},
+    {"run_id", "TEXT", NULL},             {"kind", "TEXT NOT NULL", NULL}, {"phase", "TEXT", NULL},
+    {"name", "TEXT", NULL},
+};
+static const col tail_cols[] = {
+    {"ok", "INTEGER", NULL},
+    {"error", "TEXT", NULL},
+    {"degraded", "TEXT", NULL},
+    {"prompt_tokens", "INTEGER", NULL},
+    {"cached_tokens", "INTEGER", NULL},
+    {"cache_write_tokens", "INTEGER", NULL},
+    {"completion_tokens", "INTEGER", NULL},
+    {"reasoning_tokens", "INTEGER", NULL},
+    {"latency_us", "INTEGER", NULL},
+    {"ttft_us", "INTEGER", NULL},
+    {"cost_nusd", "INTEGER", NULL},
+    {"energy_j", "REAL", NULL},
+    {"gpu_util_pct", "REAL", NULL},
+    {"step", "INTEGER", NULL},
+    {"loss", "REAL", NULL},
+    /* v1 kept a step's wall time and tokens only in its JSON. */
+    {"wall_us", "INTEGER",
+     "CASE WHEN kind IN ('step','epoch') AND json_extract(json, '$.unfinished') IS NULL"
+     " THEN json_extract(json, '$.wall_us') END"},
+    {"step_tokens", "INTEGER", "CASE WHEN kind='step' THEN json_extract(json, '$.tokens') END"},
+    {"text", "TEXT", NULL},
+    {"json", "TEXT NOT NULL", NULL},
+};
+#define N_HEAD ((int)(sizeof head_cols / sizeof head_cols[0]))
+#define N_TAIL ((int)(sizeof tail_cols / sizeof tail_cols[0]))
+#define INSERT_COLS (N_HEAD + N_REQUEST_LABELS + N_TAIL)
+#define INSERT_MANY 32            /* rows per statement for batches (25% faster than one) */
+/* SELECT: every column but json, then run_end's reason and run_start's model. */
+#define SELECT_NCOLS (INSERT_COLS - 1 + 2)
+
+/* The named fields schema v2 had as columns (later ones are added by
+ * migration, and read as NULL from older databases opened read-only). */
+static int label_in_v2(int slot)
+{
+    return slot == RQ_MODEL || slot == RQ_ENGINE || slot == RQ_ROUTE || slot == RQ_PRINCIPAL_ID ||
+           slot == RQ_REQUEST_ID;
+}
+
+static char sql_events[2048], sql_rollup[1024], sql_insert_head[1536], sql_insert_row[256], sql_insert[2048];
+static char sql_upsert[1024], sql_select[4][STORE_SQL_MAX];
+static pthread_once_t sql_once = PTHREAD_ONCE_INIT;
+
+/* Appends to a static buffer (sized for the lists above; checked). */
+static void cat(char *dst, size_t cap, const char *s)
+{
+    size_t n = strlen(dst), k = strlen(s);
+    if (n + k >= cap) abort(); /* a column list outgrew its buffer: a build error, caught by every test */
+    memcpy(dst + n, s, k + 1);
+}
+#define CAT(dst, s) cat((dst), sizeof(dst), (s))
+
+/* Column i of INSERT_COLS: name and type, and what a database of `version`
+ * has there. */
+static void column_at(int i, const char **name, const char **type, const char **expr, int version)
+{
+    const col *c = NULL;
+    if (i < N_HEAD) c = &head_cols[i];
+    else if (i >= N_HEAD + N_REQUEST_LABELS) c = &tail_cols[i - N_HEAD - N_REQUEST_LABELS];
+    if (c) {
+        *name = c->name;
+        *type = c->type;
+        *expr = version == 1 && c->v1 ? c->v1 : c->name;
+        return;
+    }
+    const field_def *f = &tally_request_labels[i - N_HEAD];
+    *name = f->key;
+    *type = "TEXT";
+    *expr = version < 3 && !label_in_v2(f->slot) ? "NULL" : f->key;
+}
+
+static void build_sql(void)
+{
+    const char *name, *type, *expr;
+    CAT(sql_events, "CREATE TABLE events(");
+    CAT(sql_insert_head, "INSERT OR FAIL INTO events(");
+    CAT(sql_insert_row, "(");
+    for (int i = 0; i < INSERT_COLS; i++) {
+        column_at(i, &name, &type, &expr, STORE_VERSION);
+        if (i) {
+            CAT(sql_events, ", ");
+            CAT(sql_insert_head, ", ");
+            CAT(sql_insert_row, ",");
+        }
+        CAT(sql_events, name);
+        CAT(sql_events, " ");
+        CAT(sql_events, type);
+        CAT(sql_insert_head, name);
+        CAT(sql_insert_row, "?");
+    }
+    CAT(sql_events, ")");
+    /* OR FAIL: a row that conflicts stops the statement and keeps the rows
+     * before it, so a statement of many rows needs no statement journal. */
+    CAT(sql_insert_head, ") VALUES");
+    CAT(sql_insert_row, ")");
+    CAT(sql_insert, sql_insert_head);
+    CAT(sql_insert, sql_insert_row);
+    for (int v = 1; v <= 3; v++) {
+        CAT(sql_select[v], "SELECT ");
+        for (int i = 0; i < INSERT_COLS - 1; i++) {
+            column_at(i, &name, &type, &expr, v);
+            if (i) CAT(sql_select[v], ", ");
+            CAT(sql_select[v], expr);
+        }
+        CAT(sql_select[v], ", CASE WHEN kind='run_end' THEN json_extract(json, '$.reason') END,"
+                           " CASE WHEN kind='run_start' THEN coalesce(json_extract(json, '$.model.name'),"
+                           " json_extract(json, '$.model')) END FROM events");
+    }
+    /* The rollup: its key's fields as columns, for people with sqlite3. */
+    char labels[512] = "", params[256] = "";
+    int np = 5; /* minute, key, run, kind, phase */
+    for (int i = 0; i < N_REQUEST_LABELS; i++) {
+        if (!(tally_request_labels[i].flags & FLD_ROLLUP)) continue;
+        char p[16];
+        CAT(labels, ", ");
+        CAT(labels, tally_request_labels[i].key);
+        snprintf(p, sizeof p, ",?%d", ++np);
+        CAT(params, p);
+    }
+    CAT(sql_rollup, "CREATE TABLE rollup(minute INTEGER NOT NULL, key BLOB NOT NULL, run_id TEXT, kind TEXT,"
+                    " phase TEXT");
+    for (int i = 0; i < N_REQUEST_LABELS; i++) {
+        if (!(tally_request_labels[i].flags & FLD_ROLLUP)) continue;
+        CAT(sql_rollup, ", ");
+        CAT(sql_rollup, tally_request_labels[i].key);
+        CAT(sql_rollup, " TEXT");
+    }
+    CAT(sql_rollup, ", ok INTEGER, degraded TEXT, events INTEGER NOT NULL, cell BLOB NOT NULL,"
+                    " PRIMARY KEY(minute, key))");
+    char tail[256];
+    snprintf(tail, sizeof tail, ",?%d,?%d,?%d,?%d)", np + 1, np + 2, np + 3, np + 4);
+    CAT(sql_upsert, "INSERT INTO rollup(minute, key, run_id, kind, phase");
+    CAT(sql_upsert, labels);
+    CAT(sql_upsert, ", ok, degraded, events, cell) VALUES(?1,?2,?3,?4,?5");
+    CAT(sql_upsert, params);
+    CAT(sql_upsert, tail);
+    CAT(sql_upsert, " ON CONFLICT(minute, key) DO UPDATE SET events = events + excluded.events,"
+                    " cell = tally_cell_merge(cell, excluded.cell)");
+}
+
+static void sql_init(void) { pthread_once(&sql_once, build_sql); }
+
+const char *store_select_sql(int version)
+{
+    sql_init();
+    return sql_select[version < 1 ? 1 : version > 3 ? 3 : version];
+}
 
 /* ---- small helpers ---------------------------------------------------------- */
 
@@ -278,44 +379,41 @@ static inline void put_num(sqlite3_stmt *st, int i, int present, double v)
     else put_dbl(st, i, present, v);
 }
 
-/* Binds r to parameters at..at+30 of an insert whose bindings were
- * cleared: absent fields are left NULL, not bound one by one (a third of
- * the binding calls for a request). */
+/* Binds r to parameters at..at+INSERT_COLS-1 of an insert whose bindings
+ * were cleared: absent fields are left NULL, not bound one by one (a
+ * third of the binding calls for a request). */
 static void bind_row(sqlite3_stmt *st, int at, int64_t seq, const row *r)
 {
-    at--;
+    /* The order of the column list (head, named fields, tail). */
+    int i = at;
     unsigned h = r->has;
-    sqlite3_bind_int64(st, at + 1, seq);
-    put_sv(st, at + 2, r->id.p ? r->id : SV_LIT(""));
-    put_dbl(st, at + 3, h & ROW_TS, r->ts);
-    put_sv(st, at + 4, r->run_id);
-    put_sv(st, at + 5, r->kind.p ? r->kind : SV_LIT("unknown"));
-    put_sv(st, at + 6, r->phase);
-    put_sv(st, at + 7, r->name);
-    put_sv(st, at + 8, r->model);
-    put_sv(st, at + 9, r->engine);
-    put_sv(st, at + 10, r->route);
-    put_sv(st, at + 11, r->principal_id);
-    put_sv(st, at + 12, r->request_id);
-    put_i64(st, at + 13, h & ROW_OK, r->ok);
-    put_sv(st, at + 14, r->error);
-    put_sv(st, at + 15, r->degraded);
-    put_i64(st, at + 16, h & ROW_PROMPT, r->prompt);
-    put_i64(st, at + 17, h & ROW_CACHED, r->cached);
-    put_i64(st, at + 18, h & ROW_CACHE_WRITE, r->cache_write);
-    put_i64(st, at + 19, h & ROW_COMPLETION, r->completion);
-    put_i64(st, at + 20, h & ROW_REASONING, r->reasoning);
-    put_num(st, at + 21, h & ROW_LATENCY, r->latency_us);
-    put_num(st, at + 22, h & ROW_TTFT, r->ttft_us);
-    put_i64(st, at + 23, h & ROW_COST, r->cost_nusd);
-    put_dbl(st, at + 24, h & ROW_ENERGY, r->energy_j);
-    put_dbl(st, at + 25, h & ROW_GPU, r->gpu_util);
-    put_i64(st, at + 26, h & ROW_STEP, r->step);
-    put_dbl(st, at + 27, h & ROW_LOSS, r->loss);
-    put_num(st, at + 28, h & ROW_WALL, r->wall_us);
-    put_i64(st, at + 29, h & ROW_STEP_TOKENS, r->step_tokens);
-    put_sv(st, at + 30, r->text);
-    put_sv(st, at + 31, r->json.p ? r->json : SV_LIT("{}"));
+    sqlite3_bind_int64(st, i++, seq);
+    put_sv(st, i++, r->id.p ? r->id : SV_LIT(""));
+    put_dbl(st, i++, h & ROW_TS, r->ts);
+    put_sv(st, i++, r->run_id);
+    put_sv(st, i++, r->kind.p ? r->kind : SV_LIT("unknown"));
+    put_sv(st, i++, r->phase);
+    put_sv(st, i++, r->name);
+    for (int k = 0; k < N_REQUEST_LABELS; k++) put_sv(st, i++, *FIELD_CSV(r, &tally_request_labels[k]));
+    put_i64(st, i++, h & ROW_OK, r->ok);
+    put_sv(st, i++, r->error);
+    put_sv(st, i++, r->degraded);
+    put_i64(st, i++, h & ROW_PROMPT, r->prompt);
+    put_i64(st, i++, h & ROW_CACHED, r->cached);
+    put_i64(st, i++, h & ROW_CACHE_WRITE, r->cache_write);
+    put_i64(st, i++, h & ROW_COMPLETION, r->completion);
+    put_i64(st, i++, h & ROW_REASONING, r->reasoning);
+    put_num(st, i++, h & ROW_LATENCY, r->latency_us);
+    put_num(st, i++, h & ROW_TTFT, r->ttft_us);
+    put_i64(st, i++, h & ROW_COST, r->cost_nusd);
+    put_dbl(st, i++, h & ROW_ENERGY, r->energy_j);
+    put_dbl(st, i++, h & ROW_GPU, r->gpu_util);
+    put_i64(st, i++, h & ROW_STEP, r->step);
+    put_dbl(st, i++, h & ROW_LOSS, r->loss);
+    put_num(st, i++, h & ROW_WALL, r->wall_us);
+    put_i64(st, i++, h & ROW_STEP_TOKENS, r->step_tokens);
+    put_sv(st, i++, r->text);
+    put_sv(st, i++, r->json.p ? r->json : SV_LIT("{}"));
 }
 
 /* ---- the rollup's cells ----------------------------------------------------- */
@@ -348,13 +446,20 @@ static int upsert_cell(void *ud, const rollup_key *k, const agg_cell *c)
     buf_reset(&s->cellbuf);
     agg_cell_encode(c, &s->cellbuf);
     if (s->cellbuf.failed) return -1;
-    sqlite3_bind_int64(st, 1, k->minute);
-    sqlite3_bind_blob(st, 2, k->bytes, (int)k->len, SQLITE_STATIC);
-    for (int i = 0; i < RK_NSTR - 1; i++) bind_sv(st, 3 + i, k->s[i]);
-    bind_i64(st, 9, k->ok >= 0, k->ok);
-    bind_sv(st, 10, k->s[RK_DEGRADED]);
-    sqlite3_bind_int64(st, 11, (int64_t)c->events);
-    sqlite3_bind_blob(st, 12, s->cellbuf.p, (int)s->cellbuf.len, SQLITE_STATIC);
+    /* The order of sql_upsert: minute, key, run, kind, phase, the rollup's
+     * named fields, ok, degraded, events, cell. */
+    int i = 1;
+    sqlite3_bind_int64(st, i++, k->minute);
+    sqlite3_bind_blob(st, i++, k->bytes, (int)k->len, SQLITE_STATIC);
+    bind_sv(st, i++, k->s[RK_RUN]);
+    bind_sv(st, i++, k->s[RK_KIND]);
+    bind_sv(st, i++, k->s[RK_PHASE]);
+    for (int f = 0; f < N_REQUEST_LABELS; f++)
+        if (tally_request_labels[f].flags & FLD_ROLLUP) bind_sv(st, i++, k->s[RK_LABEL(tally_request_labels[f].slot)]);
+    bind_i64(st, i++, k->ok >= 0, k->ok);
+    bind_sv(st, i++, k->s[RK_DEGRADED]);
+    sqlite3_bind_int64(st, i++, (int64_t)c->events);
+    sqlite3_bind_blob(st, i, s->cellbuf.p, (int)s->cellbuf.len, SQLITE_STATIC);
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     return rc == SQLITE_DONE ? 0 : -1;
@@ -384,20 +489,19 @@ static int prepare_all(store *s)
 {
     if (!s->ins_many) {
         /* One statement of INSERT_MANY rows. */
-        char sql[sizeof INSERT_HEAD + INSERT_MANY * (sizeof INSERT_ROW + 1)];
-        size_t n = 0;
-        memcpy(sql, INSERT_HEAD, sizeof INSERT_HEAD - 1);
-        n = sizeof INSERT_HEAD - 1;
+        char sql[sizeof sql_insert_head + INSERT_MANY * (sizeof sql_insert_row + 1)];
+        size_t n = strlen(sql_insert_head), rl = strlen(sql_insert_row);
+        memcpy(sql, sql_insert_head, n);
         for (int i = 0; i < INSERT_MANY; i++) {
             if (i) sql[n++] = ',';
-            memcpy(sql + n, INSERT_ROW, sizeof INSERT_ROW - 1);
-            n += sizeof INSERT_ROW - 1;
+            memcpy(sql + n, sql_insert_row, rl);
+            n += rl;
         }
         sql[n] = 0;
         if (prepare(s->db, sql, &s->ins_many)) return -1;
     }
-    return prepare(s->db, insert_sql, &s->ins) || prepare(s->db, near_sql, &s->near) ||
-           prepare(s->db, upsert_sql, &s->upsert) || prepare(s->db, run_start_sql, &s->run_start) ||
+    return prepare(s->db, sql_insert, &s->ins) || prepare(s->db, near_sql, &s->near) ||
+           prepare(s->db, sql_upsert, &s->upsert) || prepare(s->db, run_start_sql, &s->run_start) ||
            prepare(s->db, run_end_sql, &s->run_end);
 }
 
@@ -420,21 +524,42 @@ static int migrate_v1(store *s)
     sqlite3 *db = s->db;
     if (exec(db, "DROP INDEX IF EXISTS events_ts") || exec(db, "DROP INDEX IF EXISTS events_model_ts") ||
         exec(db, "DROP INDEX IF EXISTS events_engine_ts") || exec(db, "ALTER TABLE events RENAME TO events_v1") ||
-        exec(db, EVENTS_V2) || exec(db, ROLLUP_V2) || prepare_all(s))
+        exec(db, sql_events) || exec(db, sql_rollup) || prepare_all(s))
         return -1;
-    char sql[2048];
-    snprintf(sql, sizeof sql, "%s, json FROM events_v1 ORDER BY ts, seq", SELECT_COLS(WALL_V1));
+    char sql[STORE_SQL_MAX + 128];
+    const char *sel = store_select_sql(1);
+    /* The v1 SELECT ends " FROM events": read events_v1, with its JSON. */
+    snprintf(sql, sizeof sql, "%.*s, json FROM events_v1 ORDER BY ts, seq", (int)(strlen(sel) - strlen(" FROM events")),
+             sel);
     sqlite3_stmt *q;
     if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) != SQLITE_OK) return -1;
     int rc, failed = 0;
     while (!failed && (rc = sqlite3_step(q)) == SQLITE_ROW) {
         row r;
         store_row_from_stmt(q, &r);
-        r.json = (sv){(const char *)sqlite3_column_text(q, 32), (size_t)sqlite3_column_bytes(q, 32)};
+        r.json = (sv){(const char *)sqlite3_column_text(q, SELECT_NCOLS), (size_t)sqlite3_column_bytes(q, SELECT_NCOLS)};
         failed = store_insert(s, &r, 0) < 0;
     }
     sqlite3_finalize(q);
     if (failed || rc != SQLITE_DONE || write_cells(s) || exec(db, "DROP TABLE events_v1")) return -1;
+    return 0;
+}
+
+/* v2 -> v3: columns for the named fields added since (provider,
+ * finish_reason, provider_request_id, prompt_version); the rows keep
+ * theirs (the values were in the JSON only, and stay there). */
+static int migrate_v2(store *s)
+{
+    char sql[256];
+    for (int i = 0; i < N_REQUEST_LABELS; i++) {
+        const field_def *f = &tally_request_labels[i];
+        if (label_in_v2(f->slot)) continue;
+        snprintf(sql, sizeof sql, "ALTER TABLE events ADD COLUMN %s TEXT", f->key);
+        if (exec(s->db, sql)) return -1;
+        if (!(f->flags & FLD_ROLLUP)) continue;
+        snprintf(sql, sizeof sql, "ALTER TABLE rollup ADD COLUMN %s TEXT", f->key);
+        if (exec(s->db, sql)) return -1;
+    }
     return 0;
 }
 
@@ -450,9 +575,11 @@ static int migrate(store *s, int64_t from)
         return 0;
     }
     if (from == 0) {
-        if (exec(db, EVENTS_V2) || exec(db, ROLLUP_V2) || exec(db, RUNS_V1)) goto fail;
+        if (exec(db, sql_events) || exec(db, sql_rollup) || exec(db, RUNS_V1)) goto fail;
     } else if (from == 1) {
         if (migrate_v1(s)) goto fail;
+    } else if (from == 2) {
+        if (migrate_v2(s)) goto fail;
     }
     char sql[96];
     snprintf(sql, sizeof sql, "PRAGMA application_id=%d", STORE_APP_ID);
@@ -627,6 +754,7 @@ int store_open_db_readonly(const char *path, struct sqlite3 **out, char *err, si
 
 store *store_open(const char *path, int flags, char *err, size_t errlen)
 {
+    sql_init();
     sqlite3 *db = NULL;
     int oflags = (flags & STORE_READONLY) ? SQLITE_OPEN_READONLY
                                           : SQLITE_OPEN_READWRITE | ((flags & STORE_CREATE) ? SQLITE_OPEN_CREATE : 0);
@@ -943,50 +1071,51 @@ static int col_i64(sqlite3_stmt *st, int i, int64_t *out)
 
 void store_row_from_stmt(sqlite3_stmt *st, row *r)
 {
+    /* The order of the column list (head, named fields, tail), seq first. */
     row_clear(r);
     int64_t ok;
-    r->id = col_sv(st, 1);
-    if (col_dbl(st, 2, &r->ts)) r->has |= ROW_TS;
-    r->run_id = col_sv(st, 3);
-    r->kind = col_sv(st, 4);
-    r->phase = col_sv(st, 5);
-    r->name = col_sv(st, 6);
-    r->model = col_sv(st, 7);
-    r->engine = col_sv(st, 8);
-    r->route = col_sv(st, 9);
-    r->principal_id = col_sv(st, 10);
-    r->request_id = col_sv(st, 11);
-    if (col_i64(st, 12, &ok)) {
+    int i = 1;
+    r->id = col_sv(st, i++);
+    if (col_dbl(st, i++, &r->ts)) r->has |= ROW_TS;
+    r->run_id = col_sv(st, i++);
+    r->kind = col_sv(st, i++);
+    r->phase = col_sv(st, i++);
+    r->name = col_sv(st, i++);
+    for (int k = 0; k < N_REQUEST_LABELS; k++) *FIELD_SV(r, &tally_request_labels[k]) = col_sv(st, i++);
+    if (col_i64(st, i++, &ok)) {
         r->ok = ok != 0;
         r->has |= ROW_OK;
     }
-    r->error = col_sv(st, 13);
-    r->degraded = col_sv(st, 14);
-    if (col_i64(st, 15, &r->prompt)) r->has |= ROW_PROMPT;
-    if (col_i64(st, 16, &r->cached)) r->has |= ROW_CACHED;
-    if (col_i64(st, 17, &r->cache_write)) r->has |= ROW_CACHE_WRITE;
-    if (col_i64(st, 18, &r->completion)) r->has |= ROW_COMPLETION;
-    if (col_i64(st, 19, &r->reasoning)) r->has |= ROW_REASONING;
-    if (col_dbl(st, 20, &r->latency_us)) r->has |= ROW_LATENCY;
-    if (col_dbl(st, 21, &r->ttft_us)) r->has |= ROW_TTFT;
-    if (col_i64(st, 22, &r->cost_nusd)) r->has |= ROW_COST;
-    if (col_dbl(st, 23, &r->energy_j)) r->has |= ROW_ENERGY;
-    if (col_dbl(st, 24, &r->gpu_util)) r->has |= ROW_GPU;
-    if (col_i64(st, 25, &r->step)) r->has |= ROW_STEP;
-    if (col_dbl(st, 26, &r->loss)) r->has |= ROW_LOSS;
-    if (col_dbl(st, 27, &r->wall_us)) r->has |= ROW_WALL;
-    if (col_i64(st, 28, &r->step_tokens)) r->has |= ROW_STEP_TOKENS;
-    r->text = col_sv(st, 29);
-    r->reason = col_sv(st, 30);
-    r->run_model = col_sv(st, 31);
+    r->error = col_sv(st, i++);
+    r->degraded = col_sv(st, i++);
+    if (col_i64(st, i++, &r->prompt)) r->has |= ROW_PROMPT;
+    if (col_i64(st, i++, &r->cached)) r->has |= ROW_CACHED;
+    if (col_i64(st, i++, &r->cache_write)) r->has |= ROW_CACHE_WRITE;
+    if (col_i64(st, i++, &r->completion)) r->has |= ROW_COMPLETION;
+    if (col_i64(st, i++, &r->reasoning)) r->has |= ROW_REASONING;
+    if (col_dbl(st, i++, &r->latency_us)) r->has |= ROW_LATENCY;
+    if (col_dbl(st, i++, &r->ttft_us)) r->has |= ROW_TTFT;
+    if (col_i64(st, i++, &r->cost_nusd)) r->has |= ROW_COST;
+    if (col_dbl(st, i++, &r->energy_j)) r->has |= ROW_ENERGY;
+    if (col_dbl(st, i++, &r->gpu_util)) r->has |= ROW_GPU;
+    if (col_i64(st, i++, &r->step)) r->has |= ROW_STEP;
+    if (col_dbl(st, i++, &r->loss)) r->has |= ROW_LOSS;
+    if (col_dbl(st, i++, &r->wall_us)) r->has |= ROW_WALL;
+    if (col_i64(st, i++, &r->step_tokens)) r->has |= ROW_STEP_TOKENS;
+    r->text = col_sv(st, i++);
+    r->reason = col_sv(st, i++);
+    r->run_model = col_sv(st, i);
 }
 
 int store_scan_time(sqlite3 *db, double lo, double hi, int hi_open, int (*fn)(void *ud, const row *r), void *ud)
 {
     int version = store_version(db);
-    char sql[2048];
-    if (version >= 2) snprintf(sql, sizeof sql, "%s WHERE seq >= ?1 ORDER BY seq", select_v2);
-    else snprintf(sql, sizeof sql, "%s WHERE ts >= ?2 AND ts <= ?3 ORDER BY ts, seq", select_v1);
+    char sql[STORE_SQL_MAX + 128];
+    if (version >= 2)
+        snprintf(sql, sizeof sql, "%.*s WHERE seq >= ?1 ORDER BY seq", STORE_SQL_MAX, store_select_sql(version));
+    else
+        snprintf(sql, sizeof sql, "%.*s WHERE ts >= ?2 AND ts <= ?3 ORDER BY ts, seq", STORE_SQL_MAX,
+                 store_select_sql(1));
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) return -1;
     int64_t lo_base = lo > 0 ? base_of_ts(lo) : 0, hi_end = base_of_ts(hi) + STORE_SLOTS, prev = lo_base - 1;
@@ -1052,8 +1181,8 @@ static int rebuild_minutes(store *s, int64_t lo, int64_t hi)
     rebuild b = {s, lo, hi, 0};
     if (lo <= -1) {
         sqlite3_stmt *st;
-        char sql[2048];
-        snprintf(sql, sizeof sql, "%s WHERE seq < 0 ORDER BY seq", select_v2);
+        char sql[STORE_SQL_MAX + 128];
+        snprintf(sql, sizeof sql, "%.*s WHERE seq < 0 ORDER BY seq", STORE_SQL_MAX, store_select_sql(STORE_VERSION));
         if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return -1;
         int rc;
         while (!b.failed && (rc = sqlite3_step(st)) == SQLITE_ROW) {

@@ -25,7 +25,7 @@
 #include "row.h"
 
 #define STORE_APP_ID 0x54414c59   /* "TALY" */
-#define STORE_VERSION 2
+#define STORE_VERSION 3
 #define STORE_SLOTS 1024          /* events per microsecond before they spill over */
 
 struct sqlite3;
@@ -86,19 +86,12 @@ int store_open_db_readonly(const char *path, struct sqlite3 **db, char *err, siz
 /* The schema version of an open tally database (0 when unreadable). */
 int store_version(struct sqlite3 *db);
 
-/* Fills r from a row of STORE_SELECT (strings point into the statement
- * and stay valid until it steps again). */
-#define STORE_SELECT                                                                                   \
-    "SELECT seq, id, ts, run_id, kind, phase, name, model, engine, route, principal_id, request_id, ok," \
-    " error, degraded, prompt_tokens, cached_tokens, cache_write_tokens, completion_tokens,"          \
-    " reasoning_tokens, latency_us, ttft_us, cost_nusd, energy_j, gpu_util_pct, step, loss, %s, text,"  \
-    " CASE WHEN kind='run_end' THEN json_extract(json, '$.reason') END,"                               \
-    " CASE WHEN kind='run_start' THEN coalesce(json_extract(json, '$.model.name'),"                     \
-    " json_extract(json, '$.model')) END"                                                               \
-    " FROM events"
+/* Fills r from a row of store_select_sql() (strings point into the
+ * statement and stay valid until it steps again). */
 void store_row_from_stmt(struct sqlite3_stmt *st, row *r);
 /* The SELECT for a database of `version` (v1 kept step times in the JSON). */
 const char *store_select_sql(int version);
+#define STORE_SQL_MAX 3072        /* the longest SELECT store_select_sql() gives */
 
 /* Calls fn for every event with lo <= ts <= hi (ts < hi when hi_open), in
  * time order; fn returning non-zero stops.  0, or -1 on a database error. */

@@ -621,9 +621,10 @@ void tally_request_record(tally_t *h, const tally_request *q)
 {
     if (!handle_live(h) || !q) return;
     const char *strs[RQ_NSTR] = {
-        q->model, q->engine, q->route, q->request_id, q->principal_id,
-        q->provider_request_id, q->prompt_version, q->error, q->degraded,
-        q->sampling_json, h->capture_text ? q->text : NULL, q->extra_json,
+#define X(SLOT, name, flags) q->name,
+        TALLY_REQUEST_LABELS(X)
+#undef X
+        q->error, q->degraded, q->sampling_json, h->capture_text ? q->text : NULL, q->extra_json,
     };
     size_t lens[RQ_NSTR];
     uint32_t trunc = 0;

@@ -121,8 +121,10 @@ static inline void put_num_if(buf *b, const char *key, size_t klen, double v)
 /* ---- one encoder per event kind -------------------------------------------- */
 
 static const char *const rq_names[RQ_NSTR] = {
-    "model", "engine", "route", "request_id", "principal_id", "provider_request_id",
-    "prompt_version", "error", "degraded", "sampling", "text", "extra",
+#define X(SLOT, name, flags) #name,
+    TALLY_REQUEST_LABELS(X)
+#undef X
+    "error", "degraded", "sampling", "text", "extra",
 };
 
 static void enc_request(struct tally *h, buf *b, const wev *ev)
@@ -138,15 +140,13 @@ static void enc_request(struct tally *h, buf *b, const wev *ev)
     enc_i64(b, q->completion);
     ENC_NKEY(b, "latency_us");
     enc_i64(b, q->latency_us);
+    /* The named fields (fields.h) but the model, which leads. */
     static const struct { int slot; const char *key; size_t klen; } opt[] = {
-        {RQ_ENGINE, ",\"engine\":", 10},
-        {RQ_ROUTE, ",\"route\":", 9},
-        {RQ_REQUEST_ID, ",\"request_id\":", 14},
-        {RQ_PRINCIPAL_ID, ",\"principal_id\":", 16},
-        {RQ_PROVIDER_REQUEST_ID, ",\"provider_request_id\":", 23},
-        {RQ_PROMPT_VERSION, ",\"prompt_version\":", 18},
+#define X(SLOT, name, flags) {RQ_##SLOT, ",\"" #name "\":", sizeof(",\"" #name "\":") - 1},
+        TALLY_REQUEST_LABELS(X)
+#undef X
     };
-    for (size_t i = 0; i < sizeof opt / sizeof opt[0]; i++) {
+    for (size_t i = 1; i < sizeof opt / sizeof opt[0]; i++) {
         if (!s[opt[i].slot].off) continue;
         buf_put(b, opt[i].key, opt[i].klen);
         put_str(b, q, s[opt[i].slot]);

@@ -467,7 +467,7 @@ static void test_migrate_v1(void **state)
     store *st = store_open(db, STORE_CREATE, err, sizeof err);
     if (!st) fail_msg("%s", err);
     store_close(st);
-    assert_int_equal(db_count(db, "PRAGMA user_version"), 2);
+    assert_int_equal(db_count(db, "PRAGMA user_version"), STORE_VERSION);
     assert_int_equal(db_count(db, "SELECT count(*) FROM events"), 2001);
     assert_int_equal(db_count(db, "SELECT count(*) FROM sqlite_master WHERE name LIKE 'events_%'"), 0);
     assert_int_equal(db_count(db, "SELECT sum(events) FROM rollup"), 2001);
@@ -478,6 +478,47 @@ static void test_migrate_v1(void **state)
     run_ok(args, fout, sizeof fout);
     assert_same_text("v1 and v2", v1out, v2out);
     assert_same_text("file and v2", fout, v2out);
+    th_rmrf(dir);
+}
+
+/* v2 -> v3: a database without the newer named-field columns is read as
+ * it is, then given them when opened for writing; new rows fill them. */
+static void test_migrate_v2(void **state)
+{
+    (void)state;
+    const char *dir = th_tmpdir("migv2");
+    char file[600], db[600], args[1600], sql[512];
+    static char before[1 << 16], after[1 << 16];
+    snprintf(file, sizeof file, "%s/e.jsonl", dir);
+    snprintf(db, sizeof db, "%s/t.db", dir);
+    write_events(file, 500);
+    snprintf(args, sizeof args, "import %s --db %s", file, db);
+    run_ok(args, before, sizeof before);
+    /* Make it the v2 layout: no provider, finish_reason, provider_request_id,
+     * prompt_version columns. */
+    sqlite3 *s;
+    assert_int_equal(sqlite3_open(db, &s), SQLITE_OK);
+    static const char *const newer[] = {"provider", "finish_reason", "provider_request_id", "prompt_version"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(sql, sizeof sql, "ALTER TABLE events DROP COLUMN %s", newer[i]);
+        assert_int_equal(sqlite3_exec(s, sql, NULL, NULL, NULL), SQLITE_OK);
+    }
+    assert_int_equal(sqlite3_exec(s, "ALTER TABLE rollup DROP COLUMN provider; ALTER TABLE rollup DROP COLUMN "
+                                     "finish_reason; PRAGMA user_version=2", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(s);
+    snprintf(args, sizeof args, "stats --csv --by model,kind %s", db);
+    run_ok(args, before, sizeof before);
+    assert_int_equal(db_count(db, "PRAGMA user_version"), 2);
+    char err[512];
+    store *st = store_open(db, STORE_CREATE, err, sizeof err);
+    if (!st) fail_msg("%s", err);
+    store_close(st);
+    assert_int_equal(db_count(db, "PRAGMA user_version"), 3);
+    assert_int_equal(db_count(db, "SELECT count(*) FROM pragma_table_info('events') WHERE name='provider'"), 1);
+    assert_int_equal(db_count(db, "SELECT count(*) FROM pragma_table_info('rollup') WHERE name='finish_reason'"), 1);
+    run_ok(args, after, sizeof after);
+    assert_same_text("v2 and v3", before, after);
     th_rmrf(dir);
 }
 
@@ -529,7 +570,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sketch_codec),      cmocka_unit_test(test_cell_codec),
         cmocka_unit_test(test_three_ways),        cmocka_unit_test(test_spill_and_dedup),
-        cmocka_unit_test(test_same_microseconds), cmocka_unit_test(test_migrate_v1),
+        cmocka_unit_test(test_same_microseconds), cmocka_unit_test(test_migrate_v1), cmocka_unit_test(test_migrate_v2),
         cmocka_unit_test(test_trim_keeps_rollup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
