@@ -112,5 +112,11 @@
 #define utf8_cut tally__utf8_cut
 #define writer_start tally__writer_start
 #define writer_stop tally__writer_stop
+#define field_by_key tally__field_by_key
+#define idset_add tally__idset_add
+#define idset_free tally__idset_free
+#define idset_init tally__idset_init
+#define rollup_key_row tally__rollup_key_row
+#define row_strings tally__row_strings
 
 #endif
