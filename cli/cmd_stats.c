@@ -19,6 +19,7 @@
 #include "prices.h"
 #include "source.h"
 #include "hash.h"
+#include "record.h"
 #include "util.h"
 
 #define MAX_BY 8
@@ -56,32 +57,46 @@ typedef struct agg {
 
 /* ---- keys -------------------------------------------------------------- */
 
-enum { K_MODEL, K_ENGINE, K_ROUTE, K_PRINCIPAL, K_RUN, K_PHASE, K_KIND, K_OK, K_ERROR, K_DEGRADED, K_DAY, K_HOUR, K_N };
-static const char *const key_names[K_N] = {"model", "engine", "route", "principal", "run", "phase",
-                                           "kind",  "ok",     "error", "degraded",  "day", "hour"};
+/* Keys: first one per named request field (src/fields.h, in its order),
+ * then the event's own. */
+enum { K_RUN = RQ_NLABELS, K_PHASE, K_KIND, K_OK, K_ERROR, K_DEGRADED, K_DAY, K_HOUR, K_N };
+static const char *const own_keys[K_N - K_RUN] = {"run", "phase", "kind", "ok", "error", "degraded", "day", "hour"};
+
+static const char *key_name(int k) { return k < K_RUN ? tally_request_labels[k].key : own_keys[k - K_RUN]; }
 
 static int key_index(const char *s)
 {
     for (int i = 0; i < K_N; i++)
-        if (!strcmp(s, key_names[i])) return i;
-    if (!strcmp(s, "principal_id")) return K_PRINCIPAL;
+        if (!strcmp(s, key_name(i))) return i;
+    if (!strcmp(s, "principal")) return RQ_PRINCIPAL_ID;
     if (!strcmp(s, "run_id")) return K_RUN;
     return -1;
 }
 
-/* Keys the database's rollup has (src/rollup.h); principal and error are
- * not there, so questions about them read rows. */
-static int key_in_rollup(int k) { return k != K_PRINCIPAL && k != K_ERROR; }
+/* "model, engine, ..., hour": every key, for --help and errors. */
+static void key_list(char *out, size_t n)
+{
+    size_t k = 0;
+    out[0] = 0;
+    for (int i = 0; i < K_N && k < n; i++)
+        k += (size_t)snprintf(out + k, n - k, "%s%s", i ? ", " : "", key_name(i));
+}
+
+/* Keys the database's rollup has (src/rollup.h); the others (principal,
+ * request ids, error text) would make its cells as many as its rows, so
+ * questions about them read rows. */
+static int key_in_rollup(int k)
+{
+    if (k < K_RUN) return (tally_request_labels[k].flags & FLD_ROLLUP) != 0;
+    return k != K_ERROR;
+}
 
 static sv or_dash(sv v) { return v.p ? v : SV_LIT("-"); }
 
 static sv key_value(const row *e, int k, char *tmp, size_t n)
 {
+    if (k < K_RUN) return or_dash(*FIELD_CSV(e, &tally_request_labels[k]));
     switch (k) {
-    case K_MODEL: return or_dash(e->model);
-    case K_ENGINE: return or_dash(e->engine);
-    case K_ROUTE: return or_dash(e->route);
-    case K_PRINCIPAL: return or_dash(e->principal_id);
     case K_RUN: return or_dash(e->run_id);
     case K_PHASE: return or_dash(e->phase);
     case K_KIND: return or_dash(e->kind);
@@ -394,7 +409,7 @@ static void print_table(agg *a, int training)
     size_t ncell = (size_t)nkeys + ns;
     char (*cells)[256] = calloc((nrows + 1) * ncell, 256);
     size_t *w = calloc(ncell, sizeof *w);
-    for (int k = 0; k < nkeys; k++) snprintf(cells[k], 256, "%s", a->nby ? key_names[a->by[k]] : "group");
+    for (int k = 0; k < nkeys; k++) snprintf(cells[k], 256, "%s", a->nby ? key_name(a->by[k]) : "group");
     for (size_t j = 0; j < ns; j++) snprintf(cells[nkeys + j], 256, "%s", cols[sel[j]].head);
     size_t r = 1;
     for (size_t i = 0; i < a->ng; i++) {
@@ -453,7 +468,7 @@ static void csv_field(const char *s)
 static void print_csv(agg *a)
 {
     int nkeys = a->nby ? a->nby : 1;
-    for (int k = 0; k < nkeys; k++) printf("%s%s", k ? "," : "", a->nby ? key_names[a->by[k]] : "group");
+    for (int k = 0; k < nkeys; k++) printf("%s%s", k ? "," : "", a->nby ? key_name(a->by[k]) : "group");
     for (size_t c = 0; c < NCOLS; c++) printf(",%s", cols[c].name);
     printf("\n");
     for (size_t i = 0; i < a->ng; i++) {
@@ -485,7 +500,7 @@ static void print_json(agg *a, const source_stats *st)
         buf_puts(&b, i ? ",{" : "{");
         for (int k = 0; k < nkeys; k++) {
             if (k) buf_putc(&b, ',');
-            enc_cstr(&b, a->nby ? key_names[a->by[k]] : "group");
+            enc_cstr(&b, a->nby ? key_name(a->by[k]) : "group");
             buf_putc(&b, ':');
             enc_cstr(&b, parts[k]);
         }
@@ -543,8 +558,7 @@ static void usage(FILE *out)
             "'-' for stdin, a tally database or an OpenJarvis telemetry database\n"
             "(detected by content).  Several sources are merged.\n"
             "\n"
-            "  --by KEYS        comma-separated: model, engine, route, principal, run, phase,\n"
-            "                   kind, ok, error, degraded, day, hour\n"
+            "  --by KEYS        comma-separated keys (below)\n"
             "  --since WHEN     a duration back from now (30m, 24h, 7d) or an ISO-8601 time\n"
             "  --until WHEN     the same\n"
             "  --where K=V      keep events whose KEY is V (K!=V: is not); repeatable\n"
@@ -556,18 +570,26 @@ static void usage(FILE *out)
             "  -h, --help       this text\n"
             "\n"
             "Percentiles come from a sketch within 1%% of the exact value (docs/stats.md).\n");
+    char keys[512];
+    key_list(keys, sizeof keys);
+    fprintf(out, "\nKeys for --by and --where: %s (principal = principal_id).\n", keys);
 }
 
 static int parse_by(agg *a, const char *spec)
 {
-    char tmp[256];
-    snprintf(tmp, sizeof tmp, "%s", spec);
-    for (char *tok = strtok(tmp, ","); tok; tok = strtok(NULL, ",")) {
-        int k = key_index(tok);
+    const char *p = spec;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char tok[64];
+        snprintf(tok, sizeof tok, "%.*s", (int)(len < sizeof tok ? len : sizeof tok - 1), p);
+        p += len + (comma != NULL);
+        if (!tok[0]) continue;
+        int k = len < sizeof tok ? key_index(tok) : -1;
         if (k < 0) {
-            cli_error("stats", "unknown --by key '%s' (keys: model, engine, route, principal, run, phase, kind, "
-                               "ok, error, degraded, day, hour)",
-                      tok);
+            char keys[512];
+            key_list(keys, sizeof keys);
+            cli_error("stats", "unknown --by key '%s' (keys: %s)", tok, keys);
             return -1;
         }
         if (a->nby >= MAX_BY) {

@@ -19,6 +19,7 @@
 
 #include "cli.h"
 #include "encode.h"
+#include "fields.h"
 #include "json.h"
 #include "util.h"
 
@@ -67,7 +68,12 @@ static void show(json_arena *a, const char *line, size_t len)
     const jv *x = jv_get(v, "extra");
     if (!strcmp(kind, "eval") && !strcmp(s_or(jv_get(v, "name"), ""), "request") && x) {
         fprintf(tout, "request %s", s_or(jv_get(x, "model"), "?"));
-        if (jv_get(x, "engine")) fprintf(tout, " engine=%s", s_or(jv_get(x, "engine"), ""));
+        /* The named fields tail shows (src/fields.h), but the model. */
+        for (int i = 1; i < N_REQUEST_LABELS; i++) {
+            const field_def *f = &tally_request_labels[i];
+            const char *val = jv_str(jv_getn(x, f->key, f->keylen));
+            if ((f->flags & FLD_TAIL) && val) fprintf(tout, " %s=%s", f->key, val);
+        }
         fprintf(tout, " tokens=%lld/%lld", (long long)jv_int(jv_get(x, "prompt_tokens"), 0),
                (long long)jv_int(jv_get(x, "completion_tokens"), 0));
         put_num("latency", jv_get(x, "latency_us"), 1e-3, "ms");
@@ -78,7 +84,6 @@ static void show(json_arena *a, const char *line, size_t len)
         if (ok && ok->type == JV_FALSE) fprintf(tout, " FAILED");
         if (jv_get(x, "error")) fprintf(tout, " error=\"%s\"", s_or(jv_get(x, "error"), ""));
         if (jv_get(x, "degraded")) fprintf(tout, " degraded=%s", s_or(jv_get(x, "degraded"), ""));
-        if (jv_get(x, "request_id")) fprintf(tout, " id=%s", s_or(jv_get(x, "request_id"), ""));
     } else if (!strcmp(kind, "step") || !strcmp(kind, "step_end")) {
         fprintf(tout, "step %lld", (long long)jv_int(jv_get(v, "step"), -1));
         put_num("loss", jv_get(v, "loss"), 1, "");

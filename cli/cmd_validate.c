@@ -20,6 +20,7 @@
 
 #include "cli.h"
 #include "event_id.h"
+#include "fields.h"
 #include "json.h"
 #include "util.h"
 
@@ -225,7 +226,12 @@ static void check_event(vstate *s, uint64_t line, const jv *v)
         need(s, line, v, "", "extra", T_OBJ);
         const jv *x = jv_get(v, "extra");
         if (x && x->type == JV_OBJ) {
-            need(s, line, x, "extra.", "model", T_STR);
+            /* The named fields (src/fields.h): strings, the required ones present. */
+            for (int i = 0; i < N_REQUEST_LABELS; i++) {
+                const field_def *f = &tally_request_labels[i];
+                if (f->flags & FLD_REQUIRED) need(s, line, x, "extra.", f->key, T_STR);
+                else maybe(s, line, x, "extra.", f->key, T_STR);
+            }
             need(s, line, x, "extra.", "prompt_tokens", T_INT);
             need(s, line, x, "extra.", "completion_tokens", T_INT);
             need(s, line, x, "extra.", "latency_us", T_INT);

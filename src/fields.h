@@ -53,7 +53,8 @@ typedef struct field_def {
 } field_def;
 
 extern const field_def tally_request_labels[];
-#define N_REQUEST_LABELS ((int)RQ_NLABELS)
+#define FLD_COUNT_(SLOT, name, flags) +1
+#define N_REQUEST_LABELS (0 TALLY_REQUEST_LABELS(FLD_COUNT_))
 
 /* The field whose key is k[0..n), or NULL. */
 const field_def *field_by_key(const char *k, size_t n);
