@@ -158,9 +158,9 @@ static int on_db_row(void *arg, const row *r)
  * so; v1 kept them in arrival order, and has an index on ts). */
 static int scan_all(sqlite3 *db, int version, db_reader *d)
 {
-    char sql[STORE_SQL_MAX + 64];
-    snprintf(sql, sizeof sql, "%.*s ORDER BY %s", STORE_SQL_MAX, store_select_sql(version),
-             version >= 2 ? "seq" : "ts, seq");
+    char sel[STORE_SQL_MAX], sql[STORE_SQL_MAX + 64];
+    if (store_select(db, version, "events", 0, sel, sizeof sel)) return -1;
+    snprintf(sql, sizeof sql, "%s ORDER BY %s", sel, version >= 2 ? "seq" : "ts, seq");
     sqlite3_stmt *q;
     if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) != SQLITE_OK) return -1;
     int rc;

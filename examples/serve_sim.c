@@ -53,6 +53,8 @@ static void *work(void *arg)
         q.model = models[m];
         q.engine = engines[e];
         q.route = routes[(int)(rnd(&w->seed) * 3)];
+        q.provider = e ? "sglang" : "vllm";
+        q.finish_reason = rnd(&w->seed) < 0.15 ? "length" : "stop";
         snprintf(rid, sizeof rid, "req-%d-%06d", w->id, i);
         q.request_id = rid;
         q.principal_id = (i % 7 == 0) ? "team-search" : "team-chat";

@@ -105,7 +105,7 @@
 #define store_row_from_stmt tally__store_row_from_stmt
 #define store_run_event tally__store_run_event
 #define store_scan_time tally__store_scan_time
-#define store_select_sql tally__store_select_sql
+#define store_select tally__store_select
 #define store_seq_base tally__store_seq_base
 #define store_trim tally__store_trim
 #define store_version tally__store_version

@@ -149,18 +149,10 @@ static const col tail_cols[] = {
 #define INSERT_COLS (N_HEAD + N_REQUEST_LABELS + N_TAIL)
 #define INSERT_MANY 32            /* rows per statement for batches (25% faster than one) */
 /* SELECT: every column but json, then run_end's reason and run_start's model. */
-#define SELECT_NCOLS (INSERT_COLS - 1 + 2)
-
-/* The named fields schema v2 had as columns (later ones are added by
- * migration, and read as NULL from older databases opened read-only). */
-static int label_in_v2(int slot)
-{
-    return slot == RQ_MODEL || slot == RQ_ENGINE || slot == RQ_ROUTE || slot == RQ_PRINCIPAL_ID ||
-           slot == RQ_REQUEST_ID;
-}
+#define SELECT_NCOLS (INSERT_COLS - 1 + 2)  /* with_json: json is column SELECT_NCOLS */
 
 static char sql_events[2048], sql_rollup[1024], sql_insert_head[1536], sql_insert_row[256], sql_insert[2048];
-static char sql_upsert[1024], sql_select[4][STORE_SQL_MAX];
+static char sql_upsert[1024];
 static pthread_once_t sql_once = PTHREAD_ONCE_INIT;
 
 /* Appends to a static buffer (sized for the lists above; checked). */
@@ -172,8 +164,8 @@ static void cat(char *dst, size_t cap, const char *s)
 }
 #define CAT(dst, s) cat((dst), sizeof(dst), (s))
 
-/* Column i of INSERT_COLS: name and type, and what a database of `version`
- * has there. */
+/* Column i of INSERT_COLS: name and type, and what a database of schema
+ * `version` has there (v1 kept step times in the JSON). */
 static void column_at(int i, const char **name, const char **type, const char **expr, int version)
 {
     const col *c = NULL;
@@ -188,7 +180,7 @@ static void column_at(int i, const char **name, const char **type, const char **
     const field_def *f = &tally_request_labels[i - N_HEAD];
     *name = f->key;
     *type = "TEXT";
-    *expr = version < 3 && !label_in_v2(f->slot) ? "NULL" : f->key;
+    *expr = f->key;
 }
 
 static void build_sql(void)
@@ -217,17 +209,6 @@ static void build_sql(void)
     CAT(sql_insert_row, ")");
     CAT(sql_insert, sql_insert_head);
     CAT(sql_insert, sql_insert_row);
-    for (int v = 1; v <= 3; v++) {
-        CAT(sql_select[v], "SELECT ");
-        for (int i = 0; i < INSERT_COLS - 1; i++) {
-            column_at(i, &name, &type, &expr, v);
-            if (i) CAT(sql_select[v], ", ");
-            CAT(sql_select[v], expr);
-        }
-        CAT(sql_select[v], ", CASE WHEN kind='run_end' THEN json_extract(json, '$.reason') END,"
-                           " CASE WHEN kind='run_start' THEN coalesce(json_extract(json, '$.model.name'),"
-                           " json_extract(json, '$.model')) END FROM events");
-    }
     /* The rollup: its key's fields as columns, for people with sqlite3. */
     char labels[512] = "", params[256] = "";
     int np = 5; /* minute, key, run, kind, phase */
@@ -261,12 +242,6 @@ static void build_sql(void)
 }
 
 static void sql_init(void) { pthread_once(&sql_once, build_sql); }
-
-const char *store_select_sql(int version)
-{
-    sql_init();
-    return sql_select[version < 1 ? 1 : version > 3 ? 3 : version];
-}
 
 /* ---- small helpers ---------------------------------------------------------- */
 
@@ -310,6 +285,62 @@ int store_version(sqlite3 *db)
 {
     int64_t v = 0;
     return pragma_int(db, "PRAGMA user_version", &v) == 0 ? (int)v : 0;
+}
+
+/* ---- columns that come and go ------------------------------------------------- */
+
+static int has_column(sqlite3 *db, const char *table, const char *column)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2", -1, &st, NULL) !=
+        SQLITE_OK)
+        return 0;
+    sqlite3_bind_text(st, 1, table, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, column, -1, SQLITE_STATIC);
+    int n = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
+    sqlite3_finalize(st);
+    return n > 0;
+}
+
+/* A column for every named field (fields.h) the tables lack: a field added
+ * to the table gets its column the next time a writer opens the database,
+ * without a schema version of its own.  Rows stored before keep theirs in
+ * the JSON only. */
+static int add_label_columns(sqlite3 *db)
+{
+    char sql[256];
+    for (int i = 0; i < N_REQUEST_LABELS; i++) {
+        const field_def *f = &tally_request_labels[i];
+        if (!has_column(db, "events", f->key)) {
+            snprintf(sql, sizeof sql, "ALTER TABLE events ADD COLUMN %s TEXT", f->key);
+            if (exec(db, sql)) return -1;
+        }
+        if ((f->flags & FLD_ROLLUP) && !has_column(db, "rollup", f->key)) {
+            snprintf(sql, sizeof sql, "ALTER TABLE rollup ADD COLUMN %s TEXT", f->key);
+            if (exec(db, sql)) return -1;
+        }
+    }
+    return 0;
+}
+
+int store_select(sqlite3 *db, int version, const char *table, int with_json, char *out, size_t n)
+{
+    sql_init();
+    size_t k = (size_t)snprintf(out, n, "SELECT ");
+    for (int i = 0; i < INSERT_COLS - 1 && k < n; i++) {
+        const char *name, *type, *expr;
+        column_at(i, &name, &type, &expr, version);
+        /* A named field an older database has no column for (read-only). */
+        if (i >= N_HEAD && i < N_HEAD + N_REQUEST_LABELS && !has_column(db, table, name)) expr = "NULL";
+        k += (size_t)snprintf(out + k, n - k, "%s%s", i ? ", " : "", expr);
+    }
+    if (k < n)
+        k += (size_t)snprintf(out + k, n - k,
+                              ", CASE WHEN kind='run_end' THEN json_extract(json, '$.reason') END,"
+                              " CASE WHEN kind='run_start' THEN coalesce(json_extract(json, '$.model.name'),"
+                              " json_extract(json, '$.model')) END%s FROM %s",
+                              with_json ? ", json" : "", table);
+    return k < n ? 0 : -1;
 }
 
 /* ---- where events go -------------------------------------------------------- */
@@ -526,11 +557,9 @@ static int migrate_v1(store *s)
         exec(db, "DROP INDEX IF EXISTS events_engine_ts") || exec(db, "ALTER TABLE events RENAME TO events_v1") ||
         exec(db, sql_events) || exec(db, sql_rollup) || prepare_all(s))
         return -1;
-    char sql[STORE_SQL_MAX + 128];
-    const char *sel = store_select_sql(1);
-    /* The v1 SELECT ends " FROM events": read events_v1, with its JSON. */
-    snprintf(sql, sizeof sql, "%.*s, json FROM events_v1 ORDER BY ts, seq", (int)(strlen(sel) - strlen(" FROM events")),
-             sel);
+    char sel[STORE_SQL_MAX], sql[STORE_SQL_MAX + 128];
+    if (store_select(db, 1, "events_v1", 1, sel, sizeof sel)) return -1;
+    snprintf(sql, sizeof sql, "%s ORDER BY ts, seq", sel);
     sqlite3_stmt *q;
     if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) != SQLITE_OK) return -1;
     int rc, failed = 0;
@@ -542,24 +571,6 @@ static int migrate_v1(store *s)
     }
     sqlite3_finalize(q);
     if (failed || rc != SQLITE_DONE || write_cells(s) || exec(db, "DROP TABLE events_v1")) return -1;
-    return 0;
-}
-
-/* v2 -> v3: columns for the named fields added since (provider,
- * finish_reason, provider_request_id, prompt_version); the rows keep
- * theirs (the values were in the JSON only, and stay there). */
-static int migrate_v2(store *s)
-{
-    char sql[256];
-    for (int i = 0; i < N_REQUEST_LABELS; i++) {
-        const field_def *f = &tally_request_labels[i];
-        if (label_in_v2(f->slot)) continue;
-        snprintf(sql, sizeof sql, "ALTER TABLE events ADD COLUMN %s TEXT", f->key);
-        if (exec(s->db, sql)) return -1;
-        if (!(f->flags & FLD_ROLLUP)) continue;
-        snprintf(sql, sizeof sql, "ALTER TABLE rollup ADD COLUMN %s TEXT", f->key);
-        if (exec(s->db, sql)) return -1;
-    }
     return 0;
 }
 
@@ -578,9 +589,9 @@ static int migrate(store *s, int64_t from)
         if (exec(db, sql_events) || exec(db, sql_rollup) || exec(db, RUNS_V1)) goto fail;
     } else if (from == 1) {
         if (migrate_v1(s)) goto fail;
-    } else if (from == 2) {
-        if (migrate_v2(s)) goto fail;
     }
+    /* v2 -> v3, and any named field added since: its columns. */
+    if (add_label_columns(db)) goto fail;
     char sql[96];
     snprintf(sql, sizeof sql, "PRAGMA application_id=%d", STORE_APP_ID);
     if (exec(db, sql)) goto fail;
@@ -1110,12 +1121,10 @@ void store_row_from_stmt(sqlite3_stmt *st, row *r)
 int store_scan_time(sqlite3 *db, double lo, double hi, int hi_open, int (*fn)(void *ud, const row *r), void *ud)
 {
     int version = store_version(db);
-    char sql[STORE_SQL_MAX + 128];
-    if (version >= 2)
-        snprintf(sql, sizeof sql, "%.*s WHERE seq >= ?1 ORDER BY seq", STORE_SQL_MAX, store_select_sql(version));
-    else
-        snprintf(sql, sizeof sql, "%.*s WHERE ts >= ?2 AND ts <= ?3 ORDER BY ts, seq", STORE_SQL_MAX,
-                 store_select_sql(1));
+    char sel[STORE_SQL_MAX], sql[STORE_SQL_MAX + 128];
+    if (store_select(db, version, "events", 0, sel, sizeof sel)) return -1;
+    if (version >= 2) snprintf(sql, sizeof sql, "%s WHERE seq >= ?1 ORDER BY seq", sel);
+    else snprintf(sql, sizeof sql, "%s WHERE ts >= ?2 AND ts <= ?3 ORDER BY ts, seq", sel);
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) return -1;
     int64_t lo_base = lo > 0 ? base_of_ts(lo) : 0, hi_end = base_of_ts(hi) + STORE_SLOTS, prev = lo_base - 1;
@@ -1181,8 +1190,9 @@ static int rebuild_minutes(store *s, int64_t lo, int64_t hi)
     rebuild b = {s, lo, hi, 0};
     if (lo <= -1) {
         sqlite3_stmt *st;
-        char sql[STORE_SQL_MAX + 128];
-        snprintf(sql, sizeof sql, "%.*s WHERE seq < 0 ORDER BY seq", STORE_SQL_MAX, store_select_sql(STORE_VERSION));
+        char sel[STORE_SQL_MAX], sql[STORE_SQL_MAX + 128];
+        if (store_select(s->db, STORE_VERSION, "events", 0, sel, sizeof sel)) return -1;
+        snprintf(sql, sizeof sql, "%s WHERE seq < 0 ORDER BY seq", sel);
         if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return -1;
         int rc;
         while (!b.failed && (rc = sqlite3_step(st)) == SQLITE_ROW) {

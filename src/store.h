@@ -86,12 +86,16 @@ int store_open_db_readonly(const char *path, struct sqlite3 **db, char *err, siz
 /* The schema version of an open tally database (0 when unreadable). */
 int store_version(struct sqlite3 *db);
 
-/* Fills r from a row of store_select_sql() (strings point into the
+/* Fills r from a row of store_select() (strings point into the
  * statement and stay valid until it steps again). */
 void store_row_from_stmt(struct sqlite3_stmt *st, row *r);
 /* The SELECT for a database of `version` (v1 kept step times in the JSON). */
-const char *store_select_sql(int version);
-#define STORE_SQL_MAX 3072        /* the longest SELECT store_select_sql() gives */
+/* The SELECT of every event column (but json, unless `with_json`: then
+ * last) from `table` of a database of schema
+ * `version`: NULL for named fields it has no column for, v1's step times
+ * from the JSON.  0, or -1 when out is too small. */
+int store_select(struct sqlite3 *db, int version, const char *table, int with_json, char *out, size_t n);
+#define STORE_SQL_MAX 3072
 
 /* Calls fn for every event with lo <= ts <= hi (ts < hi when hi_open), in
  * time order; fn returning non-zero stops.  0, or -1 on a database error. */
