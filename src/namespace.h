@@ -118,5 +118,19 @@
 #define idset_init tally__idset_init
 #define rollup_key_row tally__rollup_key_row
 #define row_strings tally__row_strings
+#define store_column_at tally__store_column_at
+#define store_sql_events tally__store_sql_events
+#define store_sql_init tally__store_sql_init
+#define store_sql_insert tally__store_sql_insert
+#define store_sql_insert_head tally__store_sql_insert_head
+#define store_sql_insert_row tally__store_sql_insert_row
+#define store_sql_rollup tally__store_sql_rollup
+#define store_sql_upsert tally__store_sql_upsert
+#define store_cell_merge_fn tally__store_cell_merge_fn
+#define store_write_cells tally__store_write_cells
+#define store_has_column tally__store_has_column
+#define store_ckpt_bound tally__store_ckpt_bound
+#define store_ckpt_start tally__store_ckpt_start
+#define store_ckpt_stop tally__store_ckpt_stop
 
 #endif

@@ -1,0 +1,320 @@
+/*
+ * store_insert -- where an event goes, inserts, the rollup's cells, the runs table (see store_int.h, store.c)
+ */
+#include "store_int.h"
+
+#include <stdlib.h>
+
+#include "hash.h"
+
+
+int64_t store_seq_base(const row *r)
+{
+    if (r->has & ROW_TS) return base_of_ts(r->ts);
+    /* No time: below zero, spread by the id (FNV-1a, 40 bits). */
+    uint64_t h = fnv1a(FNV_SEED, r->id.p, r->id.n);
+    return -(int64_t)(((h >> 24) + 1) * STORE_SLOTS);
+}
+
+/* Reads the run of rows from `base`: finds the first free slot (into
+ * *slot) and, with `id`, whether that id is among them.  Returns 1 found,
+ * 0 not, -1 error.  The run ends at the first gap past the base's own
+ * STORE_SLOTS slots. */
+static int find_slot(store *s, int64_t base, sv id, int64_t *slot)
+{
+    sqlite3_stmt *st = s->near;
+    sqlite3_bind_int64(st, 1, base);
+    int64_t expect = base, prev = base - 1;
+    int have_free = 0, found = 0, rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t seq = sqlite3_column_int64(st, 0);
+        if (seq >= base + STORE_SLOTS && seq != prev + 1) break;
+        prev = seq;
+        if (!have_free) {
+            if (seq == expect) expect++;
+            else have_free = 1;
+        }
+        if (id.p && (size_t)sqlite3_column_bytes(st, 1) == id.n &&
+            memcmp(sqlite3_column_text(st, 1), id.p, id.n) == 0) {
+            found = 1;
+            break;
+        }
+        if (have_free && !id.p) break;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return -1;
+    *slot = expect;
+    return found;
+}
+
+static inline void put_sv(sqlite3_stmt *st, int i, sv v)
+{
+    if (v.p) sqlite3_bind_text(st, i, v.p, (int)v.n, SQLITE_STATIC);
+}
+
+static inline void put_i64(sqlite3_stmt *st, int i, int present, int64_t v)
+{
+    if (present) sqlite3_bind_int64(st, i, v);
+}
+
+static inline void put_dbl(sqlite3_stmt *st, int i, int present, double v)
+{
+    if (present && v == v) sqlite3_bind_double(st, i, v);
+}
+
+/* A number that is usually whole (microseconds, tokens) as an integer when
+ * it is one, so INTEGER columns hold integers. */
+static inline void put_num(sqlite3_stmt *st, int i, int present, double v)
+{
+    if (present && v == v && v >= -9.2e18 && v <= 9.2e18 && v == (double)(int64_t)v)
+        sqlite3_bind_int64(st, i, (int64_t)v);
+    else put_dbl(st, i, present, v);
+}
+
+/* Binds r to parameters at..at+INSERT_COLS-1 of an insert whose bindings
+ * were cleared: absent fields are left NULL, not bound one by one (a
+ * third of the binding calls for a request). */
+static void bind_row(sqlite3_stmt *st, int at, int64_t seq, const row *r)
+{
+    /* The order of the column list (head, named fields, tail). */
+    int i = at;
+    unsigned h = r->has;
+    sqlite3_bind_int64(st, i++, seq);
+    put_sv(st, i++, r->id.p ? r->id : SV_LIT(""));
+    put_dbl(st, i++, h & ROW_TS, r->ts);
+    put_sv(st, i++, r->run_id);
+    put_sv(st, i++, r->kind.p ? r->kind : SV_LIT("unknown"));
+    put_sv(st, i++, r->phase);
+    put_sv(st, i++, r->name);
+    for (int k = 0; k < N_REQUEST_LABELS; k++) put_sv(st, i++, *FIELD_CSV(r, &tally_request_labels[k]));
+    put_i64(st, i++, h & ROW_OK, r->ok);
+    put_sv(st, i++, r->error);
+    put_sv(st, i++, r->degraded);
+    put_i64(st, i++, h & ROW_PROMPT, r->prompt);
+    put_i64(st, i++, h & ROW_CACHED, r->cached);
+    put_i64(st, i++, h & ROW_CACHE_WRITE, r->cache_write);
+    put_i64(st, i++, h & ROW_COMPLETION, r->completion);
+    put_i64(st, i++, h & ROW_REASONING, r->reasoning);
+    put_num(st, i++, h & ROW_LATENCY, r->latency_us);
+    put_num(st, i++, h & ROW_TTFT, r->ttft_us);
+    put_i64(st, i++, h & ROW_COST, r->cost_nusd);
+    put_dbl(st, i++, h & ROW_ENERGY, r->energy_j);
+    put_dbl(st, i++, h & ROW_GPU, r->gpu_util);
+    put_i64(st, i++, h & ROW_STEP, r->step);
+    put_dbl(st, i++, h & ROW_LOSS, r->loss);
+    put_num(st, i++, h & ROW_WALL, r->wall_us);
+    put_i64(st, i++, h & ROW_STEP_TOKENS, r->step_tokens);
+    put_sv(st, i++, r->text);
+    put_sv(st, i++, r->json.p ? r->json : SV_LIT("{}"));
+}
+
+/* tally_cell_merge(a, b): the rollup's upsert adds a transaction's cell to
+ * the stored one. */
+void store_cell_merge_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    agg_cell c;
+    agg_cell_init(&c);
+    buf b;
+    buf_init(&b, (size_t)16 << 20);
+    if (agg_cell_decode_merge(&c, sqlite3_value_blob(argv[0]), (size_t)sqlite3_value_bytes(argv[0])) ||
+        agg_cell_decode_merge(&c, sqlite3_value_blob(argv[1]), (size_t)sqlite3_value_bytes(argv[1]))) {
+        sqlite3_result_error(ctx, "tally: a cell of the rollup does not decode (the database is damaged)", -1);
+    } else {
+        agg_cell_encode(&c, &b);
+        if (b.failed) sqlite3_result_error_nomem(ctx);
+        else sqlite3_result_blob(ctx, b.p, (int)b.len, SQLITE_TRANSIENT);
+    }
+    buf_free(&b);
+    agg_cell_free(&c);
+}
+
+static int upsert_cell(void *ud, const rollup_key *k, const agg_cell *c)
+{
+    store *s = ud;
+    sqlite3_stmt *st = s->upsert;
+    buf_reset(&s->cellbuf);
+    agg_cell_encode(c, &s->cellbuf);
+    if (s->cellbuf.failed) return -1;
+    /* The order of store_sql_upsert: minute, key, run, kind, phase, the rollup's
+     * named fields, ok, degraded, events, cell. */
+    int i = 1;
+    sqlite3_bind_int64(st, i++, k->minute);
+    sqlite3_bind_blob(st, i++, k->bytes, (int)k->len, SQLITE_STATIC);
+    bind_sv(st, i++, k->s[RK_RUN]);
+    bind_sv(st, i++, k->s[RK_KIND]);
+    bind_sv(st, i++, k->s[RK_PHASE]);
+    for (int f = 0; f < N_REQUEST_LABELS; f++)
+        if (tally_request_labels[f].flags & FLD_ROLLUP) bind_sv(st, i++, k->s[RK_LABEL(tally_request_labels[f].slot)]);
+    bind_i64(st, i++, k->ok >= 0, k->ok);
+    bind_sv(st, i++, k->s[RK_DEGRADED]);
+    sqlite3_bind_int64(st, i++, (int64_t)c->events);
+    sqlite3_bind_blob(st, i, s->cellbuf.p, (int)s->cellbuf.len, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+int store_write_cells(store *s)
+{
+    int rc = rollup_each(s->cells, upsert_cell, s);
+    rollup_clear(s->cells);
+    return rc ? -1 : 0;
+}
+
+int store_add_cells(store *s, rollup *cells)
+{
+    return rollup_each(cells, upsert_cell, s) ? -1 : 0;
+}
+
+static int64_t next_slot(store *s, int64_t base);
+
+int store_insert(store *s, const row *r, int flags)
+{
+    int dedup = flags & STORE_DEDUP;
+    int64_t base = store_seq_base(r), seq;
+    if (dedup) {
+        int f = find_slot(s, base, r->id, &seq);
+        if (f != 0) return f > 0 ? 0 : -1;
+    } else {
+        /* Events come in time order: the slot after this writer's last one
+         * is free unless another writer took it (then the insert fails and
+         * the run is read for the next free slot). */
+        seq = next_slot(s, base);
+    }
+    sqlite3_stmt *st = s->ins;
+    sqlite3_clear_bindings(st);
+    bind_row(st, 1, seq, r);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc == SQLITE_CONSTRAINT && !dedup) {
+        if (find_slot(s, base, (sv){NULL, 0}, &seq) < 0) return -1;
+        sqlite3_bind_int64(st, 1, seq);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+    }
+    if (rc != SQLITE_DONE) return -1;
+    s->last_seq = seq;
+    s->last_base = base;
+    s->have_last = 1;
+    if (flags & STORE_COUNTED) return 1;
+    int full = rollup_add(s->cells, r);
+    if (full < 0) return -1;
+    if (full > 0 && store_write_cells(s)) return -1;
+    return 1;
+}
+
+/* The slot to try first: after this connection's last event when that was
+ * of the same microsecond (the slots from base to it are all taken), else
+ * the microsecond's first. */
+static int64_t next_slot(store *s, int64_t base)
+{
+    return s->have_last && s->last_base == base ? s->last_seq + 1 : base;
+}
+
+int store_insert_rows(store *s, const row *rows, size_t n, int flags)
+{
+    size_t i = 0;
+    while (n - i >= INSERT_MANY) {
+        sqlite3_stmt *st = s->ins_many;
+        sqlite3_clear_bindings(st);
+        int64_t seq[INSERT_MANY], base[INSERT_MANY];
+        for (int k = 0; k < INSERT_MANY; k++) {
+            base[k] = store_seq_base(&rows[i + (size_t)k]);
+            seq[k] = next_slot(s, base[k]);
+            s->last_seq = seq[k];
+            s->last_base = base[k];
+            s->have_last = 1;
+            bind_row(st, 1 + k * INSERT_COLS, seq[k], &rows[i + (size_t)k]);
+        }
+        int rc = sqlite3_step(st);
+        int done = sqlite3_changes(s->db);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE) {
+            /* Row `done` took a slot another writer had: the rows before it
+             * are in; it goes in one by one, and the rest after it. */
+            if (rc != SQLITE_CONSTRAINT || done < 0 || done >= INSERT_MANY) return -1;
+            s->last_seq = done ? seq[done - 1] : 0;
+            s->last_base = done ? base[done - 1] : 0;
+            s->have_last = done > 0;
+            for (int k = 0; k < done; k++)
+                if (!(flags & STORE_COUNTED) && rollup_add(s->cells, &rows[i + (size_t)k]) < 0) return -1;
+            i += (size_t)done;
+            if (store_insert(s, &rows[i], flags & STORE_COUNTED) < 0) return -1;
+            i++;
+            continue;
+        }
+        for (int k = 0; k < INSERT_MANY && !(flags & STORE_COUNTED); k++)
+            if (rollup_add(s->cells, &rows[i + (size_t)k]) < 0) return -1;
+        i += INSERT_MANY;
+    }
+    for (; i < n; i++)
+        if (store_insert(s, &rows[i], flags & STORE_COUNTED) < 0) return -1;
+    if (!(flags & STORE_COUNTED) && rollup_cells(s->cells) >= ROLLUP_MAX_CELLS && store_write_cells(s)) return -1;
+    return 0;
+}
+
+/* A member as compact JSON text, bound as TEXT (NULL when absent). */
+static void bind_json_member(sqlite3_stmt *st, int i, const jv *v)
+{
+    if (!v) {
+        sqlite3_bind_null(st, i);
+        return;
+    }
+    if (v->type == JV_STR) {
+        sqlite3_bind_text(st, i, v->s, (int)v->n, SQLITE_TRANSIENT);
+        return;
+    }
+    buf b;
+    buf_init(&b, 1 << 20);
+    jv_write(&b, v);
+    if (b.failed) sqlite3_bind_null(st, i);
+    else sqlite3_bind_text(st, i, b.p, (int)b.len, SQLITE_TRANSIENT);
+    buf_free(&b);
+}
+
+static void bind_num_member(sqlite3_stmt *st, int i, const jv *v, int integer)
+{
+    if (!v || v->type != JV_NUM) sqlite3_bind_null(st, i);
+    else if (integer) sqlite3_bind_int64(st, i, jv_int(v, 0));
+    else sqlite3_bind_double(st, i, jv_num(v, 0));
+}
+
+int store_run_event(store *s, const jv *ev, sv run_id)
+{
+    const char *kind = jv_str(jv_get(ev, "kind"));
+    if (!kind || !run_id.p) return 0;
+    sqlite3_stmt *st;
+    if (!strcmp(kind, "run_start")) {
+        st = s->run_start;
+        bind_sv(st, 1, run_id);
+        bind_json_member(st, 2, jv_get(ev, "phase"));
+        bind_json_member(st, 3, jv_get(ev, "started_at"));
+        bind_json_member(st, 4, jv_get(ev, "host"));
+        bind_json_member(st, 5, jv_get(ev, "backend"));
+        const jv *m = jv_get(ev, "model");
+        bind_json_member(st, 6, m && m->type == JV_OBJ ? jv_get(m, "name") : m);
+        bind_json_member(st, 7, jv_get(ev, "config"));
+        bind_num_member(st, 8, jv_get(ev, "ts"), 0);
+    } else if (!strcmp(kind, "run_end")) {
+        st = s->run_end;
+        const jv *stats = jv_get(ev, "stats");
+        bind_sv(st, 1, run_id);
+        bind_json_member(st, 2, jv_get(ev, "ended_at"));
+        bind_json_member(st, 3, jv_get(ev, "reason"));
+        bind_num_member(st, 4, jv_get(stats, "requests"), 1);
+        bind_num_member(st, 5, jv_get(stats, "errors"), 1);
+        bind_num_member(st, 6, jv_get(stats, "tokens_out"), 1);
+        bind_num_member(st, 7, jv_get(stats, "events"), 1);
+        bind_num_member(st, 8, jv_get(stats, "dropped"), 1);
+        bind_num_member(st, 9, jv_get(ev, "final_step"), 1);
+        bind_num_member(st, 10, jv_get(ev, "final_loss"), 0);
+        bind_num_member(st, 11, jv_get(ev, "ts"), 0);
+    } else {
+        return 0;
+    }
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
