@@ -17,27 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "agg.h"
-#include "rollup.h"
-#include "row.h"
-
-typedef int (*row_fn)(void *ud, const row *r);                                /* non-zero stops */
-typedef int (*cell_fn)(void *ud, const rollup_key *k, const agg_cell *c);     /* non-zero stops */
-
-typedef struct source_opts {
-    double since, until;      /* 0 = open */
-    int strict;               /* stop at the first bad line */
-    /* With `cells`, a tally database gives whole minutes as rollup cells
-     * and only the minutes cut by since/until as rows. */
-    cell_fn cells;
-} source_opts;
-
-typedef struct source_stats {
-    uint64_t lines, events, bad, torn;
-    uint64_t duplicates;         /* events met again in another source, counted once */
-    uint64_t cells, rows_read;   /* from databases: rollup cells, rows */
-    int reported;
-} source_stats;
+#include "read_sqlite.h"
 
 /* Reads every source in `paths` (FILE, DIR, DB or "-").  With more than
  * one, events are merged by id: the same event from a run directory and

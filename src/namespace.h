@@ -132,5 +132,7 @@
 #define store_ckpt_bound tally__store_ckpt_bound
 #define store_ckpt_start tally__store_ckpt_start
 #define store_ckpt_stop tally__store_ckpt_stop
+#define read_sqlite tally__read_sqlite
+#define read_sqlite_kind tally__read_sqlite_kind
 
 #endif
