@@ -5,7 +5,7 @@
  * quote and backslash are escaped; U+2028 and U+2029 are escaped too (they
  * end lines in JavaScript); invalid UTF-8 is replaced by U+FFFD, never
  * copied; NaN and infinities are written `null`.  Doubles are written in
- * the shortest of %.15g / %.17g that reads back to the same value.
+ * the shortest of %.15g / %.16g / %.17g that reads back to the same value.
  */
 #ifndef TALLY_ENCODE_H
 #define TALLY_ENCODE_H

@@ -141,7 +141,7 @@ struct tally {
     prices prices;            /* loaded price table (n == 0: none) */
     struct energy *energy;    /* samplers, when asked for */
     shared_totals *shared;
-    int warned_drop, warned_sink, warned_misuse;
+    int warned_drop, warned_sink, warned_misuse, warned_dupkey;
     const char *end_reason;   /* set by tally_close for the writer */
     int end_has_code, end_code;
 };

@@ -41,10 +41,46 @@ static inline void put_str(buf *b, const void *base, rstr s)
     enc_str(b, (const char *)base + s.off, s.len);
 }
 
+/* The keys tally itself writes in a request's `extra`, besides the named
+ * fields of fields.h: a caller's extra_json cannot take them. */
+static int request_key(const char *k, size_t n)
+{
+    static const char *const own[] = {
+        "prompt_tokens", "completion_tokens", "latency_us", "cached_tokens", "cache_write_tokens",
+        "reasoning_tokens", "ttft_us", "stage_us", "cost_nusd", "cost_breakdown_nusd", "energy_j", "gpu_util_pct",
+        "ok", "error", "degraded", "escalated", "fallback", "cache_hit", "ceiling_hit", "user_cap_hit", "sampling",
+        "sampling_unparsed", "text", "truncated", "extra_unparsed",
+    };
+    if (field_by_key(k, n)) return 1;
+    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
+        if (strlen(own[i]) == n && memcmp(own[i], k, n) == 0) return 1;
+    return 0;
+}
+
+/* Was this key already written among the caller's members? */
+static int seen_before(const jv *first, const jv *upto, const char *k, size_t n, int renamed)
+{
+    for (const jv *e = first; e != upto; e = e->next) {
+        int er = request_key(e->key, e->keylen);
+        /* compare the names as written: "caller_" + key for renamed ones */
+        if (er == renamed && e->keylen == n && memcmp(e->key, k, n) == 0) return 1;
+        if (!er && renamed && e->keylen == n + 7 && memcmp(e->key, "caller_", 7) == 0 &&
+            memcmp(e->key + 7, k, n) == 0)
+            return 1;
+        if (er && !renamed && n == e->keylen + 7 && memcmp(k, "caller_", 7) == 0 &&
+            memcmp(k + 7, e->key, e->keylen) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 /* Writes the caller's JSON `s` as `,"key":<value>`; with `merge`, the
- * members of an object are written into the object being built instead.
- * What does not parse (or is not an object when `want_obj`) is kept as a
- * string under "<key>_unparsed". */
+ * members of an object are written into the request's `extra` instead:
+ * a member named like one of tally's keys is written as "caller_<key>"
+ * (tally's value stays the one readers see), and of members with the same
+ * name the first is kept -- a line never has two of one key.  What does
+ * not parse (or is not an object when `want_obj`) is kept as a string
+ * under "<key>_unparsed". */
 static void put_caller_json(struct tally *h, buf *b, const char *key, const char *s, size_t n, int merge,
                             int want_obj)
 {
@@ -52,9 +88,28 @@ static void put_caller_json(struct tally *h, buf *b, const char *key, const char
     jv *v = json_parse(&h->arena, s, n, NULL);
     if (v && (!want_obj || v->type == JV_OBJ)) {
         if (merge) {
-            for (const jv *e = v->child; e; e = e->next) {
+            int i = 0;
+            for (const jv *e = v->child; e; e = e->next, i++) {
+                int renamed = request_key(e->key, e->keylen);
+                if (renamed && e->keylen + 7 > 64) continue; /* cannot happen: tally's keys are short */
+                /* Duplicates are looked for among the first 256 members
+                 * (a bound on the work; larger objects are rare). */
+                if (i < 256 && seen_before(v->child, e, e->key, e->keylen, renamed)) {
+                    tally__warn_once(h, &h->warned_dupkey,
+                                     "extra_json has two members named \"%.*s\": the first is kept",
+                                     (int)(e->keylen > 64 ? 64 : e->keylen), e->key);
+                    continue;
+                }
                 buf_putc(b, ',');
-                enc_str(b, e->key, e->keylen);
+                if (renamed) {
+                    /* tally's keys are short: the renamed one fits. */
+                    char k[64];
+                    memcpy(k, "caller_", 7);
+                    memcpy(k + 7, e->key, e->keylen);
+                    enc_str(b, k, e->keylen + 7);
+                } else {
+                    enc_str(b, e->key, e->keylen);
+                }
                 buf_putc(b, ':');
                 jv_write(b, e);
             }
@@ -294,10 +349,13 @@ static void enc_note(struct tally *h, buf *b, const wev *ev)
     buf_putc(b, '}');
 }
 
+/* tally's own top-level keys: a generic event's field of that name is
+ * written as field_<key>. */
 static int reserved_key(const char *k, size_t n)
 {
     return (n == 4 && memcmp(k, "kind", 4) == 0) || (n == 1 && k[0] == 't') ||
-           (n == 2 && memcmp(k, "ts", 2) == 0);
+           (n == 2 && memcmp(k, "ts", 2) == 0) || (n == 2 && memcmp(k, "id", 2) == 0) ||
+           (n == 9 && memcmp(k, "truncated", 9) == 0);
 }
 
 static void enc_event(struct tally *h, buf *b, const wev *ev)
@@ -312,8 +370,8 @@ static void enc_event(struct tally *h, buf *b, const wev *ev)
         size_t kl = f[i].key.len;
         buf_putc(b, ',');
         if (reserved_key(k, kl) || kl == 0) {
-            /* kind, t and ts are tally's; the caller's value is kept under
-             * field_<key> rather than written twice. */
+            /* kind, t, ts, id and truncated are tally's; the caller's
+             * value is kept under field_<key> rather than written twice. */
             buf_putc(b, '"');
             buf_put(b, "field_", 6);
             buf_put(b, k, kl);

@@ -635,6 +635,51 @@ static void test_spans_not_lost(void **state)
     tally_close(h, NULL);
 }
 
+/* A caller's extra_json cannot forge tally's keys, and no line carries
+ * two of one key. */
+static void test_caller_cannot_forge(void **state)
+{
+    (void)state;
+    tally_t *h = open_mem(NULL);
+    tally_request q = {0};
+    q.model = "real";
+    q.prompt_tokens = 3;
+    q.latency_us = 42;
+    q.extra_json = "{\"model\":\"forged\",\"ok\":false,\"latency_us\":1,\"x\":1,\"x\":2,\"caller_model\":\"y\","
+                   "\"provider\":\"p\"}";
+    tally_request_record(h, &q);
+    tally_field f[2] = {{"id", TALLY_FIELD_STRING, 0, 0, "mine"}, {"n", TALLY_FIELD_INT, 7, 0, NULL}};
+    tally_event(h, "custom", f, 2);
+    th_lines l;
+    lines_of(h, &l);
+    assert_int_equal(l.n, 3);
+    json_arena a;
+    json_arena_init(&a, 1 << 20);
+    const jv *v = th_parse(&a, l.line[1]);
+    TH_STR(v, "extra.model", "real");
+    TH_INT(v, "extra.latency_us", 42);
+    TH_TRUE(v, "extra.ok");
+    TH_STR(v, "extra.caller_model", "forged");
+    TH_FALSE(v, "extra.caller_ok");
+    TH_INT(v, "extra.caller_latency_us", 1);
+    TH_STR(v, "extra.caller_provider", "p");
+    TH_ABSENT(v, "extra.provider");
+    TH_INT(v, "extra.x", 1);
+    /* Every key of extra once. */
+    const jv *x = jv_get(v, "extra");
+    for (const jv *e = x->child; e; e = e->next)
+        for (const jv *g = x->child; g != e; g = g->next)
+            if (g->keylen == e->keylen && !memcmp(g->key, e->key, e->keylen))
+                fail_msg("duplicate key %.*s in %s", (int)e->keylen, e->key, l.line[1]);
+    json_arena_reset(&a);
+    v = th_parse(&a, l.line[2]);
+    TH_STR(v, "field_id", "mine");
+    assert_int_equal(strlen(jv_str(jv_get(v, "id"))), 28);
+    json_arena_free(&a);
+    th_lines_free(&l);
+    tally_close(h, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -644,6 +689,7 @@ int main(void)
         cmocka_unit_test(test_bad_caller_input), cmocka_unit_test(test_null_safety),
         cmocka_unit_test(test_subscriber),
         cmocka_unit_test(test_zeroed_structs), cmocka_unit_test(test_spans_not_lost),
+        cmocka_unit_test(test_caller_cannot_forge),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
