@@ -215,8 +215,9 @@ static void check_event(vstate *s, uint64_t line, const jv *v)
             maybe(s, line, st, "stats.", "dropped", T_INT);
         }
         const char *r = jv_str(jv_get(v, "reason"));
-        if (r && strcmp(r, "completed") && strcmp(r, "interrupted") && strcmp(r, "aborted") && strcmp(r, "errored"))
-            problem(s, line, "reason '%s' is not completed, interrupted, aborted or errored", r);
+        if (r && strcmp(r, "completed") && strcmp(r, "interrupted") && strcmp(r, "aborted") && strcmp(r, "errored") &&
+            strcmp(r, "not_closed"))
+            problem(s, line, "reason '%s' is not completed, interrupted, aborted, errored or not_closed", r);
         if (run->ended && run->in_run) problem(s, line, "%s", "more than one run_end in this run");
         run->ended = 1;
         return;

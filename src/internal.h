@@ -180,6 +180,8 @@ int writer_start(struct tally *h);
 /* Drains everything, writes run_end (opening process only), closes the
  * sinks and joins the thread. */
 void writer_stop(struct tally *h, const char *reason, int has_code, int code);
+/* The same at exit: waits for the writer at most `ms`. */
+void writer_stop_within(struct tally *h, const char *reason, int ms);
 
 /* sinks */
 /* `named_by_tally`: the path is <run_dir>/<run_id>/events.jsonl, so a

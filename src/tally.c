@@ -40,6 +40,8 @@ static pthread_mutex_t all_mu = PTHREAD_MUTEX_INITIALIZER;
 static tally_t *all_handles[256];
 static int n_all_handles;
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
+static void exit_init(void);
 
 /* Thread-local ring cache: slot 0 is the most recently used handle. */
 #define TLS_SLOTS 8
@@ -462,6 +464,7 @@ tally_t *tally_open(const tally_config *cfg_in)
     if (cfg->energy || env_true("TALLY_ENERGY")) h->energy = energy_start(h, cfg->energy_interval_ms);
 
     register_handle(h);
+    pthread_once(&exit_once, exit_init);
     if (writer_start(h) != 0) {
         tally__log(h, TALLY_LOG_ERROR, "cannot start the writer thread: events will be dropped");
     }
@@ -1013,15 +1016,9 @@ static void free_handle(tally_t *h)
     free(h);
 }
 
-static void close_impl(tally_t *h, const char *reason, int has_code, int code)
+/* Spans begun and never ended are written, marked unfinished. */
+static void end_spans(tally_t *h)
 {
-    if (!h) return;
-    if (!h->enabled) {
-        free_handle(h);
-        return;
-    }
-    handle_live(h); /* a child that never recorded still needs its writer state */
-    /* Spans begun and never ended are written now, marked unfinished. */
     pthread_mutex_lock(&h->span_mu);
     int so = h->step_span.open, eo = h->epoch_span.open;
     int64_t now = tally__mono_ns();
@@ -1030,6 +1027,17 @@ static void close_impl(tally_t *h, const char *reason, int has_code, int code)
     pthread_mutex_unlock(&h->span_mu);
     if (so) record_step(h, h->step_span.no, sw, NULL, 1);
     if (eo) record_epoch(h, h->epoch_span.no, ew, NULL, 1);
+}
+
+static void close_impl(tally_t *h, const char *reason, int has_code, int code)
+{
+    if (!h) return;
+    if (!h->enabled) {
+        free_handle(h);
+        return;
+    }
+    handle_live(h); /* a child that never recorded still needs its writer state */
+    end_spans(h);
     /* A last sample now, so that every request recorded so far can be
      * given its energy before the writer's final drain. */
     if (h->energy && !h->is_child) energy_stop(h->energy, tally__mono_ns());
@@ -1056,6 +1064,39 @@ static void close_impl(tally_t *h, const char *reason, int has_code, int code)
     if (h->shared) munmap(h->shared, sizeof(shared_totals));
     free_handle(h);
 }
+
+/* ---- exit --------------------------------------------------------------- */
+
+/* A program that returns from main() or calls exit() without tally_close()
+ * still gets what it recorded: every open handle's queue is written, and
+ * (in the process that opened it) run_end with reason "not_closed".  The
+ * handle is not freed (other threads may still be recording); later
+ * calls on it do nothing.  Each handle gets at most EXIT_WAIT_MS: a sink
+ * that hangs cannot hang the program's exit.  A forked child that ends
+ * with _exit() runs no exit handlers and cannot be helped. */
+#define EXIT_WAIT_MS 5000
+
+static void flush_at_exit(void)
+{
+    tally_t *hs[256];
+    pthread_mutex_lock(&all_mu);
+    int n = n_all_handles;
+    memcpy(hs, all_handles, (size_t)n * sizeof hs[0]);
+    pthread_mutex_unlock(&all_mu);
+    for (int i = 0; i < n; i++) {
+        tally_t *h = hs[i];
+        if (!h->enabled) continue;
+        /* A forked child that never recorded has nothing queued. */
+        if (h->fork_gen != atomic_load(&tally__fork_gen)) continue;
+        end_spans(h);
+        if (h->energy && !h->is_child) energy_stop(h->energy, tally__mono_ns());
+        writer_stop_within(h, "not_closed", EXIT_WAIT_MS);
+        h->enabled = 0;
+        unregister_handle(h);
+    }
+}
+
+static void exit_init(void) { atexit(flush_at_exit); }
 
 void tally_close(tally_t *h, const char *reason) { close_impl(h, reason, 0, 0); }
 

@@ -783,6 +783,31 @@ void writer_stop(struct tally *h, const char *reason, int has_code, int code)
     h->writer_running = 0;
 }
 
+void writer_stop_within(struct tally *h, const char *reason, int ms)
+{
+    pthread_mutex_lock(&h->mu);
+    int running = h->writer_running;
+    h->end_reason = reason;
+    h->end_has_code = 0;
+    h->stop = 1;
+    pthread_cond_signal(&h->wake_cv);
+    pthread_mutex_unlock(&h->mu);
+    if (!running) {
+        writer_stop(h, reason, 0, 0);
+        return;
+    }
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += ms / 1000;
+    dl.tv_nsec += (long)(ms % 1000) * 1000000;
+    if (dl.tv_nsec >= 1000000000) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000;
+    }
+    if (pthread_timedjoin_np(h->writer, NULL, &dl) == 0) h->writer_running = 0;
+    else tally__log(h, TALLY_LOG_WARN, "exiting: the writer did not finish within %d ms", ms);
+}
+
 /* {"device": joules, ...}: each device's total, or its idle part. */
 static void put_device_map(buf *b, const energy_device_total *d, int nd, int idle)
 {
