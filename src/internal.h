@@ -172,6 +172,31 @@ int64_t tally__real_us(void);
 /* Sums every ring's counters with the retired ones. */
 void tally__count(struct tally *h, counts *c);
 
+/* tally_process.c: the registry of handles, fork and exit handlers. */
+extern _Atomic unsigned tally__fork_gen;
+void tally__process_init(void);          /* once per process, from tally_open */
+void tally__register_handle(struct tally *h);
+void tally__unregister_handle(struct tally *h);
+void tally__child_restart(struct tally *h);
+
+/* A handle that records: enabled, and in a forked child, restarted. */
+static inline int handle_live(struct tally *h)
+{
+    if (!h || !h->enabled) return 0;
+    if (__builtin_expect(h->fork_gen != atomic_load_explicit(&tally__fork_gen, memory_order_relaxed), 0))
+        tally__child_restart(h);
+    return 1;
+}
+
+/* tally_record.c */
+void tally__tls_init(void);
+int tally__tls_owns(ring *r);                 /* this thread's cache holds r */
+void tally__tls_forget(struct tally *h);      /* drop this thread's cached ring of h */
+void tally__end_spans(struct tally *h);       /* write open spans, unfinished */
+
+/* tally.c */
+void tally__run_clock_start(struct tally *h);
+
 /* writer.c */
 /* 1 when some recording queue is at least 3/4 full (writer thread only):
  * a sink may make the writer wait only while this is 0. */

@@ -134,5 +134,6 @@
 #define store_ckpt_stop tally__store_ckpt_stop
 #define read_sqlite tally__read_sqlite
 #define read_sqlite_kind tally__read_sqlite_kind
+#define writer_stop_within tally__writer_stop_within
 
 #endif
