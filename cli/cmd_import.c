@@ -76,7 +76,8 @@ static int import_line(store *db, file_state *fs, import_stats *st, json_arena *
         return 0;
     }
     st->imported++;
-    if ((SV_IS(r.kind, "run_start") || SV_IS(r.kind, "run_end")) && store_run_event(db, v, r.run_id) != 0) {
+    if ((SV_IS(r.kind, "run_start") || SV_IS(r.kind, "run_end")) &&
+        store_run_line(db, r.run_id, SV_IS(r.kind, "run_end"), (sv){line, len}) != 0) {
         st->failed++;
         return -1;
     }

@@ -35,10 +35,15 @@ typedef struct wev {
 } wev;
 
 typedef struct sink sink;
+struct row;
 typedef struct sink_ops {
     const char *name;
-    /* One event; returns -1 when it could not be kept (counted). */
-    int (*write)(sink *s, const wev *ev, const char *line, size_t len);
+    /* 1: write() needs the event's row (the writer builds it once). */
+    int wants_row;
+    /* One event: its record, its row (NULL unless wants_row; valid for
+     * the call only), its line.  Returns -1 when it could not be kept
+     * (counted as this sink's loss). */
+    int (*write)(sink *s, const wev *ev, const struct row *r, const char *line, size_t len);
     /* End of a batch; returns how many events were lost since the last
      * commit.  With `sync` (a flush, or close) the batch must be where it
      * goes before this returns; without, a sink may finish it later. */
@@ -124,6 +129,7 @@ struct tally {
     json_arena arena;         /* for checking callers' JSON */
     sink sinks[TALLY_MAX_SINKS];
     int n_sinks;
+    int wants_rows;           /* some sink stores rows */
     sink *memory;             /* the memory sink, when configured */
     int64_t last_t_us;
     char nonce[13];           /* the run: 48 random bits, hex, the same in its forked children */
@@ -196,6 +202,9 @@ void tally__end_spans(struct tally *h);       /* write open spans, unfinished */
 
 /* tally.c */
 void tally__run_clock_start(struct tally *h);
+
+/* event_row.c: the row of an event (its json left for the caller). */
+void tally__row_of_event(struct tally *h, const wev *ev, struct row *r);
 
 /* writer.c */
 /* 1 when some recording queue is at least 3/4 full (writer thread only):

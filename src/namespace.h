@@ -103,7 +103,7 @@
 #define store_open_db_readonly tally__store_open_db_readonly
 #define store_rollback tally__store_rollback
 #define store_row_from_stmt tally__store_row_from_stmt
-#define store_run_event tally__store_run_event
+#define store_run_line tally__store_run_line
 #define store_scan_time tally__store_scan_time
 #define store_select tally__store_select
 #define store_seq_base tally__store_seq_base

@@ -11,8 +11,9 @@ typedef struct cbsink {
     void *ud;
 } cbsink;
 
-static int cb_write(sink *s, const wev *ev, const char *line, size_t len)
+static int cb_write(sink *s, const wev *ev, const struct row *r, const char *line, size_t len)
 {
+    (void)r;
     (void)ev;
     cbsink *c = s->state;
     c->fn(c->ud, line, len);
@@ -25,7 +26,7 @@ static void cb_close(sink *s)
     s->state = NULL;
 }
 
-static const sink_ops cb_ops = {"subscriber", cb_write, NULL, NULL, cb_close};
+static const sink_ops cb_ops = {"subscriber", 0, cb_write, NULL, NULL, cb_close};
 
 int sink_callback_open(struct tally *h, sink *s, tally_event_fn fn, void *ud)
 {

@@ -108,8 +108,9 @@ static void jsonl_flush(sink *s)
     j->pending = 0;
 }
 
-static int jsonl_write(sink *s, const wev *ev, const char *line, size_t len)
+static int jsonl_write(sink *s, const wev *ev, const struct row *r, const char *line, size_t len)
 {
+    (void)r;
     (void)ev;
     jsonl *j = s->state;
     if (j->out.len + len + 1 > JSONL_BATCH_MAX) jsonl_flush(s);
@@ -152,7 +153,7 @@ static void jsonl_close(sink *s)
     s->state = NULL;
 }
 
-static const sink_ops jsonl_ops = {"jsonl", jsonl_write, jsonl_commit, jsonl_after_fork, jsonl_close};
+static const sink_ops jsonl_ops = {"jsonl", 0, jsonl_write, jsonl_commit, jsonl_after_fork, jsonl_close};
 
 int sink_jsonl_open(struct tally *h, sink *s, const char *path, int named_by_tally)
 {

@@ -15,8 +15,9 @@ typedef struct memsink {
     size_t n, cap, max;
 } memsink;
 
-static int mem_write(sink *s, const wev *ev, const char *line, size_t len)
+static int mem_write(sink *s, const wev *ev, const struct row *r, const char *line, size_t len)
 {
+    (void)r;
     (void)ev;
     memsink *m = s->state;
     pthread_mutex_lock(&m->mu);
@@ -69,7 +70,7 @@ static void mem_close(sink *s)
     s->state = NULL;
 }
 
-static const sink_ops mem_ops = {"memory", mem_write, NULL, mem_after_fork, mem_close};
+static const sink_ops mem_ops = {"memory", 0, mem_write, NULL, mem_after_fork, mem_close};
 
 int sink_memory_open(struct tally *h, sink *s, size_t max_events)
 {

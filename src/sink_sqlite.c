@@ -70,7 +70,6 @@ typedef struct sqlsink {
     int warned_open, warned_write;
     int64_t last_try_ns;
     uint64_t commits;
-    json_arena arena;         /* run_start / run_end lines, on the database thread */
     batch b[2], *fill, *work; /* the writer fills one; the database thread commits the other */
     pthread_t th;
     pthread_mutex_t mu;
@@ -78,97 +77,6 @@ typedef struct sqlsink {
     int running, busy, stop;
     _Atomic uint64_t lost;
 } sqlsink;
-
-/* ---- the writer's side: records to rows -------------------------------------- */
-
-static sv rs(const void *base, rstr r)
-{
-    if (!r.off) return (sv){NULL, 0};
-    return (sv){(const char *)base + r.off, r.len};
-}
-
-static void row_from_record(struct tally *h, const wev *ev, row *r)
-{
-    row_clear(r);
-    r->ts = (double)ev->ts_us / 1e6;
-    r->has = ROW_TS;
-    r->run_id = (sv){h->run_id, strlen(h->run_id)};
-    switch (ev->type) {
-    case REC_REQUEST: {
-        const rec_request *q = ev->payload;
-        r->kind = SV_LIT("eval");
-        r->phase = SV_LIT("serve");
-        r->name = SV_LIT("request");
-        for (int i = 0; i < N_REQUEST_LABELS; i++)
-            *FIELD_SV(r, &tally_request_labels[i]) = rs(q, q->s[tally_request_labels[i].slot]);
-        r->error = rs(q, q->s[RQ_ERROR]);
-        r->degraded = rs(q, q->s[RQ_DEGRADED]);
-        r->text = rs(q, q->s[RQ_TEXT]);
-        r->ok = !q->s[RQ_ERROR].off && !(q->flags & TALLY_FAILED);
-        r->prompt = q->prompt;
-        r->completion = q->completion;
-        r->latency_us = (double)q->latency_us;
-        r->has |= ROW_OK | ROW_PROMPT | ROW_COMPLETION | ROW_LATENCY;
-        if (q->cached > 0) { r->cached = q->cached; r->has |= ROW_CACHED; }
-        if (q->cache_write > 0) { r->cache_write = q->cache_write; r->has |= ROW_CACHE_WRITE; }
-        if (q->reasoning > 0) { r->reasoning = q->reasoning; r->has |= ROW_REASONING; }
-        if (q->ttft_us > 0) { r->ttft_us = (double)q->ttft_us; r->has |= ROW_TTFT; }
-        if (q->flags & TALLY_HAS_COST) { r->cost_nusd = q->cost; r->has |= ROW_COST; }
-        if (q->flags & TALLY_HAS_ENERGY) { r->energy_j = q->energy_j; r->has |= ROW_ENERGY; }
-        if (q->flags & TALLY_HAS_GPU_UTIL) { r->gpu_util = q->gpu_util; r->has |= ROW_GPU; }
-        break;
-    }
-    case REC_STEP: {
-        const rec_step *st = ev->payload;
-        r->kind = SV_LIT("step");
-        r->phase = SV_LIT("train");
-        r->step = st->step;
-        r->has |= ROW_STEP;
-        if (st->present & TALLY_HAS_LOSS) {
-            if (isfinite(st->loss)) { r->loss = st->loss; r->has |= ROW_LOSS; }
-            else r->has |= ROW_LOSS_NONFINITE;
-        }
-        if (!st->unfinished && st->wall_us >= 0) { r->wall_us = (double)st->wall_us; r->has |= ROW_WALL; }
-        if (st->present & TALLY_HAS_TOKENS) { r->step_tokens = st->tokens; r->has |= ROW_STEP_TOKENS; }
-        break;
-    }
-    case REC_EPOCH: {
-        const rec_epoch *e = ev->payload;
-        r->kind = SV_LIT("epoch");
-        r->phase = SV_LIT("train");
-        if (!e->unfinished && e->wall_us >= 0) { r->wall_us = (double)e->wall_us; r->has |= ROW_WALL; }
-        break;
-    }
-    case REC_EVAL: {
-        const rec_eval *e = ev->payload;
-        r->kind = SV_LIT("eval");
-        r->phase = SV_LIT("eval");
-        r->name = e->name.off ? rs(e, e->name) : SV_LIT("eval");
-        if (e->loss == e->loss) { r->loss = e->loss; r->has |= ROW_LOSS; }
-        break;
-    }
-    case REC_ERROR: {
-        const rec_error *e = ev->payload;
-        r->kind = SV_LIT("error");
-        r->name = rs(e, e->type);
-        r->error = rs(e, e->message);
-        r->phase = rs(e, e->phase);
-        r->request_id = rs(e, e->request_id);
-        if (e->step >= 0) { r->step = e->step; r->has |= ROW_STEP; }
-        break;
-    }
-    case REC_NOTE:
-        r->kind = SV_LIT("note");
-        break;
-    case REC_EVENT: {
-        const rec_event *e = ev->payload;
-        r->kind = rs(e, e->kind);
-        break;
-    }
-    default:
-        break;
-    }
-}
 
 /* Copies every string of r into the batch; the row then points there.
  * The rollup is counted here, on the writer thread, which has time to
@@ -260,11 +168,9 @@ static uint64_t commit_batch(sqlsink *q, batch *b)
     if (store_begin(q->st) != 0) goto fail;
     for (size_t i = 0; i < b->n; i++) {
         row *r = &b->rows[i];
-        if (SV_IS(r->kind, "run_start") || SV_IS(r->kind, "run_end")) {
-            json_arena_reset(&q->arena);
-            jv *v = json_parse(&q->arena, r->json.p, r->json.n, NULL);
-            if (v && store_run_event(q->st, v, r->run_id) != 0) goto fail;
-        }
+        if ((SV_IS(r->kind, "run_start") || SV_IS(r->kind, "run_end")) &&
+            store_run_line(q->st, r->run_id, SV_IS(r->kind, "run_end"), r->json) != 0)
+            goto fail;
     }
     if (store_insert_rows(q->st, b->rows, b->n, STORE_COUNTED) != 0) goto fail;
     if (store_add_cells(q->st, b->cells) != 0) goto fail;
@@ -361,29 +267,15 @@ static int wait_harmless(sqlsink *q)
     return !q->busy;
 }
 
-static int sql_write(sink *s, const wev *ev, const char *line, size_t len)
+/* The writer's row for the event (its json is the line), copied into the
+ * batch: nothing is re-read from the line. */
+static int sql_write(sink *s, const wev *ev, const row *r, const char *line, size_t len)
 {
+    (void)ev;
+    (void)line;
+    (void)len;
     sqlsink *q = s->state;
-    row r;
-    if (ev->type == WEV_RUN_START || ev->type == WEV_RUN_END) {
-        json_arena_reset(&s->h->arena);
-        jv *v = json_parse(&s->h->arena, line, len, NULL);
-        row_ctx c;
-        row_ctx_init(&c, s->h->run_id);
-        if (!v || !row_from_json(v, &c, &r)) {
-            atomic_fetch_add(&q->lost, 1);
-            return 0;
-        }
-        r.run_id = (sv){s->h->run_id, strlen(s->h->run_id)};
-        r.id = (sv){ev->id, strlen(ev->id)};
-        r.json = (sv){line, len};
-        /* Its strings point into the arena: copy them now. */
-        if (batch_add(q->fill, &r)) atomic_fetch_add(&q->lost, 1);
-        return 0;
-    }
-    row_from_record(s->h, ev, &r);
-    r.id = (sv){ev->id, strlen(ev->id)};
-    r.json = (sv){line, len};
+    if (!r) return -1;
     if (q->fill->n >= BATCH_MAX_ROWS || q->fill->bytes.len >= BATCH_MAX_BYTES || q->fill->full) {
         /* Full: hand it over once the database thread is free.  The writer
          * may wait for it only while that costs nobody an event: at most
@@ -399,7 +291,7 @@ static int sql_write(sink *s, const wev *ev, const char *line, size_t len)
             return 0;
         }
     }
-    if (batch_add(q->fill, &r)) atomic_fetch_add(&q->lost, 1);
+    if (batch_add(q->fill, r)) atomic_fetch_add(&q->lost, 1);
     return 0;
 }
 
@@ -464,7 +356,6 @@ static void sql_close(sink *s)
         tally__log(q->h, TALLY_LOG_WARN, "%llu events could not be stored in %s at close", (unsigned long long)late,
                    q->path);
     store_close(q->st);
-    json_arena_free(&q->arena);
     for (int i = 0; i < 2; i++) {
         free(q->b[i].rows);
         buf_free(&q->b[i].bytes);
@@ -478,7 +369,7 @@ static void sql_close(sink *s)
     s->state = NULL;
 }
 
-static const sink_ops sql_ops = {"sqlite", sql_write, sql_commit, sql_after_fork, sql_close};
+static const sink_ops sql_ops = {"sqlite", 1, sql_write, sql_commit, sql_after_fork, sql_close};
 
 int sink_sqlite_open(struct tally *h, sink *s, const char *path)
 {
@@ -492,7 +383,6 @@ int sink_sqlite_open(struct tally *h, sink *s, const char *path)
     pthread_cond_init(&q->work_cv, NULL);
     pthread_cond_init(&q->idle_cv, NULL);
     q->path = strdup(path);
-    json_arena_init(&q->arena, 16 << 20);
     for (int i = 0; i < 2; i++) {
         buf_init(&q->b[i].bytes, BATCH_MAX_BYTES + ((size_t)16 << 20));
         q->b[i].cells = rollup_new(BATCH_MAX_CELLS);

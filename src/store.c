@@ -62,18 +62,31 @@
 
 static const char near_sql[] = "SELECT seq, id FROM events WHERE seq >= ?1 ORDER BY seq";
 
+/* The runs table from a run_start / run_end line (?2), read by SQLite's
+ * JSON functions: the sink hands over the line the writer made and never
+ * parses it again.  A line that is not valid JSON adds nothing. */
 static const char run_start_sql[] =
     "INSERT INTO runs(run_id, phase, started_at, host, backend, model, config, start_ts)"
-    " VALUES(?1,?2,?3,?4,?5,?6,?7,?8)"
-    " ON CONFLICT(run_id) DO UPDATE SET phase=coalesce(phase,?2), started_at=coalesce(started_at,?3),"
-    " host=coalesce(host,?4), backend=coalesce(backend,?5), model=coalesce(model,?6),"
-    " config=coalesce(config,?7), start_ts=coalesce(start_ts,?8)";
+    " SELECT ?1, json_extract(j, '$.phase'), json_extract(j, '$.started_at'), json_extract(j, '$.host'),"
+    " json_extract(j, '$.backend'), CASE json_type(j, '$.model') WHEN 'object' THEN json_extract(j, '$.model.name')"
+    " ELSE json_extract(j, '$.model') END, json_extract(j, '$.config'), json_extract(j, '$.ts')"
+    " FROM (SELECT ?2 AS j) WHERE json_valid(j)"
+    " ON CONFLICT(run_id) DO UPDATE SET phase=coalesce(phase,excluded.phase),"
+    " started_at=coalesce(started_at,excluded.started_at), host=coalesce(host,excluded.host),"
+    " backend=coalesce(backend,excluded.backend), model=coalesce(model,excluded.model),"
+    " config=coalesce(config,excluded.config), start_ts=coalesce(start_ts,excluded.start_ts)";
 
 static const char run_end_sql[] =
     "INSERT INTO runs(run_id, ended_at, reason, requests, errors, tokens_out, events, dropped,"
-    " final_step, final_loss, end_ts) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)"
-    " ON CONFLICT(run_id) DO UPDATE SET ended_at=?2, reason=?3, requests=?4, errors=?5, tokens_out=?6,"
-    " events=?7, dropped=?8, final_step=?9, final_loss=?10, end_ts=?11";
+    " final_step, final_loss, end_ts)"
+    " SELECT ?1, json_extract(j, '$.ended_at'), json_extract(j, '$.reason'), json_extract(j, '$.stats.requests'),"
+    " json_extract(j, '$.stats.errors'), json_extract(j, '$.stats.tokens_out'), json_extract(j, '$.stats.events'),"
+    " json_extract(j, '$.stats.dropped'), json_extract(j, '$.final_step'), json_extract(j, '$.final_loss'),"
+    " json_extract(j, '$.ts') FROM (SELECT ?2 AS j) WHERE json_valid(j)"
+    " ON CONFLICT(run_id) DO UPDATE SET ended_at=excluded.ended_at, reason=excluded.reason,"
+    " requests=excluded.requests, errors=excluded.errors, tokens_out=excluded.tokens_out, events=excluded.events,"
+    " dropped=excluded.dropped, final_step=excluded.final_step, final_loss=excluded.final_loss,"
+    " end_ts=excluded.end_ts";
 
 /* ---- the events and rollup tables, from one list of columns ------------------------ */
 

@@ -64,8 +64,9 @@ int store_insert_rows(store *s, const row *rows, size_t n, int flags);
 struct rollup;
 int store_add_cells(store *s, struct rollup *cells);
 
-/* Records a run_start / run_end event (the parsed line) in the runs table. */
-int store_run_event(store *s, const jv *ev, sv run_id);
+/* Records a run_start (is_end 0) or run_end line in the runs table
+ * (SQLite reads its members). */
+int store_run_line(store *s, sv run_id, int is_end, sv line);
 
 /* Retention: deletes events older than `before_ts` (Unix seconds; 0 = no
  * age limit), then the oldest beyond `max_rows` (0 = no limit), and

@@ -254,65 +254,12 @@ int store_insert_rows(store *s, const row *rows, size_t n, int flags)
     return 0;
 }
 
-/* A member as compact JSON text, bound as TEXT (NULL when absent). */
-static void bind_json_member(sqlite3_stmt *st, int i, const jv *v)
+int store_run_line(store *s, sv run_id, int is_end, sv line)
 {
-    if (!v) {
-        sqlite3_bind_null(st, i);
-        return;
-    }
-    if (v->type == JV_STR) {
-        sqlite3_bind_text(st, i, v->s, (int)v->n, SQLITE_TRANSIENT);
-        return;
-    }
-    buf b;
-    buf_init(&b, 1 << 20);
-    jv_write(&b, v);
-    if (b.failed) sqlite3_bind_null(st, i);
-    else sqlite3_bind_text(st, i, b.p, (int)b.len, SQLITE_TRANSIENT);
-    buf_free(&b);
-}
-
-static void bind_num_member(sqlite3_stmt *st, int i, const jv *v, int integer)
-{
-    if (!v || v->type != JV_NUM) sqlite3_bind_null(st, i);
-    else if (integer) sqlite3_bind_int64(st, i, jv_int(v, 0));
-    else sqlite3_bind_double(st, i, jv_num(v, 0));
-}
-
-int store_run_event(store *s, const jv *ev, sv run_id)
-{
-    const char *kind = jv_str(jv_get(ev, "kind"));
-    if (!kind || !run_id.p) return 0;
-    sqlite3_stmt *st;
-    if (!strcmp(kind, "run_start")) {
-        st = s->run_start;
-        bind_sv(st, 1, run_id);
-        bind_json_member(st, 2, jv_get(ev, "phase"));
-        bind_json_member(st, 3, jv_get(ev, "started_at"));
-        bind_json_member(st, 4, jv_get(ev, "host"));
-        bind_json_member(st, 5, jv_get(ev, "backend"));
-        const jv *m = jv_get(ev, "model");
-        bind_json_member(st, 6, m && m->type == JV_OBJ ? jv_get(m, "name") : m);
-        bind_json_member(st, 7, jv_get(ev, "config"));
-        bind_num_member(st, 8, jv_get(ev, "ts"), 0);
-    } else if (!strcmp(kind, "run_end")) {
-        st = s->run_end;
-        const jv *stats = jv_get(ev, "stats");
-        bind_sv(st, 1, run_id);
-        bind_json_member(st, 2, jv_get(ev, "ended_at"));
-        bind_json_member(st, 3, jv_get(ev, "reason"));
-        bind_num_member(st, 4, jv_get(stats, "requests"), 1);
-        bind_num_member(st, 5, jv_get(stats, "errors"), 1);
-        bind_num_member(st, 6, jv_get(stats, "tokens_out"), 1);
-        bind_num_member(st, 7, jv_get(stats, "events"), 1);
-        bind_num_member(st, 8, jv_get(stats, "dropped"), 1);
-        bind_num_member(st, 9, jv_get(ev, "final_step"), 1);
-        bind_num_member(st, 10, jv_get(ev, "final_loss"), 0);
-        bind_num_member(st, 11, jv_get(ev, "ts"), 0);
-    } else {
-        return 0;
-    }
+    if (!run_id.p || !line.p) return 0;
+    sqlite3_stmt *st = is_end ? s->run_end : s->run_start;
+    bind_sv(st, 1, run_id);
+    bind_sv(st, 2, line);
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);

@@ -199,6 +199,7 @@ tally_t *tally_open(const tally_config *cfg_in)
         sink_callback_open(h, &h->sinks[h->n_sinks], cfg->subscriber, cfg->subscriber_ud);
         if (h->sinks[h->n_sinks].state) h->n_sinks++;
     }
+    for (int i = 0; i < h->n_sinks; i++) h->wants_rows |= h->sinks[i].ops->wants_row;
 
     void *m = mmap(NULL, sizeof(shared_totals), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (m != MAP_FAILED) {

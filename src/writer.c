@@ -29,6 +29,7 @@
 #include "energy.h"
 #include "internal.h"
 #include "record.h"
+#include "row.h"
 
 #define BUSY_BATCH 4096   /* records drained per ring per pass */
 
@@ -452,6 +453,21 @@ static void sink_lost(struct tally *h, sink *s, uint64_t n)
     atomic_fetch_add(&h->sink_failures, n);
 }
 
+/* One event to every sink: its line, and its row (built once) for the
+ * sinks that store rows. */
+static void give_to_sinks(struct tally *h, const wev *ev, const buf *b)
+{
+    row r;
+    const row *rp = NULL;
+    if (h->wants_rows) {
+        tally__row_of_event(h, ev, &r);
+        r.json = (sv){b->p, b->len};
+        rp = &r;
+    }
+    for (int i = 0; i < h->n_sinks; i++)
+        if (h->sinks[i].ops->write(&h->sinks[i], ev, rp, b->p, b->len) != 0) sink_lost(h, &h->sinks[i], 1);
+}
+
 static void emit(struct tally *h, const wev *ev)
 {
     buf *b = &h->line;
@@ -473,8 +489,7 @@ static void emit(struct tally *h, const wev *ev)
         tally__warn_once(h, &h->warned_sink, "an event larger than %zu bytes was not written", b->max);
         return;
     }
-    for (int i = 0; i < h->n_sinks; i++)
-        if (h->sinks[i].ops->write(&h->sinks[i], ev, b->p, b->len) != 0) sink_lost(h, &h->sinks[i], 1);
+    give_to_sinks(h, ev, b);
     /* Only this thread writes `written`: no locked add per event.  It
      * counts the caller's events, not run_start (tally.h, the counters). */
     if (ev->type < WEV_RUN_START) ring_bump(&h->written, 1);
@@ -897,8 +912,7 @@ static void writer_finish(struct tally *h)
             enc_i64(b, code);
         }
         buf_putc(b, '}');
-        for (int i = 0; i < h->n_sinks; i++)
-            if (h->sinks[i].ops->write(&h->sinks[i], &ev, b->p, b->len) != 0) sink_lost(h, &h->sinks[i], 1);
+        give_to_sinks(h, &ev, b);
     }
     commit(h, 1);
     for (int i = 0; i < h->n_sinks; i++)
