@@ -203,6 +203,15 @@ void tally__end_spans(struct tally *h);       /* write open spans, unfinished */
 /* tally.c */
 void tally__run_clock_start(struct tally *h);
 
+/* event_encode.c: an event's line into b (not run_end, whose head only is
+ * shared). */
+struct rec_request;
+void tally__encode_event(struct tally *h, buf *b, const wev *ev);
+void tally__encode_head(buf *b, const char *kind, size_t kind_len, const wev *ev);
+
+/* writer_enrich.c: a request's cost and energy, in place. */
+void tally__enrich_request(struct tally *h, struct rec_request *q, int64_t ts_us);
+
 /* event_row.c: the row of an event (its json left for the caller). */
 void tally__row_of_event(struct tally *h, const wev *ev, struct row *r);
 
