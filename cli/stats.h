@@ -1,0 +1,73 @@
+/*
+ * stats -- what `tally stats` is made of (cli/ only):
+ *   stats_group.c   keys (--by / --where) and groups: one agg_cell each
+ *   stats_output.c  the column table, and the table, --csv and --json
+ *                   drawn from it (so the three cannot disagree)
+ *   cmd_stats.c     the command: options, sources, then output
+ */
+#ifndef TALLY_CLI_STATS_H
+#define TALLY_CLI_STATS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "agg.h"
+#include "prices.h"
+#include "record.h"
+#include "source.h"
+
+#define MAX_BY 8
+
+#define MAX_WHERE 16
+
+#define MAX_GROUPS 100000
+
+#define MAX_KEY 2048
+
+typedef struct group {
+    char *key;                 /* the --by values joined by '\x1f' */
+    size_t keylen;
+    uint64_t hash;
+    agg_cell c;
+} group;
+
+typedef struct where {
+    int key;
+    int neg;
+    const char *value;
+    size_t len;
+} where;
+
+typedef struct agg {
+    int by[MAX_BY], nby;
+    where w[MAX_WHERE];
+    int nw;
+    group **g;
+    size_t ng, cap;
+    /* open-addressing index over g */
+    size_t *slot;
+    size_t nslot;
+    int too_many, nomem;
+    prices prices;       /* --prices: re-cost every request */
+    int reprice;
+} agg;
+
+/* Keys: first one per named request field (src/fields.h, in its order),
+ * then the event's own. */
+enum { K_RUN = RQ_NLABELS, K_PHASE, K_KIND, K_OK, K_ERROR, K_DEGRADED, K_DAY, K_HOUR, K_N };
+
+/* stats_group.c */
+const char *key_name(int k);
+int key_index(const char *s);
+void key_list(char *out, size_t n);           /* "model, engine, ..., hour" */
+int key_in_rollup(int k);
+int on_row(void *ud, const row *e);           /* a source's row into its group */
+int on_cell(void *ud, const rollup_key *k, const agg_cell *c);
+
+/* stats_output.c */
+int cmp_group(const void *a, const void *b);
+void print_table(agg *a, int training);
+void print_csv(agg *a);
+void print_json(agg *a, const source_stats *st);
+
+#endif

@@ -1,0 +1,310 @@
+/* stats_output -- the column table and the outputs drawn from it (see stats.h). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "encode.h"
+#include "stats.h"
+#include "util.h"
+
+enum { F_INT, F_NUM, F_USD, F_MS, F_PCT, F_STR };
+
+typedef struct column {
+    const char *name;        /* csv / json name */
+    const char *head;        /* table heading; NULL = not in the table */
+    int fmt, training;
+} column;
+
+static const column cols[] = {
+    {"requests", "reqs", F_INT, 0},
+    {"errors", NULL, F_INT, 0},
+    {"error_rate", "err%", F_PCT, 0},
+    {"prompt_tokens", "prompt", F_INT, 0},
+    {"cached_tokens", "cached", F_INT, 0},
+    {"cache_write_tokens", NULL, F_INT, 0},
+    {"completion_tokens", "compl", F_INT, 0},
+    {"reasoning_tokens", NULL, F_INT, 0},
+    {"total_tokens", NULL, F_INT, 0},
+    {"cost_usd", "cost$", F_USD, 0},
+    {"unpriced", NULL, F_INT, 0},
+    {"latency_total_s", NULL, F_NUM, 0},
+    {"latency_mean_ms", "lat_mean", F_MS, 0},
+    {"latency_p50_ms", "p50", F_MS, 0},
+    {"latency_p90_ms", "p90", F_MS, 0},
+    {"latency_p99_ms", "p99", F_MS, 0},
+    {"latency_max_ms", "max", F_MS, 0},
+    {"ttft_avg_ms", NULL, F_MS, 0},
+    {"ttft_p50_ms", "ttft50", F_MS, 0},
+    {"ttft_p90_ms", NULL, F_MS, 0},
+    {"ttft_p99_ms", "ttft99", F_MS, 0},
+    {"tpot_p50_ms", "tpot50", F_MS, 0},
+    {"throughput_tok_s", "tok/s", F_NUM, 0},
+    {"energy_j", "energy_J", F_NUM, 0},
+    {"j_per_output_token", "J/tok", F_NUM, 0},
+    {"gpu_util_avg_pct", NULL, F_NUM, 0},
+    {"degraded", "degraded", F_STR, 0},
+    {"steps", "steps", F_INT, 1},
+    {"epochs", "epochs", F_INT, 1},
+    {"loss_first", "loss_first", F_NUM, 1},
+    {"loss_last", "loss_last", F_NUM, 1},
+    {"loss_min", "loss_min", F_NUM, 1},
+    {"loss_nonfinite", "nan_loss", F_INT, 1},
+    {"step_p50_ms", "step_p50", F_MS, 1},
+    {"step_p99_ms", "step_p99", F_MS, 1},
+    {"train_tokens_per_s", "tok/s", F_NUM, 1},
+    {"error_events", "errors", F_INT, 1},
+};
+
+#define NCOLS (sizeof cols / sizeof cols[0])
+
+static double ratio(double a, double b) { return b > 0 ? a / b : NAN; }
+
+/* The value of column c for group g (NAN = not defined). */
+static double col_value(const agg_cell *g, size_t c)
+{
+    const char *n = cols[c].name;
+#define IS(s) (!strcmp(n, s))
+    if (IS("requests")) return (double)g->requests;
+    if (IS("errors")) return (double)g->failed;
+    if (IS("error_rate")) return ratio(100.0 * (double)g->failed, (double)g->requests);
+    if (IS("prompt_tokens")) return (double)g->prompt;
+    if (IS("cached_tokens")) return (double)g->cached;
+    if (IS("cache_write_tokens")) return (double)g->cache_write;
+    if (IS("completion_tokens")) return (double)g->completion;
+    if (IS("reasoning_tokens")) return (double)g->reasoning;
+    if (IS("total_tokens")) return (double)g->total_tokens;
+    if (IS("cost_usd")) return g->cost_n ? agg_cost_usd(g) : NAN;
+    if (IS("unpriced")) return (double)g->unpriced;
+    if (IS("latency_total_s")) return g->latency_n ? g->latency_sum_us / 1e6 : NAN;
+    if (IS("latency_mean_ms")) return ratio(g->latency_sum_us / 1e3, (double)g->latency_n);
+    if (IS("latency_p50_ms")) return sketch_quantile(&g->latency, 0.50) / 1e3;
+    if (IS("latency_p90_ms")) return sketch_quantile(&g->latency, 0.90) / 1e3;
+    if (IS("latency_p99_ms")) return sketch_quantile(&g->latency, 0.99) / 1e3;
+    if (IS("latency_max_ms")) return g->latency.n ? g->latency.max / 1e3 : NAN;
+    if (IS("ttft_avg_ms")) return ratio(g->ttft_sum_us / 1e3, (double)g->ttft_n);
+    if (IS("ttft_p50_ms")) return sketch_quantile(&g->ttft, 0.50) / 1e3;
+    if (IS("ttft_p90_ms")) return sketch_quantile(&g->ttft, 0.90) / 1e3;
+    if (IS("ttft_p99_ms")) return sketch_quantile(&g->ttft, 0.99) / 1e3;
+    if (IS("tpot_p50_ms")) return sketch_quantile(&g->tpot, 0.50) / 1e3;
+    if (IS("throughput_tok_s")) return ratio(g->tput_sum, (double)g->tput_n);
+    if (IS("energy_j")) return g->energy_n ? g->energy_j : NAN;
+    if (IS("j_per_output_token")) return g->energy_n ? ratio(g->energy_j, g->energy_completion) : NAN;
+    if (IS("gpu_util_avg_pct")) return ratio(g->gpu_sum, (double)g->gpu_n);
+    if (IS("steps")) return (double)g->steps;
+    if (IS("epochs")) return (double)g->epochs;
+    if (IS("loss_first")) return g->has_loss ? g->loss_first : NAN;
+    if (IS("loss_last")) return g->has_loss ? g->loss_last : NAN;
+    if (IS("loss_min")) return g->has_loss ? g->loss_min : NAN;
+    if (IS("loss_nonfinite")) return (double)g->loss_nonfinite;
+    if (IS("step_p50_ms")) return sketch_quantile(&g->step_time, 0.50) / 1e3;
+    if (IS("step_p99_ms")) return sketch_quantile(&g->step_time, 0.99) / 1e3;
+    if (IS("train_tokens_per_s")) return g->step_tokens_n ? ratio((double)g->step_tokens, g->step_wall_us / 1e6) : NAN;
+    if (IS("error_events")) return (double)g->error_events;
+#undef IS
+    return NAN;
+}
+
+static void degraded_str(const agg_cell *g, char *out, size_t n)
+{
+    size_t k = 0;
+    out[0] = 0;
+    for (int i = 0; i < AGG_MAX_DEGRADED && g->degraded[i]; i++)
+        k += (size_t)snprintf(out + k, k < n ? n - k : 0, "%s%s:%llu", k ? " " : "", g->degraded[i],
+                              (unsigned long long)g->degraded_n[i]);
+    if (g->degraded_other && k < n)
+        snprintf(out + k, n - k, "%sother:%llu", k ? " " : "", (unsigned long long)g->degraded_other);
+}
+
+static void fmt_cell(const agg_cell *g, size_t c, int human, char *out, size_t n)
+{
+    if (cols[c].fmt == F_STR) {
+        degraded_str(g, out, n);
+        if (human && !out[0]) snprintf(out, n, "-");
+        return;
+    }
+    double v = col_value(g, c);
+    if (v != v) {
+        snprintf(out, n, "%s", human ? "-" : "");
+        return;
+    }
+    switch (cols[c].fmt) {
+    case F_INT: snprintf(out, n, "%.0f", v); break;
+    case F_USD: snprintf(out, n, human ? "%.4f" : "%.9f", v); break;
+    case F_PCT: snprintf(out, n, human ? "%.1f" : "%.4f", v); break;
+    case F_MS: snprintf(out, n, human ? "%.1f" : "%.3f", v); break;
+    default:
+        if (!human) snprintf(out, n, "%.10g", v);
+        else if (fabs(v) >= 1e4) snprintf(out, n, "%.0f", v);
+        else if (fabs(v) >= 100) snprintf(out, n, "%.1f", v);
+        else snprintf(out, n, "%.4g", v);
+        break;
+    }
+}
+
+int cmp_group(const void *a, const void *b)
+{
+    return strcmp((*(group *const *)a)->key, (*(group *const *)b)->key);
+}
+
+static void split_key(const char *key, char parts[MAX_BY][256], int n)
+{
+    const char *p = key;
+    for (int i = 0; i < n; i++) {
+        const char *sep = strchr(p, '\x1f');
+        size_t len = sep ? (size_t)(sep - p) : strlen(p);
+        snprintf(parts[i], 256, "%.*s", (int)len, p);
+        p = sep ? sep + 1 : p + len;
+    }
+}
+
+void print_table(agg *a, int training)
+{
+    int escape_ctl = isatty(STDOUT_FILENO) || getenv("TALLY_ESCAPE_CONTROLS");
+    int nkeys = a->nby ? a->nby : 1;
+    size_t sel[NCOLS], ns = 0;
+    for (size_t c = 0; c < NCOLS; c++)
+        if (cols[c].head && cols[c].training == training) sel[ns++] = c;
+    /* rows: groups with something of this section */
+    size_t nrows = 0;
+    for (size_t i = 0; i < a->ng; i++) {
+        const agg_cell *g = &a->g[i]->c;
+        if (training ? (g->steps || g->epochs || (g->error_events && !g->requests)) : g->requests != 0) nrows++;
+    }
+    if (training && !nrows) return;
+    size_t ncell = (size_t)nkeys + ns;
+    char (*cells)[256] = calloc((nrows + 1) * ncell, 256);
+    size_t *w = calloc(ncell, sizeof *w);
+    for (int k = 0; k < nkeys; k++) snprintf(cells[k], 256, "%s", a->nby ? key_name(a->by[k]) : "group");
+    for (size_t j = 0; j < ns; j++) snprintf(cells[nkeys + j], 256, "%s", cols[sel[j]].head);
+    size_t r = 1;
+    for (size_t i = 0; i < a->ng; i++) {
+        const agg_cell *g = &a->g[i]->c;
+        if (!(training ? (g->steps || g->epochs || (g->error_events && !g->requests)) : g->requests != 0)) continue;
+        char parts[MAX_BY][256];
+        split_key(a->g[i]->key, parts, nkeys);
+        for (int k = 0; k < nkeys; k++) snprintf(cells[r * ncell + k], 256, "%.250s", parts[k]);
+        for (size_t j = 0; j < ns; j++) fmt_cell(g, sel[j], 1, cells[r * ncell + nkeys + j], 256);
+        r++;
+    }
+    /* Group keys and reasons come from event data: on a terminal their
+     * control characters are shown, not obeyed. */
+    if (escape_ctl) {
+        char tmp[256];
+        for (size_t i = 1; i < r; i++)
+            for (size_t j = 0; j < ncell; j++) {
+                char *c = cells[i * ncell + j];
+                cli_escape_ctl(c, strlen(c), tmp, sizeof tmp);
+                memcpy(c, tmp, strlen(tmp) + 1);
+            }
+    }
+    for (size_t i = 0; i < r; i++)
+        for (size_t j = 0; j < ncell; j++)
+            if (strlen(cells[i * ncell + j]) > w[j]) w[j] = strlen(cells[i * ncell + j]);
+    if (training) printf("\ntraining\n");
+    for (size_t i = 0; i < r; i++) {
+        for (size_t j = 0; j < ncell; j++) {
+            const char *s = cells[i * ncell + j];
+            /* keys left-aligned, numbers right-aligned, the last column as is */
+            if (j < (size_t)nkeys) printf("%-*s", (int)w[j], s);
+            else if (j + 1 == ncell && cols[sel[j - nkeys]].fmt == F_STR) printf("%s", s);
+            else printf("%*s", (int)w[j], s);
+            if (j + 1 < ncell) printf("  ");
+        }
+        printf("\n");
+    }
+    free(cells);
+    free(w);
+}
+
+static void csv_field(const char *s)
+{
+    if (strpbrk(s, ",\"\n")) {
+        putchar('"');
+        for (; *s; s++) {
+            if (*s == '"') putchar('"');
+            putchar(*s);
+        }
+        putchar('"');
+    } else {
+        fputs(s, stdout);
+    }
+}
+
+void print_csv(agg *a)
+{
+    int nkeys = a->nby ? a->nby : 1;
+    for (int k = 0; k < nkeys; k++) printf("%s%s", k ? "," : "", a->nby ? key_name(a->by[k]) : "group");
+    for (size_t c = 0; c < NCOLS; c++) printf(",%s", cols[c].name);
+    printf("\n");
+    for (size_t i = 0; i < a->ng; i++) {
+        char parts[MAX_BY][256], cell[512];
+        split_key(a->g[i]->key, parts, nkeys);
+        for (int k = 0; k < nkeys; k++) {
+            if (k) putchar(',');
+            csv_field(parts[k]);
+        }
+        for (size_t c = 0; c < NCOLS; c++) {
+            fmt_cell(&a->g[i]->c, c, 0, cell, sizeof cell);
+            putchar(',');
+            csv_field(cell);
+        }
+        printf("\n");
+    }
+}
+
+void print_json(agg *a, const source_stats *st)
+{
+    int nkeys = a->nby ? a->nby : 1;
+    buf b;
+    buf_init(&b, (size_t)1 << 30);
+    buf_puts(&b, "{\"groups\":[");
+    for (size_t i = 0; i < a->ng; i++) {
+        const agg_cell *g = &a->g[i]->c;
+        char parts[MAX_BY][256];
+        split_key(a->g[i]->key, parts, nkeys);
+        buf_puts(&b, i ? ",{" : "{");
+        for (int k = 0; k < nkeys; k++) {
+            if (k) buf_putc(&b, ',');
+            enc_cstr(&b, a->nby ? key_name(a->by[k]) : "group");
+            buf_putc(&b, ':');
+            enc_cstr(&b, parts[k]);
+        }
+        for (size_t c = 0; c < NCOLS; c++) {
+            buf_putc(&b, ',');
+            enc_cstr(&b, cols[c].name);
+            buf_putc(&b, ':');
+            if (cols[c].fmt == F_STR) {
+                buf_putc(&b, '{');
+                for (int d = 0; d < AGG_MAX_DEGRADED && g->degraded[d]; d++) {
+                    if (d) buf_putc(&b, ',');
+                    enc_cstr(&b, g->degraded[d]);
+                    buf_putc(&b, ':');
+                    enc_i64(&b, (int64_t)g->degraded_n[d]);
+                }
+                if (g->degraded_other) {
+                    buf_puts(&b, g->degraded[0] ? ",\"other\":" : "\"other\":");
+                    enc_i64(&b, (int64_t)g->degraded_other);
+                }
+                buf_putc(&b, '}');
+            } else {
+                enc_double(&b, col_value(g, c));
+            }
+        }
+        buf_putc(&b, '}');
+    }
+    buf_puts(&b, "],\"events\":");
+    enc_i64(&b, (int64_t)st->events);
+    buf_puts(&b, ",\"skipped_lines\":");
+    enc_i64(&b, (int64_t)st->bad);
+    buf_puts(&b, ",\"torn_lines\":");
+    enc_i64(&b, (int64_t)st->torn);
+    buf_puts(&b, ",\"duplicates\":");
+    enc_i64(&b, (int64_t)st->duplicates);
+    buf_puts(&b, ",\"rollup_cells\":");
+    enc_i64(&b, (int64_t)st->cells);
+    buf_puts(&b, "}\n");
+    fwrite(b.p, 1, b.len, stdout);
+    buf_free(&b);
+}
