@@ -131,3 +131,11 @@ int th_run_cli(const char *args, char *out, size_t outlen)
     int st = pclose(p);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+void th_on_log(void *ud, int level, const char *msg)
+{
+    (void)level;
+    th_logs *l = ud;
+    l->n++;
+    snprintf(l->last, sizeof l->last, "%s", msg);
+}

@@ -34,6 +34,14 @@ void th_lines_free(th_lines *l);
 /* The memory sink's lines as a th_lines copy. */
 void th_memory_lines(tally_t *h, th_lines *out);
 
+/* The library's log lines: how many, and the last one (cfg.log = th_on_log,
+ * cfg.log_ud = &a th_logs). */
+typedef struct th_logs {
+    int n;
+    char last[512];
+} th_logs;
+void th_on_log(void *ud, int level, const char *msg);
+
 /* Runs the tally command ($TALLY_CLI, set by ctest) with `args`, stdout
  * and stderr together into out; returns its exit status. */
 int th_run_cli(const char *args, char *out, size_t outlen);

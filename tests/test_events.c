@@ -510,28 +510,16 @@ static void test_subscriber(void **state)
     assert_int_equal(seen, 12); /* run_end */
 }
 
-typedef struct logcount {
-    int n;
-    char last[512];
-} logcount;
-
-static void count_log(void *ud, int level, const char *msg)
-{
-    (void)level;
-    logcount *l = ud;
-    l->n++;
-    snprintf(l->last, sizeof l->last, "%s", msg);
-}
 
 /* One convention: a struct zeroed with {0} writes what was set, a real
  * zero needs its bit, misuse is said once. */
 static void test_zeroed_structs(void **state)
 {
     (void)state;
-    logcount lg = {0};
+    th_logs lg = {0};
     tally_config cfg;
     tally_config_init(&cfg);
-    cfg.log = count_log;
+    cfg.log = th_on_log;
     cfg.log_ud = &lg;
     tally_t *h = open_mem(&cfg);
     tally_step_info a = {0};

@@ -110,28 +110,28 @@ static void check_file(const char *path)
     th_lines_free(&l);
 }
 
-static void test_return_from_main(void **state)
+/* Runs the program ending as `how`, then reads what it wrote. */
+static void run_and_check(const char *how)
 {
-    (void)state;
     const char *tmp = th_tmpdir("exit");
     char dir[600], path[700];
     snprintf(dir, sizeof dir, "%s", tmp);
     snprintf(path, sizeof path, "%s/e.jsonl", dir);
-    run_program(self_path, "return", path);
+    run_program(self_path, how, path);
     check_file(path);
     th_rmrf(dir);
+}
+
+static void test_return_from_main(void **state)
+{
+    (void)state;
+    run_and_check("return");
 }
 
 static void test_exit_with_threads(void **state)
 {
     (void)state;
-    const char *tmp = th_tmpdir("exit2");
-    char dir[600], path[700];
-    snprintf(dir, sizeof dir, "%s", tmp);
-    snprintf(path, sizeof path, "%s/e.jsonl", dir);
-    run_program(self_path, "exit-thread", path);
-    check_file(path);
-    th_rmrf(dir);
+    run_and_check("exit-thread");
 }
 
 int main(int argc, char **argv)

@@ -11,18 +11,6 @@
 
 #include "helpers.h"
 
-typedef struct logs {
-    int n;
-    char last[512];
-} logs;
-
-static void on_log(void *ud, int level, const char *msg)
-{
-    (void)level;
-    logs *l = ud;
-    l->n++;
-    snprintf(l->last, sizeof l->last, "%s", msg);
-}
 
 static void record_some(tally_t *h, int n)
 {
@@ -45,11 +33,11 @@ static void test_unwritable_path(void **state)
     fclose(f);
     /* A path under a regular file cannot be created, even by root. */
     snprintf(path, sizeof path, "%s/sub/events.jsonl", file);
-    logs lg = {0};
+    th_logs lg = {0};
     tally_config cfg;
     tally_config_init(&cfg);
     cfg.path = path;
-    cfg.log = on_log;
+    cfg.log = th_on_log;
     cfg.log_ud = &lg;
     tally_t *h = tally_open(&cfg);
     assert_non_null(h);
@@ -73,11 +61,11 @@ static void test_unwritable_path(void **state)
 static void test_disk_full(void **state)
 {
     (void)state;
-    logs lg = {0};
+    th_logs lg = {0};
     tally_config cfg;
     tally_config_init(&cfg);
     cfg.path = "/dev/full"; /* every write fails with ENOSPC */
-    cfg.log = on_log;
+    cfg.log = th_on_log;
     cfg.log_ud = &lg;
     tally_t *h = tally_open(&cfg);
     record_some(h, 1000);
@@ -101,11 +89,11 @@ static void test_file_size_limit(void **state)
     if (p == 0) {
         struct rlimit rl = {65536, 65536};
         setrlimit(RLIMIT_FSIZE, &rl);
-        logs lg = {0};
+        th_logs lg = {0};
         tally_config cfg;
         tally_config_init(&cfg);
         cfg.path = path;
-        cfg.log = on_log;
+        cfg.log = th_on_log;
         cfg.log_ud = &lg;
         cfg.flush_events = 100;
         cfg.queue_bytes = 8 << 20; /* holds all 5000: no drops to report */
@@ -182,12 +170,12 @@ static void test_run_id_cannot_escape(void **state)
     snprintf(runs, sizeof runs, "%s/runs", dir);
     snprintf(outside, sizeof outside, "%s/x/events.jsonl", dir);
     snprintf(inside, sizeof inside, "%s/runs/_.._x/events.jsonl", dir);
-    logs lg = {0};
+    th_logs lg = {0};
     tally_config cfg;
     tally_config_init(&cfg);
     cfg.run_dir = runs;
     cfg.run_id = "../x";
-    cfg.log = on_log;
+    cfg.log = th_on_log;
     cfg.log_ud = &lg;
     tally_t *h = tally_open(&cfg);
     assert_string_equal(tally_run_id(h), "_.._x");
@@ -215,12 +203,12 @@ static void test_planted_link_not_followed(void **state)
     assert_int_equal(mkdir(runs, 0755), 0);
     assert_int_equal(mkdir(mk, 0755), 0);
     assert_int_equal(symlink(target, link), 0);
-    logs lg = {0};
+    th_logs lg = {0};
     tally_config cfg;
     tally_config_init(&cfg);
     cfg.run_dir = runs;
     cfg.run_id = "r1";
-    cfg.log = on_log;
+    cfg.log = th_on_log;
     cfg.log_ud = &lg;
     tally_t *h = tally_open(&cfg);
     record_some(h, 5);

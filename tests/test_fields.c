@@ -37,19 +37,24 @@ static void record_all_fields(tally_t *h, int n)
     }
 }
 
-static void test_every_field_everywhere(void **state)
+/* A fresh directory with e.jsonl and e.db, and a handle writing both. */
+static tally_t *open_both(const char *tag, char dir[600], char file[700], char db[700])
 {
-    (void)state;
-    const char *tmp = th_tmpdir("fields");
-    char dir[600], file[700], db[700], args[2400], out[1 << 14];
-    snprintf(dir, sizeof dir, "%s", tmp);
-    snprintf(file, sizeof file, "%s/e.jsonl", dir);
-    snprintf(db, sizeof db, "%s/e.db", dir);
+    snprintf(dir, 600, "%s", th_tmpdir(tag));
+    snprintf(file, 700, "%s/e.jsonl", dir);
+    snprintf(db, 700, "%s/e.db", dir);
     tally_config cfg;
     tally_config_init(&cfg);
     cfg.path = file;
     cfg.sqlite_path = db;
-    tally_t *h = tally_open(&cfg);
+    return tally_open(&cfg);
+}
+
+static void test_every_field_everywhere(void **state)
+{
+    (void)state;
+    char dir[600], file[700], db[700], args[2400], out[1 << 14];
+    tally_t *h = open_both("fields", dir, file, db);
     record_all_fields(h, 30);
     tally_close(h, NULL);
 
@@ -119,17 +124,9 @@ static void test_every_field_everywhere(void **state)
 static void test_provider_and_finish_reason(void **state)
 {
     (void)state;
-    const char *tmp = th_tmpdir("provider");
     char dir[600], file[700], db[700], args[2400];
     static char out[1 << 15];
-    snprintf(dir, sizeof dir, "%s", tmp);
-    snprintf(file, sizeof file, "%s/e.jsonl", dir);
-    snprintf(db, sizeof db, "%s/e.db", dir);
-    tally_config cfg;
-    tally_config_init(&cfg);
-    cfg.path = file;
-    cfg.sqlite_path = db;
-    tally_t *h = tally_open(&cfg);
+    tally_t *h = open_both("provider", dir, file, db);
     static const char *const providers[] = {"openai", "vllm", "anthropic"};
     static const char *const reasons[] = {"stop", "length", "stop", "tool_calls"};
     int length = 0, openai = 0;
