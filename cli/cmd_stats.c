@@ -228,7 +228,7 @@ out:
         free(g);
     }
     free(a.g);
-    free(a.slot);
+    hindex_free(&a.idx);
     prices_free(&a.prices);
     free(srcs);
     return rc;

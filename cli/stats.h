@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "agg.h"
+#include "hindex.h"
 #include "prices.h"
 #include "record.h"
 #include "source.h"
@@ -44,9 +45,7 @@ typedef struct agg {
     int nw;
     group **g;
     size_t ng, cap;
-    /* open-addressing index over g */
-    size_t *slot;
-    size_t nslot;
+    hindex idx;          /* over g, by hash */
     int too_many, nomem;
     prices prices;       /* --prices: re-cost every request */
     int reprice;

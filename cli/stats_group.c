@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "hash.h"
+#include "hindex.h"
 #include "stats.h"
 
 static const char *const own_keys[K_N - K_RUN] = {"run", "phase", "kind", "ok", "error", "degraded", "day", "hour"};
@@ -83,28 +84,16 @@ static group *group_new(const char *key, size_t n, uint64_t hash)
     return g;
 }
 
+static uint64_t group_hash(const void *ud, size_t i) { return ((const agg *)ud)->g[i]->hash; }
+
 static group *group_for(agg *a, const char *key, size_t n)
 {
-    if (a->ng * 2 >= a->nslot) {
-        size_t ns = a->nslot ? a->nslot * 2 : 256;
-        size_t *nsl = malloc(ns * sizeof *nsl);
-        if (!nsl) return NULL;
-        for (size_t i = 0; i < ns; i++) nsl[i] = SIZE_MAX;
-        for (size_t i = 0; i < a->ng; i++) {
-            size_t h = a->g[i]->hash & (ns - 1);
-            while (nsl[h] != SIZE_MAX) h = (h + 1) & (ns - 1);
-            nsl[h] = i;
-        }
-        free(a->slot);
-        a->slot = nsl;
-        a->nslot = ns;
-    }
+    if (hindex_fit(&a->idx, a->ng, group_hash, a)) return NULL;
     uint64_t hash = hash_bytes(key, n);
-    size_t h = hash & (a->nslot - 1);
-    while (a->slot[h] != SIZE_MAX) {
-        group *g = a->g[a->slot[h]];
+    size_t h = hindex_first(&a->idx, hash);
+    for (; a->idx.slot[h] != HINDEX_FREE; h = hindex_next(&a->idx, h)) {
+        group *g = a->g[a->idx.slot[h]];
         if (g->hash == hash && g->keylen == n && !memcmp(g->key, key, n)) return g;
-        h = (h + 1) & (a->nslot - 1);
     }
     if (a->ng >= MAX_GROUPS) {
         a->too_many = 1;
@@ -119,7 +108,7 @@ static group *group_for(agg *a, const char *key, size_t n)
     }
     group *g = group_new(key, n, hash);
     if (!g) return NULL;
-    a->slot[h] = a->ng;
+    a->idx.slot[h] = a->ng;
     a->g[a->ng++] = g;
     return g;
 }

@@ -135,5 +135,8 @@
 #define read_sqlite tally__read_sqlite
 #define read_sqlite_kind tally__read_sqlite_kind
 #define writer_stop_within tally__writer_stop_within
+#define hindex_clear tally__hindex_clear
+#define hindex_fit tally__hindex_fit
+#define hindex_free tally__hindex_free
 
 #endif

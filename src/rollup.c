@@ -2,6 +2,8 @@
  * cells are kept (with their sketches' memory) for the next transaction. */
 #include "rollup.h"
 
+#include "hindex.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,8 +20,7 @@ struct rollup {
     size_t n, cap, max;
     entry **pool;              /* cleared entries for reuse; room for all */
     size_t npool, total;       /* total: entries allocated, used or pooled */
-    size_t *slot;              /* index into e, SIZE_MAX = free */
-    size_t nslot;
+    hindex idx;                /* over e, by hash */
     buf scratch;
 };
 
@@ -180,7 +181,7 @@ void rollup_free(rollup *r)
     for (size_t i = 0; i < r->npool; i++) entry_free(r->pool[i]);
     free(r->e);
     free(r->pool);
-    free(r->slot);
+    hindex_free(&r->idx);
     buf_free(&r->scratch);
     free(r);
 }
@@ -202,22 +203,7 @@ static uint64_t hash_key(int64_t minute, const char *p, size_t n)
     return h ^ (h >> 29);
 }
 
-static int grow_slots(rollup *r)
-{
-    size_t ns = r->nslot ? r->nslot * 2 : 64;
-    size_t *sl = malloc(ns * sizeof *sl);
-    if (!sl) return -1;
-    for (size_t i = 0; i < ns; i++) sl[i] = SIZE_MAX;
-    for (size_t i = 0; i < r->n; i++) {
-        size_t h = (size_t)r->e[i]->hash & (ns - 1);
-        while (sl[h] != SIZE_MAX) h = (h + 1) & (ns - 1);
-        sl[h] = i;
-    }
-    free(r->slot);
-    r->slot = sl;
-    r->nslot = ns;
-    return 0;
-}
+static uint64_t entry_hash(const void *ud, size_t i) { return ((const rollup *)ud)->e[i]->hash; }
 
 static entry *new_entry(rollup *r, int64_t minute, uint64_t hash, const buf *key)
 {
@@ -258,22 +244,21 @@ int rollup_add(rollup *r, const row *w)
     rollup_key_encode(w, &r->scratch);
     if (r->scratch.failed) return -1;
     uint64_t h = hash_key(minute, r->scratch.p, r->scratch.len);
-    if ((r->n + 1) * 2 > r->nslot && grow_slots(r)) return -1;
-    size_t i = (size_t)h & (r->nslot - 1);
+    if (hindex_fit(&r->idx, r->n, entry_hash, r)) return -1;
+    size_t i = hindex_first(&r->idx, h);
     entry *e = NULL;
-    while (r->slot[i] != SIZE_MAX) {
-        entry *c = r->e[r->slot[i]];
+    for (; r->idx.slot[i] != HINDEX_FREE; i = hindex_next(&r->idx, i)) {
+        entry *c = r->e[r->idx.slot[i]];
         if (c->hash == h && c->k.minute == minute && c->key.len == r->scratch.len &&
             memcmp(c->key.p, r->scratch.p, c->key.len) == 0) {
             e = c;
             break;
         }
-        i = (i + 1) & (r->nslot - 1);
     }
     if (!e) {
         e = new_entry(r, minute, h, &r->scratch);
         if (!e) return -1;
-        r->slot[i] = r->n - 1;
+        r->idx.slot[i] = r->n - 1;
     }
     if (agg_cell_add(&e->cell, w) != 0) return -1;
     return r->n >= r->max ? 1 : 0;
@@ -295,6 +280,5 @@ void rollup_clear(rollup *r)
         r->pool[r->npool++] = r->e[i];
     }
     r->n = 0;
-    if (r->slot)
-        for (size_t i = 0; i < r->nslot; i++) r->slot[i] = SIZE_MAX;
+    hindex_clear(&r->idx);
 }
