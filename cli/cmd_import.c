@@ -15,119 +15,65 @@
 
 #include "cli.h"
 #include "encode.h"
+#include "source.h"
 #include "store.h"
 #include "util.h"
 
-#define MAX_LINE ((size_t)16 << 20)
-#define MAX_REPORTED 10
-
 typedef struct import_stats {
-    uint64_t files, lines, imported, duplicates, unparseable, torn, failed;
-    int reported;
+    uint64_t files, imported, duplicates, failed;
+    source_stats read;        /* lines, unparseable (bad), torn: from the reader */
 } import_stats;
 
-typedef struct file_state {
-    const char *path;
-    row_ctx ctx;
-} file_state;
+typedef struct importer {
+    store *db;
+    import_stats *st;
+    int failed;               /* a write failed: stop */
+} importer;
 
-static void report(import_stats *st, const char *path, uint64_t lineno, const char *why)
+/* One event (its id given by the reader when the line had none). */
+static int import_row(void *ud, const row *r)
 {
-    st->unparseable++;
-    if (st->reported++ < MAX_REPORTED) fprintf(stderr, "  %s:%llu: %s\n", path, (unsigned long long)lineno, why);
-}
-
-static int import_line(store *db, file_state *fs, import_stats *st, json_arena *a, char *line, size_t len,
-                       uint64_t offset, uint64_t lineno, int complete)
-{
-    json_error jerr;
-    json_arena_reset(a);
-    jv *v = json_parse(a, line, len, &jerr);
-    if (!v || v->type != JV_OBJ) {
-        if (!complete) {
-            st->torn++;
-            return 0;
-        }
-        char why[160];
-        if (v) snprintf(why, sizeof why, "not a JSON object");
-        else snprintf(why, sizeof why, "%s at byte %zu", jerr.what, jerr.offset);
-        report(st, fs->path, lineno, why);
-        return 0;
-    }
-    row r;
-    if (!row_from_json(v, &fs->ctx, &r)) {
-        report(st, fs->path, lineno, "neither \"kind\" nor \"tag\"");
-        return 0;
-    }
-    char idbuf[34];
-    if (!r.id.p) {
-        /* Other producers' lines: an id from their run, place and content. */
-        hash_id(fs->ctx.run_id, strlen(fs->ctx.run_id), offset, line, len, idbuf);
-        r.id = (sv){idbuf, strlen(idbuf)};
-    }
-    r.json = (sv){line, len};
-    int rc = store_insert(db, &r, STORE_DEDUP);
+    importer *im = ud;
+    int rc = store_insert(im->db, r, STORE_DEDUP);
     if (rc < 0) {
-        st->failed++;
-        return -1;
+        im->st->failed++;
+        im->failed = 1;
+        return 1;
     }
     if (rc == 0) {
-        st->duplicates++;
+        im->st->duplicates++;
         return 0;
     }
-    st->imported++;
-    if ((SV_IS(r.kind, "run_start") || SV_IS(r.kind, "run_end")) &&
-        store_run_line(db, r.run_id, SV_IS(r.kind, "run_end"), (sv){line, len}) != 0) {
-        st->failed++;
-        return -1;
+    im->st->imported++;
+    if ((SV_IS(r->kind, "run_start") || SV_IS(r->kind, "run_end")) &&
+        store_run_line(im->db, r->run_id, SV_IS(r->kind, "run_end"), r->json) != 0) {
+        im->st->failed++;
+        im->failed = 1;
+        return 1;
     }
     return 0;
 }
 
-static int import_file(store *db, const char *path, import_stats *st, json_arena *a)
+/* One file, one transaction: all of it, or (on a write error) none. */
+static int import_file(store *db, const char *path, import_stats *st)
 {
-    line_reader lr;
-    if (lr_open(&lr, path, MAX_LINE) != 0) {
-        cli_error("import", "cannot read %s", path);
-        return -1;
-    }
-    file_state fs;
-    char run_id[256];
-    fs.path = path;
-    run_id_from_path(path, run_id, sizeof run_id);
-    row_ctx_init(&fs.ctx, run_id);
     st->files++;
-    char *line;
-    size_t len;
-    int complete, toolong, rc = 0, r;
     uint64_t imported_before = st->imported;
     if (store_begin(db) != 0) {
         cli_error("import", "cannot write the database: %s", store_errmsg(db));
-        lr_close(&lr);
         return -1;
     }
-    while ((r = lr_next(&lr, &line, &len, &complete, &toolong)) == 1) {
-        st->lines++;
-        if (len == 0 && complete) continue;
-        if (toolong) {
-            report(st, path, lr.lineno, "line longer than 16 MiB");
-            continue;
-        }
-        if (import_line(db, &fs, st, a, line, len, lr.offset, lr.lineno, complete) != 0) {
-            rc = -1;
-            break;
-        }
-    }
-    if (r < 0) {
-        cli_error("import", "read error in %s", path);
-        rc = -1;
-    }
-    lr_close(&lr);
+    importer im = {db, st, 0};
+    source_opts o = {0, 0, 0, NULL};
+    char err[512] = "";
+    int rc = source_read_jsonl(path, &o, import_row, &im, &st->read, err, sizeof err, 1);
+    if (rc != 0) cli_error("import", "%s", err);
+    if (im.failed) rc = -1;
     if (rc == 0 && store_commit(db) != 0) {
         cli_error("import", "cannot commit to the database: %s", store_errmsg(db));
         rc = -1;
     } else if (rc != 0) {
-        cli_error("import", "cannot write the database: %s", store_errmsg(db));
+        if (im.failed) cli_error("import", "cannot write the database: %s", store_errmsg(db));
         store_rollback(db);
     }
     if (rc != 0) {
@@ -199,19 +145,17 @@ int cmd_import(int argc, char **argv)
         free_list(files);
         return 1;
     }
-    import_stats st = {0};
-    json_arena a;
-    json_arena_init(&a, (size_t)64 << 20);
+    import_stats st;
+    memset(&st, 0, sizeof st);
     int rc = 0;
-    for (size_t i = 0; i < nfiles && rc == 0; i++) rc = import_file(db, files[i], &st, &a);
-    json_arena_free(&a);
+    for (size_t i = 0; i < nfiles && rc == 0; i++) rc = import_file(db, files[i], &st);
     store_close(db);
     free_list(files);
-    if (st.reported > MAX_REPORTED) fprintf(stderr, "  ... and %d more\n", st.reported - MAX_REPORTED);
+    source_report_more(&st.read);
     printf("files %llu, lines read %llu, imported %llu, duplicates skipped %llu, unparseable %llu, "
            "torn last lines %llu\n",
-           (unsigned long long)st.files, (unsigned long long)st.lines, (unsigned long long)st.imported,
-           (unsigned long long)st.duplicates, (unsigned long long)st.unparseable, (unsigned long long)st.torn);
+           (unsigned long long)st.files, (unsigned long long)st.read.lines, (unsigned long long)st.imported,
+           (unsigned long long)st.duplicates, (unsigned long long)st.read.bad, (unsigned long long)st.read.torn);
     if (st.failed) cli_error("import", "%llu rows could not be written", (unsigned long long)st.failed);
     return rc == 0 ? 0 : 1;
 }

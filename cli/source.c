@@ -44,7 +44,7 @@ static int in_range(const source_opts *o, const row *r)
     return 1;
 }
 
-static int read_jsonl(const char *path, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
+int source_read_jsonl(const char *path, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
                       size_t errlen, int give_ids)
 {
     line_reader lr;
@@ -88,9 +88,12 @@ static int read_jsonl(const char *path, const source_opts *o, row_fn fn, void *u
         }
         if (!in_range(o, &e)) continue;
         char idbuf[34];
-        if (give_ids && !e.id.p) {
-            hash_id(ctx.run_id, strlen(ctx.run_id), lr.offset, line, len, idbuf);
-            e.id = (sv){idbuf, strlen(idbuf)};
+        if (give_ids) {
+            if (!e.id.p) {
+                hash_id(ctx.run_id, strlen(ctx.run_id), lr.offset, line, len, idbuf);
+                e.id = (sv){idbuf, strlen(idbuf)};
+            }
+            e.json = (sv){line, len}; /* parsed by copy: the line is as read */
         }
         st->events++;
         if (fn(ud, &e)) break;
@@ -124,16 +127,21 @@ static int read_sources(char **paths, int n, const source_opts *o, row_fn fn, vo
             return -1;
         }
         for (size_t k = 0; k < nf; k++) {
-            if (read_jsonl(files[k], o, fn, ud, st, err, errlen, give_ids)) {
+            if (source_read_jsonl(files[k], o, fn, ud, st, err, errlen, give_ids)) {
                 free_list(files);
                 return -1;
             }
         }
         free_list(files);
     }
+    source_report_more(st);
+    return 0;
+}
+
+void source_report_more(const source_stats *st)
+{
     if (st->reported > MAX_REPORTED)
         fprintf(stderr, "tally: ... %d more lines skipped\n", st->reported - MAX_REPORTED);
-    return 0;
 }
 
 /* Merging by id: passes each event on the first time its id is met. */

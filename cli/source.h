@@ -27,6 +27,17 @@
 int source_read_all(char **paths, int n, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
                     size_t errlen);
 
+/* One JSONL file (or "-"): every event line as a row, in order; the one
+ * reading of JSON Lines that stats, runs and import share.  Lines that do
+ * not parse are counted (st->bad, st->torn for a torn last line) and the
+ * first few reported on stderr.  With give_ids, lines without an id get
+ * the one `tally import` stores (run, byte offset, content) and rows carry
+ * the line as `json`.  fn returning non-zero stops.  0, or -1 with err. */
+int source_read_jsonl(const char *path, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
+                      size_t errlen, int give_ids);
+/* "... N more lines skipped", when more were skipped than reported. */
+void source_report_more(const source_stats *st);
+
 /* What kind of source a path is: 0 JSONL, 1 tally DB, 2 OpenJarvis DB, -1 error. */
 int source_kind(const char *path, char *err, size_t errlen);
 
