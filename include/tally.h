@@ -278,7 +278,9 @@ void tally_event(tally_t *h, const char *kind, const tally_field *fields,
  * most `timeout_ms` (0 = 5000).  Returns 0 when done, 1 on time-out. */
 int tally_flush(tally_t *h, uint32_t timeout_ms);
 
-/* The rule, once flushed:  offered == written + dropped.
+/* The rule, once flushed:  offered == written + dropped.  (Over a prefork
+ * run, run_end.stats.lost adds what children offered and never settled:
+ * a child that ended with _exit() holding a queue.)
  * These count the caller's events; run_start and run_end are tally's own
  * lines and count in neither (run_end.stats.events = written + 2, summed
  * over the run's processes).  A sink that loses a line -- any line,

@@ -62,10 +62,25 @@ struct sink {
 
 #define TALLY_MAX_SINKS 6
 
-/* Totals of every process sharing the run (MAP_SHARED), for run_end. */
+/* Totals of every process sharing the run (MAP_SHARED), for run_end.
+ * Forked children also mirror each ring's `offered` here, and add what
+ * they wrote and dropped to child_settled: what a child offered and never
+ * settled (it ended with _exit() holding a queue) is run_end's `lost`. */
+#define MIRROR_SLOTS 1024
 typedef struct shared_totals {
     _Atomic uint64_t requests, errors, tokens_out, written, dropped, processes, unpriced;
+    _Atomic uint64_t child_settled;
+    _Atomic uint32_t mirrors;
+    _Atomic uint64_t mirror[MIRROR_SLOTS];
 } shared_totals;
+
+/* In a forked child, gives ring r a mirror slot (none left: not mirrored). */
+static inline void tally__mirror_ring(shared_totals *s, ring *r)
+{
+    if (!s) return;
+    uint32_t i = atomic_fetch_add(&s->mirrors, 1);
+    if (i < MIRROR_SLOTS) r->offered_mirror = &s->mirror[i];
+}
 
 /* An open step or epoch: its number and when it began (tally.c). */
 typedef struct span {

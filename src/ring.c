@@ -48,4 +48,5 @@ void ring_reset(ring *r)
     atomic_store(&r->requests, 0);
     atomic_store(&r->errors, 0);
     atomic_store(&r->tokens_out, 0);
+    r->offered_mirror = NULL;
 }

@@ -35,6 +35,9 @@ typedef struct ring {
     uint64_t consumed_cache;
     /* Counters written only by the producer, read by anyone (relaxed). */
     _Atomic uint64_t offered, dropped, requests, errors, tokens_out;
+    /* In a forked child: a copy of `offered` in memory the run's first
+     * process can read after the child is gone (NULL elsewhere). */
+    _Atomic uint64_t *offered_mirror;
 
     /* Consumer's line. */
     _Alignas(64) _Atomic uint64_t tail;   /* bytes consumed */

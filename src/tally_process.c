@@ -85,6 +85,8 @@ static void fork_child(void)
             if (!tally__tls_owns(r)) {
                 atomic_store(&r->thread_gone, 1);
                 atomic_store(&r->refs, 1);
+            } else {
+                tally__mirror_ring(h->shared, r); /* this thread goes on recording here */
             }
         }
         memset(&h->retired, 0, sizeof h->retired);

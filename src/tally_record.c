@@ -69,6 +69,7 @@ static ring *ring_for_thread_slow(tally_t *h)
     ring *r = NULL;
     if (h->n_rings < h->max_threads) {
         r = ring_new(h->queue_bytes);
+        if (r && h->is_child) tally__mirror_ring(h->shared, r);
         if (r) {
             r->next = atomic_load(&h->rings);
             atomic_store_explicit(&h->rings, r, memory_order_release);
@@ -121,6 +122,8 @@ static rec_hdr *rec_begin(tally_t *h, int type, size_t payload, ring **rp, uint6
         return NULL;
     }
     ring_bump(&r->offered, 1);
+    if (__builtin_expect(r->offered_mirror != NULL, 0))
+        atomic_store_explicit(r->offered_mirror, ring_load(&r->offered), memory_order_relaxed);
     rec_hdr *hd = ring_reserve(r, payload, newhead);
     if (!hd) {
         ring_bump(&r->dropped, 1);

@@ -211,6 +211,9 @@ static void publish(struct tally *h)
     atomic_fetch_add(&h->shared->tokens_out, c.tokens_out - h->published.tokens_out);
     atomic_fetch_add(&h->shared->dropped, c.dropped - h->published.dropped);
     atomic_fetch_add(&h->shared->written, w - h->published_written);
+    if (h->is_child)
+        atomic_fetch_add(&h->shared->child_settled,
+                         (w - h->published_written) + (c.dropped - h->published.dropped));
     uint64_t up = atomic_load(&h->unpriced);
     atomic_fetch_add(&h->shared->unpriced, up - h->published_unpriced);
     h->published_unpriced = up;
@@ -367,6 +370,17 @@ static void put_device_map(buf *b, const energy_device_total *d, int nd, int idl
     buf_putc(b, '}');
 }
 
+static uint64_t children_lost(shared_totals *s)
+{
+    if (!s) return 0;
+    uint32_t n = atomic_load(&s->mirrors);
+    if (n > MIRROR_SLOTS) n = MIRROR_SLOTS;
+    uint64_t offered = 0;
+    for (uint32_t i = 0; i < n; i++) offered += atomic_load(&s->mirror[i]);
+    uint64_t settled = atomic_load(&s->child_settled);
+    return offered > settled ? offered - settled : 0;
+}
+
 /* The end of the writer: run_end (in the opening process), the last
  * commit, and the sinks closed. */
 static void writer_finish(struct tally *h)
@@ -408,6 +422,10 @@ static void writer_finish(struct tally *h)
         enc_i64(b, (int64_t)(s ? atomic_load(&s->dropped) : c.dropped));
         ENC_NKEY(b, "sink_failures");
         enc_i64(b, (int64_t)atomic_load(&h->sink_failures));
+        /* What forked children offered and never wrote nor counted as
+         * dropped: a child that ended with _exit() holding a queue. */
+        ENC_NKEY(b, "lost");
+        enc_i64(b, (int64_t)children_lost(s));
         ENC_NKEY(b, "sink_lost");
         buf_putc(b, '{');
         for (int i = 0; i < h->n_sinks; i++) {

@@ -96,6 +96,7 @@ static void test_prefork(void **state)
     TH_INT(end, "stats.events", (int64_t)l.n);
     TH_INT(end, "stats.dropped", 0);
     TH_INT(end, "stats.processes", CHILDREN + 1);
+    TH_INT(end, "stats.lost", 0); /* every child closed: nothing unaccounted */
     json_arena_free(&a);
     th_lines_free(&l);
     th_rmrf(dir);
@@ -120,11 +121,59 @@ static void test_parent_keeps_writing(void **state)
     tally_close(h, NULL);
 }
 
+/* A child that ends with _exit() holding a queue: its events cannot be
+ * written, but the parent's run_end counts them as lost. */
+static void test_child_exit_counted(void **state)
+{
+    (void)state;
+    const char *dir = th_tmpdir("forklost");
+    char path[600];
+    snprintf(path, sizeof path, "%s/events.jsonl", dir);
+    tally_config cfg;
+    tally_config_init(&cfg);
+    cfg.path = path;
+    cfg.flush_ms = 60000;        /* nothing written by the timer */
+    cfg.flush_events = 1000000;
+    cfg.queue_bytes = 8 << 20;
+    tally_t *h = tally_open(&cfg);
+    tally_run_start(h);
+    enum { N = 3000 };
+    pid_t kid = fork();
+    assert_true(kid >= 0);
+    if (kid == 0) {
+        for (int i = 0; i < N; i++) {
+            tally_request q = {0};
+            q.model = "m";
+            q.latency_us = 1;
+            tally_request_record(h, &q);
+        }
+        _exit(0);                /* no close, no exit handlers */
+    }
+    int st;
+    assert_int_equal(waitpid(kid, &st, 0), kid);
+    tally_close(h, "completed");
+    th_lines l;
+    assert_int_equal(th_read_lines(path, &l), 0);
+    json_arena a;
+    json_arena_init(&a, 1 << 20);
+    const jv *end = th_parse(&a, l.line[l.n - 1]);
+    TH_STR(end, "kind", "run_end");
+    /* The child's events never reached the file (at most a few did, if its
+     * writer ran before _exit): every one is written or counted as lost. */
+    int64_t lost = jv_int(th_get(end, "stats.lost"), -1);
+    assert_int_equal((int64_t)(l.n - 2) + lost, N);
+    assert_true(lost > 0);
+    json_arena_free(&a);
+    th_lines_free(&l);
+    th_rmrf(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prefork),
         cmocka_unit_test(test_parent_keeps_writing),
+        cmocka_unit_test(test_child_exit_counted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
