@@ -88,10 +88,8 @@ typedef struct span {
     int64_t no, begin_ns;
 } span;
 
-/* Counter snapshot of one process. */
-typedef struct counts {
-    uint64_t offered, dropped, requests, errors, tokens_out;
-} counts;
+/* Counter snapshot of one process (ring.h's RING_COUNTERS). */
+typedef ring_counts counts;
 
 struct tally {
     uint64_t id;              /* unique for the process's life: TLS key */

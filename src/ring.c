@@ -43,10 +43,8 @@ void ring_reset(ring *r)
     r->tail_cache = 0;
     atomic_store(&r->seq, 0);
     r->consumed_cache = 0;
-    atomic_store(&r->offered, 0);
-    atomic_store(&r->dropped, 0);
-    atomic_store(&r->requests, 0);
-    atomic_store(&r->errors, 0);
-    atomic_store(&r->tokens_out, 0);
+#define RING_COUNTER_ZERO(n) atomic_store(&r->n, 0);
+    RING_COUNTERS(RING_COUNTER_ZERO)
+#undef RING_COUNTER_ZERO
     r->offered_mirror = NULL;
 }

@@ -27,6 +27,11 @@ typedef struct rec_hdr {
     int64_t mono_ns;     /* CLOCK_MONOTONIC at record time */
 } rec_hdr;
 
+/* The counters a ring keeps for its producer, listed once: the ring's
+ * fields, resetting them, and summing them (ring_counts_add) derive from
+ * this list. */
+#define RING_COUNTERS(X) X(offered) X(dropped) X(requests) X(errors) X(tokens_out)
+
 typedef struct ring {
     /* Producer's line. */
     _Alignas(64) _Atomic uint64_t head;   /* bytes published */
@@ -34,7 +39,9 @@ typedef struct ring {
     _Atomic uint64_t seq;                 /* records published */
     uint64_t consumed_cache;
     /* Counters written only by the producer, read by anyone (relaxed). */
-    _Atomic uint64_t offered, dropped, requests, errors, tokens_out;
+#define RING_COUNTER_FIELD(n) _Atomic uint64_t n;
+    RING_COUNTERS(RING_COUNTER_FIELD)
+#undef RING_COUNTER_FIELD
     /* In a forked child: a copy of `offered` in memory the run's first
      * process can read after the child is gone (NULL elsewhere). */
     _Atomic uint64_t *offered_mirror;
@@ -64,6 +71,20 @@ void ring_reset(ring *r);
 static inline uint64_t ring_load(_Atomic uint64_t *v)
 {
     return atomic_load_explicit(v, memory_order_relaxed);
+}
+
+/* A snapshot of counters, and adding a ring's into it. */
+typedef struct ring_counts {
+#define RING_COUNT_FIELD(n) uint64_t n;
+    RING_COUNTERS(RING_COUNT_FIELD)
+#undef RING_COUNT_FIELD
+} ring_counts;
+
+static inline void ring_counts_add(ring_counts *c, ring *r)
+{
+#define RING_COUNT_ADD(n) c->n += ring_load(&r->n);
+    RING_COUNTERS(RING_COUNT_ADD)
+#undef RING_COUNT_ADD
 }
 /* Single-writer increment: a plain load and store, no lock prefix. */
 static inline void ring_bump(_Atomic uint64_t *v, uint64_t n)

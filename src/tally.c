@@ -276,13 +276,7 @@ int tally_flush(tally_t *h, uint32_t timeout_ms)
 void tally__count(tally_t *h, counts *c)
 {
     *c = h->retired;
-    for (ring *r = atomic_load_explicit(&h->rings, memory_order_acquire); r; r = r->next) {
-        c->offered += ring_load(&r->offered);
-        c->dropped += ring_load(&r->dropped);
-        c->requests += ring_load(&r->requests);
-        c->errors += ring_load(&r->errors);
-        c->tokens_out += ring_load(&r->tokens_out);
-    }
+    for (ring *r = atomic_load_explicit(&h->rings, memory_order_acquire); r; r = r->next) ring_counts_add(c, r);
     uint64_t lost = atomic_load(&h->lost_no_ring);
     c->offered += lost;
     c->dropped += lost;

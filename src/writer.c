@@ -124,11 +124,7 @@ static void retire(struct tally *h, ring *dead)
     if (*pp) {
         *pp = dead->next;
         h->n_rings--;
-        h->retired.offered += ring_load(&dead->offered);
-        h->retired.dropped += ring_load(&dead->dropped);
-        h->retired.requests += ring_load(&dead->requests);
-        h->retired.errors += ring_load(&dead->errors);
-        h->retired.tokens_out += ring_load(&dead->tokens_out);
+        ring_counts_add(&h->retired, dead);
     }
     pthread_mutex_unlock(&h->mu);
     ring_release(dead);
