@@ -155,6 +155,8 @@ struct tally {
     counts retired;           /* counters of rings already freed */
     counts published;         /* what was added to `shared` so far */
     uint64_t published_written;
+    uint64_t uncommitted;       /* events given to the sinks, batch not yet committed */
+    uint64_t published_settled; /* written - uncommitted, as last added to child_settled */
     _Atomic uint64_t written, sink_failures, unpriced;
     uint64_t published_unpriced;
     prices prices;            /* loaded price table (n == 0: none) */

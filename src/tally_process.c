@@ -92,6 +92,8 @@ static void fork_child(void)
         memset(&h->retired, 0, sizeof h->retired);
         memset(&h->published, 0, sizeof h->published);
         h->published_written = 0;
+        h->published_settled = 0;
+        h->uncommitted = 0;
         atomic_store(&h->written, 0);
         atomic_store(&h->sink_failures, 0);
         for (int k = 0; k < h->n_sinks; k++) atomic_store(&h->sinks[k].lost, 0);

@@ -207,9 +207,14 @@ static void publish(struct tally *h)
     atomic_fetch_add(&h->shared->tokens_out, c.tokens_out - h->published.tokens_out);
     atomic_fetch_add(&h->shared->dropped, c.dropped - h->published.dropped);
     atomic_fetch_add(&h->shared->written, w - h->published_written);
-    if (h->is_child)
+    if (h->is_child) {
+        /* Settled: committed to the sinks (an event still in a sink's
+         * buffer would be lost by _exit()), or dropped. */
+        uint64_t settled = w - h->uncommitted;
         atomic_fetch_add(&h->shared->child_settled,
-                         (w - h->published_written) + (c.dropped - h->published.dropped));
+                         (settled - h->published_settled) + (c.dropped - h->published.dropped));
+        h->published_settled = settled;
+    }
     uint64_t up = atomic_load(&h->unpriced);
     atomic_fetch_add(&h->shared->unpriced, up - h->published_unpriced);
     h->published_unpriced = up;
@@ -252,6 +257,7 @@ static void *writer_main(void *arg)
             batch = 0;
             oldest = 0;
         }
+        h->uncommitted = batch;
         publish(h);
         if (h->published.dropped != last_dropped) {
             last_dropped = h->published.dropped;
@@ -460,6 +466,11 @@ static void writer_finish(struct tally *h)
         give_to_sinks(h, &ev, b);
     }
     commit(h, 1);
+    if (h->is_child) {
+        /* Everything is committed now: a child's last word on what it settled. */
+        h->uncommitted = 0;
+        publish(h);
+    }
     for (int i = 0; i < h->n_sinks; i++)
         if (h->sinks[i].ops->close) h->sinks[i].ops->close(&h->sinks[i]);
     h->n_sinks = 0;
