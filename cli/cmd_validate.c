@@ -233,14 +233,13 @@ static void check_event(vstate *s, uint64_t line, const jv *v)
                 if (f->flags & FLD_REQUIRED) need(s, line, x, "extra.", f->key, T_STR);
                 else maybe(s, line, x, "extra.", f->key, T_STR);
             }
-            need(s, line, x, "extra.", "prompt_tokens", T_INT);
-            need(s, line, x, "extra.", "completion_tokens", T_INT);
-            need(s, line, x, "extra.", "latency_us", T_INT);
-            static const char *const ints[] = {"cached_tokens", "cache_write_tokens", "reasoning_tokens", "ttft_us",
-                                               "cost_nusd"};
-            for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) maybe(s, line, x, "extra.", ints[i], T_INT);
-            maybe(s, line, x, "extra.", "energy_j", T_NUMNULL);
-            maybe(s, line, x, "extra.", "gpu_util_pct", T_NUMNULL);
+            /* The numbers: integers, or numbers (null for NaN). */
+            for (int i = 0; i < N_REQUEST_NUMBERS; i++) {
+                const number_def *f = &tally_request_numbers[i];
+                vtype vt = f->type == FLD_I64 ? T_INT : T_NUMNULL;
+                if (f->flags & FLD_REQUIRED) need(s, line, x, "extra.", f->key, vt);
+                else maybe(s, line, x, "extra.", f->key, vt);
+            }
             const jv *ok = jv_get(x, "ok");
             if (ok && ok->type != JV_TRUE && ok->type != JV_FALSE) problem(s, line, "%s", "extra.ok must be a boolean");
         }

@@ -156,6 +156,23 @@ static const char *const rq_names[RQ_NSTR] = {
     "error", "degraded", "sampling", "text", "extra",
 };
 
+/* The request's numbers (fields.h) that are present: the required ones
+ * (`required` 1) or the others. */
+static void put_numbers(buf *b, const rec_request *q, int required)
+{
+    for (int i = 0; i < N_REQUEST_NUMBERS; i++) {
+        const number_def *f = &tally_request_numbers[i];
+        if (!(f->flags & FLD_REQUIRED) != !required) continue;
+        if (!rec_number_present(f, q)) continue;
+        buf_putc(b, ',');
+        buf_putc(b, '"');
+        buf_put(b, f->key, f->keylen);
+        buf_put(b, "\":", 2);
+        if (f->type == FLD_I64) enc_i64(b, rec_number_i64(f, q));
+        else enc_double(b, rec_number_f64(f, q));
+    }
+}
+
 static void enc_request(struct tally *h, buf *b, const wev *ev)
 {
     const rec_request *q = ev->payload;
@@ -163,12 +180,7 @@ static void enc_request(struct tally *h, buf *b, const wev *ev)
     tally__encode_head(b, "eval", 4, ev);
     buf_put(b, ",\"phase\":\"serve\",\"name\":\"request\",\"extra\":{\"model\":", 51);
     put_str(b, q, s[RQ_MODEL]);
-    ENC_NKEY(b, "prompt_tokens");
-    enc_i64(b, q->prompt);
-    ENC_NKEY(b, "completion_tokens");
-    enc_i64(b, q->completion);
-    ENC_NKEY(b, "latency_us");
-    enc_i64(b, q->latency_us);
+    put_numbers(b, q, 1); /* the required numbers lead */
     /* The named fields (fields.h) but the model, which leads. */
     static const struct { int slot; const char *key; size_t klen; } opt[] = {
 #define X(SLOT, name, flags) {RQ_##SLOT, ",\"" #name "\":", sizeof(",\"" #name "\":") - 1},
@@ -180,10 +192,7 @@ static void enc_request(struct tally *h, buf *b, const wev *ev)
         buf_put(b, opt[i].key, opt[i].klen);
         put_str(b, q, s[opt[i].slot]);
     }
-    if (q->cached > 0) { ENC_NKEY(b, "cached_tokens"); enc_i64(b, q->cached); }
-    if (q->cache_write > 0) { ENC_NKEY(b, "cache_write_tokens"); enc_i64(b, q->cache_write); }
-    if (q->reasoning > 0) { ENC_NKEY(b, "reasoning_tokens"); enc_i64(b, q->reasoning); }
-    if (q->ttft_us > 0) { ENC_NKEY(b, "ttft_us"); enc_i64(b, q->ttft_us); }
+    put_numbers(b, q, 0);
     if (q->n_stages) {
         const rec_stage *st = (const rec_stage *)(q + 1);
         ENC_NKEY(b, "stage_us");
@@ -197,8 +206,6 @@ static void enc_request(struct tally *h, buf *b, const wev *ev)
         buf_putc(b, '}');
     }
     if (q->flags & TALLY_HAS_COST) {
-        ENC_NKEY(b, "cost_nusd");
-        enc_i64(b, q->cost);
         ENC_NKEY(b, "cost_breakdown_nusd");
         buf_put(b, "{\"input\":", 9);
         enc_i64(b, q->cost_input);
@@ -212,8 +219,6 @@ static void enc_request(struct tally *h, buf *b, const wev *ev)
         enc_i64(b, q->cost_reasoning);
         buf_putc(b, '}');
     }
-    if (q->flags & TALLY_HAS_ENERGY) { ENC_NKEY(b, "energy_j"); enc_double(b, q->energy_j); }
-    if (q->flags & TALLY_HAS_GPU_UTIL) { ENC_NKEY(b, "gpu_util_pct"); enc_double(b, q->gpu_util); }
     int ok = !s[RQ_ERROR].off && !(q->flags & TALLY_FAILED);
     if (ok) buf_put(b, ",\"ok\":true", 10);
     else buf_put(b, ",\"ok\":false", 11);

@@ -36,17 +36,16 @@ void tally__row_of_event(struct tally *h, const wev *ev, row *r)
         r->degraded = rs(q, q->s[RQ_DEGRADED]);
         r->text = rs(q, q->s[RQ_TEXT]);
         r->ok = !q->s[RQ_ERROR].off && !(q->flags & TALLY_FAILED);
-        r->prompt = q->prompt;
-        r->completion = q->completion;
-        r->latency_us = (double)q->latency_us;
-        r->has |= ROW_OK | ROW_PROMPT | ROW_COMPLETION | ROW_LATENCY;
-        if (q->cached > 0) { r->cached = q->cached; r->has |= ROW_CACHED; }
-        if (q->cache_write > 0) { r->cache_write = q->cache_write; r->has |= ROW_CACHE_WRITE; }
-        if (q->reasoning > 0) { r->reasoning = q->reasoning; r->has |= ROW_REASONING; }
-        if (q->ttft_us > 0) { r->ttft_us = (double)q->ttft_us; r->has |= ROW_TTFT; }
-        if (q->flags & TALLY_HAS_COST) { r->cost_nusd = q->cost; r->has |= ROW_COST; }
-        if (q->flags & TALLY_HAS_ENERGY) { r->energy_j = q->energy_j; r->has |= ROW_ENERGY; }
-        if (q->flags & TALLY_HAS_GPU_UTIL) { r->gpu_util = q->gpu_util; r->has |= ROW_GPU; }
+        for (int i = 0; i < N_REQUEST_NUMBERS; i++) {
+            const number_def *f = &tally_request_numbers[i];
+            if (!rec_number_present(f, q)) continue;
+            void *m = (char *)r + f->row_off;
+            double d = f->type == FLD_I64 ? (double)rec_number_i64(f, q) : rec_number_f64(f, q);
+            if (f->row_type == FLD_I64) *(int64_t *)m = f->type == FLD_I64 ? rec_number_i64(f, q) : (int64_t)d;
+            else *(double *)m = d;
+            r->has |= f->rowbit;
+        }
+        r->has |= ROW_OK;
         break;
     }
     case REC_STEP: {

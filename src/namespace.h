@@ -138,5 +138,7 @@
 #define hindex_clear tally__hindex_clear
 #define hindex_fit tally__hindex_fit
 #define hindex_free tally__hindex_free
+#define number_by_key tally__number_by_key
+#define request_key_index tally__request_key_index
 
 #endif

@@ -46,8 +46,8 @@ typedef struct top {
 /* The members of a request's `extra` that rows use. */
 typedef struct xtra {
     const jv *label[RQ_NLABELS];   /* the named fields (fields.h), by slot */
+    const jv *number[N_REQUEST_NUMBERS];  /* the numbers (fields.h), in their order */
     const jv *error, *degraded, *text, *ok;
-    const jv *prompt, *cached, *cache_write, *completion, *reasoning, *latency, *ttft, *cost, *energy, *gpu;
 } xtra;
 
 /* The first of duplicate keys wins, as with jv_get(). */
@@ -97,39 +97,22 @@ static void scan_top(const jv *obj, top *o)
     }
 }
 
-#define TAKEN(slot) do { TAKE(slot); goto next; } while (0)
-
 static void scan_extra(const jv *obj, xtra *x)
 {
     memset(x, 0, sizeof *x);
     for (const jv *e = obj->child; e; e = e->next) {
         switch (e->keylen) {
-        case 2: if (KEY(e, "ok")) TAKEN(x->ok); break;
-        case 4: if (KEY(e, "text")) TAKEN(x->text); break;
-        case 5: if (KEY(e, "error")) TAKEN(x->error); break;
-        case 7: if (KEY(e, "ttft_us")) TAKEN(x->ttft); break;
-        case 8:
-            if (KEY(e, "degraded")) TAKEN(x->degraded);
-            if (KEY(e, "energy_j")) TAKEN(x->energy);
-            break;
-        case 9: if (KEY(e, "cost_nusd")) TAKEN(x->cost); break;
-        case 10: if (KEY(e, "latency_us")) TAKEN(x->latency); break;
-        case 12: if (KEY(e, "gpu_util_pct")) TAKEN(x->gpu); break;
-        case 13:
-            if (KEY(e, "prompt_tokens")) TAKEN(x->prompt);
-            if (KEY(e, "cached_tokens")) TAKEN(x->cached);
-            break;
-        case 16: if (KEY(e, "reasoning_tokens")) TAKEN(x->reasoning); break;
-        case 17: if (KEY(e, "completion_tokens")) TAKEN(x->completion); break;
-        case 18: if (KEY(e, "cache_write_tokens")) TAKEN(x->cache_write); break;
+        case 2: if (KEY(e, "ok")) { TAKE(x->ok); continue; } break;
+        case 4: if (KEY(e, "text")) { TAKE(x->text); continue; } break;
+        case 5: if (KEY(e, "error")) { TAKE(x->error); continue; } break;
+        case 8: if (KEY(e, "degraded")) { TAKE(x->degraded); continue; } break;
         default: break;
         }
-        {
-            /* The named fields (fields.h). */
-            const field_def *f = field_by_key(e->key, e->keylen);
-            if (f) TAKE(x->label[f->slot]);
-        }
-    next:;
+        /* The named fields and numbers (fields.h). */
+        int idx = request_key_index(e->key, e->keylen);
+        if (idx < 0) continue;
+        if (idx < N_REQUEST_LABELS) TAKE(x->label[tally_request_labels[idx].slot]);
+        else TAKE(x->number[idx - N_REQUEST_LABELS]);
     }
 }
 
@@ -170,16 +153,12 @@ static void request_fields(const jv *extra, row *r)
     r->error = str(x.error);
     r->degraded = str(x.degraded);
     r->text = str(x.text);
-    if (inum(x.prompt, &r->prompt)) r->has |= ROW_PROMPT;
-    if (inum(x.cached, &r->cached)) r->has |= ROW_CACHED;
-    if (inum(x.cache_write, &r->cache_write)) r->has |= ROW_CACHE_WRITE;
-    if (inum(x.completion, &r->completion)) r->has |= ROW_COMPLETION;
-    if (inum(x.reasoning, &r->reasoning)) r->has |= ROW_REASONING;
-    if (num(x.latency, &r->latency_us)) r->has |= ROW_LATENCY;
-    if (num(x.ttft, &r->ttft_us)) r->has |= ROW_TTFT;
-    if (inum(x.cost, &r->cost_nusd)) r->has |= ROW_COST;
-    if (num(x.energy, &r->energy_j)) r->has |= ROW_ENERGY;
-    if (num(x.gpu, &r->gpu_util)) r->has |= ROW_GPU;
+    for (int i = 0; i < N_REQUEST_NUMBERS; i++) {
+        const number_def *f = &tally_request_numbers[i];
+        void *m = (char *)r + f->row_off;
+        int got = f->row_type == FLD_I64 ? inum(x.number[i], m) : num(x.number[i], m);
+        if (got) r->has |= f->rowbit;
+    }
     /* toy/v1 producers before `ok` existed: a request with an error failed. */
     if (x.ok && (x.ok->type == JV_TRUE || x.ok->type == JV_FALSE)) r->ok = x.ok->type == JV_TRUE;
     else r->ok = r->error.p == NULL;

@@ -108,16 +108,6 @@ static const col tail_cols[] = {
     {"ok", "INTEGER", NULL},
     {"error", "TEXT", NULL},
     {"degraded", "TEXT", NULL},
-    {"prompt_tokens", "INTEGER", NULL},
-    {"cached_tokens", "INTEGER", NULL},
-    {"cache_write_tokens", "INTEGER", NULL},
-    {"completion_tokens", "INTEGER", NULL},
-    {"reasoning_tokens", "INTEGER", NULL},
-    {"latency_us", "INTEGER", NULL},
-    {"ttft_us", "INTEGER", NULL},
-    {"cost_nusd", "INTEGER", NULL},
-    {"energy_j", "REAL", NULL},
-    {"gpu_util_pct", "REAL", NULL},
     {"step", "INTEGER", NULL},
     {"loss", "REAL", NULL},
     /* v1 kept a step's wall time and tokens only in its JSON. */
@@ -153,17 +143,23 @@ void store_column_at(int i, const char **name, const char **type, const char **e
 {
     const col *c = NULL;
     if (i < N_HEAD) c = &head_cols[i];
-    else if (i >= N_HEAD + N_REQUEST_LABELS) c = &tail_cols[i - N_HEAD - N_REQUEST_LABELS];
+    else if (i >= N_HEAD + N_REQUEST_LABELS + N_REQUEST_NUMBERS)
+        c = &tail_cols[i - N_HEAD - N_REQUEST_LABELS - N_REQUEST_NUMBERS];
     if (c) {
         *name = c->name;
         *type = c->type;
         *expr = version == 1 && c->v1 ? c->v1 : c->name;
         return;
     }
-    const field_def *f = &tally_request_labels[i - N_HEAD];
-    *name = f->key;
-    *type = "TEXT";
-    *expr = f->key;
+    if (i < N_HEAD + N_REQUEST_LABELS) {
+        const field_def *f = &tally_request_labels[i - N_HEAD];
+        *name = *expr = f->key;
+        *type = "TEXT";
+        return;
+    }
+    const number_def *f = &tally_request_numbers[i - N_HEAD - N_REQUEST_LABELS];
+    *name = *expr = f->key;
+    *type = f->type == FLD_I64 ? "INTEGER" : "REAL";
 }
 
 static void build_sql(void)
@@ -232,7 +228,7 @@ int store_version(sqlite3 *db)
     return pragma_int(db, "PRAGMA user_version", &v) == 0 ? (int)v : 0;
 }
 
-/* A column for every named field (fields.h) the tables lack: a field added
+/* A column for every named field and number (fields.h) the tables lack: a field added
  * to the table gets its column the next time a writer opens the database,
  * without a schema version of its own.  Rows stored before keep theirs in
  * the JSON only. */
@@ -249,6 +245,12 @@ static int add_label_columns(sqlite3 *db)
             snprintf(sql, sizeof sql, "ALTER TABLE rollup ADD COLUMN %s TEXT", f->key);
             if (exec(db, sql)) return -1;
         }
+    }
+    for (int i = 0; i < N_REQUEST_NUMBERS; i++) {
+        const number_def *f = &tally_request_numbers[i];
+        if (store_has_column(db, "events", f->key)) continue;
+        snprintf(sql, sizeof sql, "ALTER TABLE events ADD COLUMN %s %s", f->key, f->type == FLD_I64 ? "INTEGER" : "REAL");
+        if (exec(db, sql)) return -1;
     }
     return 0;
 }

@@ -87,19 +87,17 @@ static void bind_row(sqlite3_stmt *st, int at, int64_t seq, const row *r)
     put_sv(st, i++, r->phase);
     put_sv(st, i++, r->name);
     for (int k = 0; k < N_REQUEST_LABELS; k++) put_sv(st, i++, *FIELD_CSV(r, &tally_request_labels[k]));
+    for (int k = 0; k < N_REQUEST_NUMBERS; k++) {
+        const number_def *f = &tally_request_numbers[k];
+        const void *m = (const char *)r + f->row_off;
+        int present = (h & f->rowbit) != 0;
+        if (f->row_type == FLD_I64) put_i64(st, i++, present, *(const int64_t *)m);
+        else if (f->type == FLD_I64) put_num(st, i++, present, *(const double *)m); /* whole microseconds */
+        else put_dbl(st, i++, present, *(const double *)m);
+    }
     put_i64(st, i++, h & ROW_OK, r->ok);
     put_sv(st, i++, r->error);
     put_sv(st, i++, r->degraded);
-    put_i64(st, i++, h & ROW_PROMPT, r->prompt);
-    put_i64(st, i++, h & ROW_CACHED, r->cached);
-    put_i64(st, i++, h & ROW_CACHE_WRITE, r->cache_write);
-    put_i64(st, i++, h & ROW_COMPLETION, r->completion);
-    put_i64(st, i++, h & ROW_REASONING, r->reasoning);
-    put_num(st, i++, h & ROW_LATENCY, r->latency_us);
-    put_num(st, i++, h & ROW_TTFT, r->ttft_us);
-    put_i64(st, i++, h & ROW_COST, r->cost_nusd);
-    put_dbl(st, i++, h & ROW_ENERGY, r->energy_j);
-    put_dbl(st, i++, h & ROW_GPU, r->gpu_util);
     put_i64(st, i++, h & ROW_STEP, r->step);
     put_dbl(st, i++, h & ROW_LOSS, r->loss);
     put_num(st, i++, h & ROW_WALL, r->wall_us);

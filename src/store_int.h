@@ -58,11 +58,11 @@ struct store {
 };
 
 /* The events table's columns (store.c): head, one per named request
- * field (fields.h), tail -- the order of CREATE, INSERT, SELECT,
- * bind_row() and store_row_from_stmt(). */
+ * field and one per request number (fields.h), tail -- the order of
+ * CREATE, INSERT, SELECT, bind_row() and store_row_from_stmt(). */
 #define STORE_HEAD_COLS 7
-#define STORE_TAIL_COLS 19
-#define INSERT_COLS (STORE_HEAD_COLS + N_REQUEST_LABELS + STORE_TAIL_COLS)
+#define STORE_TAIL_COLS 9
+#define INSERT_COLS (STORE_HEAD_COLS + N_REQUEST_LABELS + N_REQUEST_NUMBERS + STORE_TAIL_COLS)
 #define INSERT_MANY 32            /* rows per statement for batches (25% faster than one) */
 /* SELECT: every column but json, then run_end's reason and run_start's
  * model; with_json adds json as column SELECT_NCOLS. */

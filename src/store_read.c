@@ -27,7 +27,10 @@ int store_select(sqlite3 *db, int version, const char *table, int with_json, cha
         const char *name, *type, *expr;
         store_column_at(i, &name, &type, &expr, version);
         /* A named field an older database has no column for (read-only). */
-        if (i >= STORE_HEAD_COLS && i < STORE_HEAD_COLS + N_REQUEST_LABELS && !store_has_column(db, table, name)) expr = "NULL";
+        /* A named field or number an older database has no column for. */
+        if (i >= STORE_HEAD_COLS && i < STORE_HEAD_COLS + N_REQUEST_LABELS + N_REQUEST_NUMBERS &&
+            !store_has_column(db, table, name))
+            expr = "NULL";
         k += (size_t)snprintf(out + k, n - k, "%s%s", i ? ", " : "", expr);
     }
     if (k < n)
@@ -106,22 +109,18 @@ void store_row_from_stmt(sqlite3_stmt *st, row *r)
     r->phase = col_sv(st, i++);
     r->name = col_sv(st, i++);
     for (int k = 0; k < N_REQUEST_LABELS; k++) *FIELD_SV(r, &tally_request_labels[k]) = col_sv(st, i++);
+    for (int k = 0; k < N_REQUEST_NUMBERS; k++) {
+        const number_def *f = &tally_request_numbers[k];
+        void *m = (char *)r + f->row_off;
+        int got = f->row_type == FLD_I64 ? col_i64(st, i++, m) : col_dbl(st, i++, m);
+        if (got) r->has |= f->rowbit;
+    }
     if (col_i64(st, i++, &ok)) {
         r->ok = ok != 0;
         r->has |= ROW_OK;
     }
     r->error = col_sv(st, i++);
     r->degraded = col_sv(st, i++);
-    if (col_i64(st, i++, &r->prompt)) r->has |= ROW_PROMPT;
-    if (col_i64(st, i++, &r->cached)) r->has |= ROW_CACHED;
-    if (col_i64(st, i++, &r->cache_write)) r->has |= ROW_CACHE_WRITE;
-    if (col_i64(st, i++, &r->completion)) r->has |= ROW_COMPLETION;
-    if (col_i64(st, i++, &r->reasoning)) r->has |= ROW_REASONING;
-    if (col_dbl(st, i++, &r->latency_us)) r->has |= ROW_LATENCY;
-    if (col_dbl(st, i++, &r->ttft_us)) r->has |= ROW_TTFT;
-    if (col_i64(st, i++, &r->cost_nusd)) r->has |= ROW_COST;
-    if (col_dbl(st, i++, &r->energy_j)) r->has |= ROW_ENERGY;
-    if (col_dbl(st, i++, &r->gpu_util)) r->has |= ROW_GPU;
     if (col_i64(st, i++, &r->step)) r->has |= ROW_STEP;
     if (col_dbl(st, i++, &r->loss)) r->has |= ROW_LOSS;
     if (col_dbl(st, i++, &r->wall_us)) r->has |= ROW_WALL;

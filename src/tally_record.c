@@ -213,21 +213,14 @@ void tally_request_record(tally_t *h, const tally_request *q)
     if (q->completion_tokens > 0) ring_bump(&r->tokens_out, (uint64_t)q->completion_tokens);
     if (!hd) return;
     rec_request *rq = (rec_request *)(hd + 1);
-    rq->prompt = q->prompt_tokens;
-    rq->completion = q->completion_tokens;
-    rq->latency_us = q->latency_us;
-    rq->cached = q->cached_tokens;
-    rq->cache_write = q->cache_write_tokens;
-    rq->reasoning = q->reasoning_tokens;
-    rq->ttft_us = q->ttft_us;
-    rq->cost = q->cost_nusd;
+#define COPY_NUMBER(key, api, rec, type, present, rowm, rowbit, flags) rq->rec = q->api;
+    TALLY_REQUEST_NUMBERS(COPY_NUMBER)
+#undef COPY_NUMBER
     rq->cost_input = q->cost_input_nusd;
     rq->cost_cached = q->cost_cached_nusd;
     rq->cost_cache_write = q->cost_cache_write_nusd;
     rq->cost_output = q->cost_output_nusd;
     rq->cost_reasoning = q->cost_reasoning_nusd;
-    rq->energy_j = q->energy_j;
-    rq->gpu_util = q->gpu_util_pct;
     /* Zero means absent unless its bit says it is real (tally.h). */
     unsigned fl = q->flags;
     if (q->cost_nusd | q->cost_input_nusd | q->cost_cached_nusd | q->cost_cache_write_nusd | q->cost_output_nusd |

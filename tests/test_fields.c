@@ -3,9 +3,9 @@
  * reaches everywhere it says it does.
  *
  * Walks the table itself, so a field added there is checked here without
- * a new test: every field set through tally_request is in the JSON line's
- * `extra`, in its own column of the database, read back by both row
- * decoders, and a --by key; the rollup fields give the same stats from
+ * a new test: every field and number set through tally_request is in the
+ * JSON line's `extra`, in its own column of the database, read back by
+ * the row decoders; every field is a --by key; the rollup fields give the same stats from
  * the file, the rollup and the rows.  Then provider and finish_reason end
  * to end: --where, tail, validate.
  */
@@ -20,6 +20,9 @@ static void value_of(const field_def *f, int i, char *out, size_t n)
     snprintf(out, n, "%s-%d", f->key, i % 3);
 }
 
+/* Number k's value in request i: distinct and positive. */
+static int64_t number_of(int k, int i) { return 1000 * (k + 1) + i; }
+
 static void record_all_fields(tally_t *h, int n)
 {
     char vals[RQ_NLABELS][64];
@@ -30,9 +33,13 @@ static void record_all_fields(tally_t *h, int n)
             value_of(f, i, vals[k], sizeof vals[k]);
             *(const char **)((char *)&q + f->api_off) = vals[k];
         }
-        q.prompt_tokens = 10 + i;
-        q.completion_tokens = 5;
-        q.latency_us = 1000 * (i + 1);
+        /* Every number non-zero: written without its presence bit. */
+        for (int k = 0; k < N_REQUEST_NUMBERS; k++) {
+            const number_def *f = &tally_request_numbers[k];
+            void *m = (char *)&q + f->api_off;
+            if (f->type == FLD_I64) *(int64_t *)m = number_of(k, i);
+            else *(double *)m = (double)number_of(k, i) + 0.5;
+        }
         tally_request_record(h, &q);
     }
 }
@@ -93,6 +100,28 @@ static void test_every_field_everywhere(void **state)
             sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
             assert_int_equal(sqlite3_step(st), SQLITE_ROW);
             assert_string_equal((const char *)sqlite3_column_text(st, 0), want);
+            sqlite3_finalize(st);
+        }
+        for (int k = 0; k < N_REQUEST_NUMBERS; k++) {
+            const number_def *f = &tally_request_numbers[k];
+            double want = (double)number_of(k, i) + (f->type == FLD_I64 ? 0 : 0.5);
+            char path[96], sql[256];
+            /* In the line's extra. */
+            snprintf(path, sizeof path, "extra.%s", f->key);
+            const jv *x = th_get(v, path);
+            if (!x) fail_msg("%s missing in %s", path, l.line[1 + i]);
+            assert_true(jv_num(x, 0) == want);
+            /* Read back into its row member, with its bit. */
+            assert_true(r.has & f->rowbit);
+            const void *m = (const char *)&r + f->row_off;
+            assert_true((f->row_type == FLD_I64 ? (double)*(const int64_t *)m : *(const double *)m) == want);
+            /* In its own column. */
+            snprintf(sql, sizeof sql, "SELECT %s FROM events WHERE id = ?1", f->key);
+            sqlite3_stmt *st;
+            assert_int_equal(sqlite3_prepare_v2(s, sql, -1, &st, NULL), SQLITE_OK);
+            sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+            assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+            assert_true(sqlite3_column_double(st, 0) == want);
             sqlite3_finalize(st);
         }
     }
