@@ -157,20 +157,21 @@ static const char *const rq_names[RQ_NSTR] = {
 };
 
 /* The request's numbers (fields.h) that are present: the required ones
- * (`required` 1) or the others. */
+ * (`required` 1) or the others.  Expanded from the list into straight-line
+ * code (every test on a field's flags is a constant): this is per event. */
+static inline void enc_number_i64(buf *b, int64_t v) { enc_i64(b, v); }
+static inline void enc_number_f64(buf *b, double v) { enc_double(b, v); }
+#define NUMBER_PRESENT(v, present, flags)                                                                         \
+    ((present) == FLD_ALWAYS ? 1 : (present) == FLD_POSITIVE ? (v) > 0 : ((flags) & (present)) != 0)
 static void put_numbers(buf *b, const rec_request *q, int required)
 {
-    for (int i = 0; i < N_REQUEST_NUMBERS; i++) {
-        const number_def *f = &tally_request_numbers[i];
-        if (!(f->flags & FLD_REQUIRED) != !required) continue;
-        if (!rec_number_present(f, q)) continue;
-        buf_putc(b, ',');
-        buf_putc(b, '"');
-        buf_put(b, f->key, f->keylen);
-        buf_put(b, "\":", 2);
-        if (f->type == FLD_I64) enc_i64(b, rec_number_i64(f, q));
-        else enc_double(b, rec_number_f64(f, q));
+#define PUT_NUMBER(key, api, rec, type, present, rowm, rowbit, fl)                                                \
+    if (!((fl) & FLD_REQUIRED) == !required && NUMBER_PRESENT(q->rec, present, q->flags)) {                        \
+        buf_put(b, ",\"" #key "\":", sizeof(",\"" #key "\":") - 1);                                                 \
+        _Generic(q->rec, double: enc_number_f64, default: enc_number_i64)(b, q->rec);                                \
     }
+    TALLY_REQUEST_NUMBERS(PUT_NUMBER)
+#undef PUT_NUMBER
 }
 
 static void enc_request(struct tally *h, buf *b, const wev *ev)

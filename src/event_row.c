@@ -36,15 +36,14 @@ void tally__row_of_event(struct tally *h, const wev *ev, row *r)
         r->degraded = rs(q, q->s[RQ_DEGRADED]);
         r->text = rs(q, q->s[RQ_TEXT]);
         r->ok = !q->s[RQ_ERROR].off && !(q->flags & TALLY_FAILED);
-        for (int i = 0; i < N_REQUEST_NUMBERS; i++) {
-            const number_def *f = &tally_request_numbers[i];
-            if (!rec_number_present(f, q)) continue;
-            void *m = (char *)r + f->row_off;
-            double d = f->type == FLD_I64 ? (double)rec_number_i64(f, q) : rec_number_f64(f, q);
-            if (f->row_type == FLD_I64) *(int64_t *)m = f->type == FLD_I64 ? rec_number_i64(f, q) : (int64_t)d;
-            else *(double *)m = d;
-            r->has |= f->rowbit;
-        }
+        /* The numbers (fields.h), expanded from the list: per event. */
+#define ROW_NUMBER(key, api, rec, type, present, rowm, rowbit, fl)                                                 \
+    if ((present) == FLD_ALWAYS || ((present) == FLD_POSITIVE ? q->rec > 0 : (q->flags & (present)) != 0)) {     \
+        r->rowm = q->rec;                                                                                         \
+        r->has |= (rowbit);                                                                                       \
+    }
+        TALLY_REQUEST_NUMBERS(ROW_NUMBER)
+#undef ROW_NUMBER
         r->has |= ROW_OK;
         break;
     }

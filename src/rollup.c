@@ -5,6 +5,7 @@
 #include "hindex.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,6 +61,15 @@ static int newer_places(int out[RK_NSTR])
     return n;
 }
 
+/* Both lists, worked out once: a key is encoded for every row. */
+static int base_list[RK_NSTR], newer_list[RK_NSTR], n_base, n_newer;
+static pthread_once_t places_once = PTHREAD_ONCE_INIT;
+static void places_init(void)
+{
+    n_base = base_places(base_list);
+    n_newer = newer_places(newer_list);
+}
+
 static const sv *key_field(const row *r, int place)
 {
     switch (place) {
@@ -105,8 +115,9 @@ static unsigned char *put_key_str(unsigned char *o, const sv *f)
 void rollup_key_encode(const row *r, buf *b)
 {
     /* Once per row on the writer thread: sized first, then written in place. */
-    int base[RK_NSTR], newer[RK_NSTR];
-    int nb = base_places(base), nn = newer_places(newer), any_newer = 0;
+    pthread_once(&places_once, places_init);
+    const int *base = base_list, *newer = newer_list;
+    int nb = n_base, nn = n_newer, any_newer = 0;
     size_t need = 2;
     for (int i = 0; i < nb; i++) need += 1 + (key_field(r, base[i])->p ? 10 + key_field(r, base[i])->n : 0);
     for (int i = 0; i < nn; i++)
@@ -144,8 +155,9 @@ int rollup_key_decode(const void *data, size_t n, int64_t minute, rollup_key *k)
     k->minute = minute;
     k->bytes = data;
     k->len = n;
-    int base[RK_NSTR], newer[RK_NSTR];
-    int nb = base_places(base), nn = newer_places(newer);
+    pthread_once(&places_once, places_init);
+    const int *base = base_list, *newer = newer_list;
+    int nb = n_base, nn = n_newer;
     for (int i = 0; i < nb; i++)
         if (get_key_str(p, n, &at, &k->s[base[i]])) return -1;
     if (n - at < 2 || p[at] > 2 || p[at + 1] > AGG_ERROR) return -1;
