@@ -1,6 +1,6 @@
 /*
  * tally validate -- checks files against the toy/v1 wire format
- * (../shared/DESIGN.md) and prints every problem with its line number:
+ * (docs/format.md) and prints every problem with its line number:
  * bad JSON (strict RFC 8259), missing required keys, wrong types, t going
  * backwards within one writer, run_start not first, more than one run_end
  * in a run, a torn last line.  Exit 0 when clean, 1 when not, 2 on usage.

@@ -1,6 +1,6 @@
 /*
  * event_encode -- one JSON line per event, on the writer thread: the
- * toy/v1 shapes of DESIGN's wire format (kind, t, ts, id first), the
+ * toy/v1 shapes of docs/format.md (kind, t, ts, id first), the
  * request's named fields from src/fields.h, the caller's JSON checked and
  * re-encoded (never spliced), tally's own keys never written twice.
  */
