@@ -16,37 +16,28 @@ static inline void put_str(buf *b, const void *base, rstr s)
     enc_str(b, (const char *)base + s.off, s.len);
 }
 
-/* The keys tally itself writes in a request's `extra`, besides the named
- * fields of fields.h: a caller's extra_json cannot take them. */
+/* The keys tally itself writes in a request's `extra`: the fields of
+ * fields.h, and these.  A caller's extra_json cannot take them. */
 static int request_key(const char *k, size_t n)
 {
     static const char *const own[] = {
-        "prompt_tokens", "completion_tokens", "latency_us", "cached_tokens", "cache_write_tokens",
-        "reasoning_tokens", "ttft_us", "stage_us", "cost_nusd", "cost_breakdown_nusd", "energy_j", "gpu_util_pct",
-        "ok", "error", "degraded", "escalated", "fallback", "cache_hit", "ceiling_hit", "user_cap_hit", "sampling",
-        "sampling_unparsed", "text", "truncated", "extra_unparsed",
+        "stage_us", "cost_breakdown_nusd", "ok", "error", "degraded", "escalated", "fallback", "cache_hit",
+        "ceiling_hit", "user_cap_hit", "sampling", "sampling_unparsed", "text", "truncated", "extra_unparsed",
     };
-    if (field_by_key(k, n)) return 1;
+    if (request_key_index(k, n) >= 0) return 1;
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
         if (strlen(own[i]) == n && memcmp(own[i], k, n) == 0) return 1;
     return 0;
 }
 
-/* Was this key already written among the caller's members? */
-static int seen_before(const jv *first, const jv *upto, const char *k, size_t n, int renamed)
+/* Whether two members' names are the same as written ("caller_" before
+ * a renamed one). */
+static int same_name_written(const jv *a, int ra, const jv *b, int rb)
 {
-    for (const jv *e = first; e != upto; e = e->next) {
-        int er = request_key(e->key, e->keylen);
-        /* compare the names as written: "caller_" + key for renamed ones */
-        if (er == renamed && e->keylen == n && memcmp(e->key, k, n) == 0) return 1;
-        if (!er && renamed && e->keylen == n + 7 && memcmp(e->key, "caller_", 7) == 0 &&
-            memcmp(e->key + 7, k, n) == 0)
-            return 1;
-        if (er && !renamed && n == e->keylen + 7 && memcmp(k, "caller_", 7) == 0 &&
-            memcmp(k + 7, e->key, e->keylen) == 0)
-            return 1;
-    }
-    return 0;
+    if (a->keylen + (ra ? 7 : 0) != b->keylen + (rb ? 7 : 0)) return 0;
+    if (ra == rb) return memcmp(a->key, b->key, a->keylen) == 0;
+    const jv *r = ra ? a : b, *p = ra ? b : a; /* p's name must be "caller_" + r's */
+    return memcmp(p->key, "caller_", 7) == 0 && memcmp(p->key + 7, r->key, r->keylen) == 0;
 }
 
 /* Writes the caller's JSON `s` as `,"key":<value>`; with `merge`, the
@@ -63,17 +54,26 @@ static void put_caller_json(struct tally *h, buf *b, const char *key, const char
     jv *v = json_parse(&h->arena, s, n, NULL);
     if (v && (!want_obj || v->type == JV_OBJ)) {
         if (merge) {
-            int i = 0;
-            for (const jv *e = v->child; e; e = e->next, i++) {
+            /* Duplicates are looked for among the first DUP_WINDOW members
+             * (a bound on the work; larger objects are rare). */
+            enum { DUP_WINDOW = 256 };
+            const jv *seen[DUP_WINDOW];
+            unsigned char seen_renamed[DUP_WINDOW];
+            int nseen = 0;
+            for (const jv *e = v->child; e; e = e->next) {
                 int renamed = request_key(e->key, e->keylen);
                 if (renamed && e->keylen + 7 > 64) continue; /* cannot happen: tally's keys are short */
-                /* Duplicates are looked for among the first 256 members
-                 * (a bound on the work; larger objects are rare). */
-                if (i < 256 && seen_before(v->child, e, e->key, e->keylen, renamed)) {
+                int dup = 0;
+                for (int k = 0; k < nseen && !dup; k++) dup = same_name_written(seen[k], seen_renamed[k], e, renamed);
+                if (dup) {
                     tally__warn_once(h, &h->warned_dupkey,
                                      "extra_json has two members named \"%.*s\": the first is kept",
                                      (int)(e->keylen > 64 ? 64 : e->keylen), e->key);
                     continue;
+                }
+                if (nseen < DUP_WINDOW) {
+                    seen[nseen] = e;
+                    seen_renamed[nseen++] = (unsigned char)renamed;
                 }
                 buf_putc(b, ',');
                 if (renamed) {

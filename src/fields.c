@@ -18,19 +18,10 @@ const field_def tally_request_labels[] = {
 #define ROW_TYPE(m) _Generic(((row *)0)->m, double: FLD_F64, default: FLD_I64)
 const number_def tally_request_numbers[] = {
 #define X(key, api, rec, type, present, rowm, rowbit, flags)                                                       \
-    {#key, sizeof #key - 1, type, present, offsetof(tally_request, api), offsetof(rec_request, rec),                \
-     offsetof(row, rowm), ROW_TYPE(rowm), rowbit, flags},
+    {#key, sizeof #key - 1, type, offsetof(tally_request, api), offsetof(row, rowm), ROW_TYPE(rowm), rowbit, flags},
     TALLY_REQUEST_NUMBERS(X)
 #undef X
 };
-
-const number_def *number_by_key(const char *k, size_t n)
-{
-    for (int i = 0; i < N_REQUEST_NUMBERS; i++)
-        if (tally_request_numbers[i].keylen == n && memcmp(tally_request_numbers[i].key, k, n) == 0)
-            return &tally_request_numbers[i];
-    return NULL;
-}
 
 /* Fields by key length: candidates[len] lists indexes, -1 ends. */
 #define KEY_MAX 32
@@ -67,10 +58,3 @@ int request_key_index(const char *k, size_t n)
     return -1;
 }
 
-const field_def *field_by_key(const char *k, size_t n)
-{
-    for (int i = 0; i < N_REQUEST_LABELS; i++)
-        if (tally_request_labels[i].keylen == n && memcmp(tally_request_labels[i].key, k, n) == 0)
-            return &tally_request_labels[i];
-    return NULL;
-}

@@ -74,8 +74,7 @@ typedef struct number_def {
     const char *key;
     size_t keylen;
     int type;               /* FLD_I64 / FLD_F64: in the API and the record */
-    unsigned present;       /* FLD_ALWAYS, FLD_POSITIVE, or a TALLY_HAS_* bit */
-    size_t api_off, rec_off, row_off;
+    size_t api_off, row_off;
     int row_type;           /* FLD_I64 / FLD_F64: the row member */
     unsigned rowbit, flags;
 } number_def;
@@ -83,9 +82,6 @@ typedef struct number_def {
 extern const number_def tally_request_numbers[];
 #define FLD_COUNTN_(key, api, rec, type, present, rowm, rowbit, flags) +1
 #define N_REQUEST_NUMBERS (0 TALLY_REQUEST_NUMBERS(FLD_COUNTN_))
-
-/* The number whose key is k[0..n), or NULL. */
-const number_def *number_by_key(const char *k, size_t n);
 
 /* Either kind, for readers that meet every key of a line: returns the
  * label's index (0..N_REQUEST_LABELS-1), N_REQUEST_LABELS + the number's
@@ -105,8 +101,6 @@ extern const field_def tally_request_labels[];
 #define FLD_COUNT_(SLOT, name, flags) +1
 #define N_REQUEST_LABELS (0 TALLY_REQUEST_LABELS(FLD_COUNT_))
 
-/* The field whose key is k[0..n), or NULL. */
-const field_def *field_by_key(const char *k, size_t n);
 
 /* The row member a field fills. */
 #define FIELD_SV(row_ptr, f) ((sv *)((char *)(row_ptr) + (f)->row_off))

@@ -112,7 +112,6 @@
 #define utf8_cut tally__utf8_cut
 #define writer_start tally__writer_start
 #define writer_stop tally__writer_stop
-#define field_by_key tally__field_by_key
 #define idset_add tally__idset_add
 #define idset_free tally__idset_free
 #define idset_init tally__idset_init
@@ -138,7 +137,6 @@
 #define hindex_clear tally__hindex_clear
 #define hindex_fit tally__hindex_fit
 #define hindex_free tally__hindex_free
-#define number_by_key tally__number_by_key
 #define request_key_index tally__request_key_index
 
 #endif

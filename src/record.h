@@ -89,24 +89,6 @@ typedef struct rec_note {
     rstr text;
 } rec_note;
 
-/* A request's number (fields.h): is it written, and its value. */
-static inline int rec_number_present(const number_def *f, const rec_request *q)
-{
-    const char *p = (const char *)q + f->rec_off;
-    if (f->present == FLD_ALWAYS) return 1;
-    if (f->present == FLD_POSITIVE)
-        return f->type == FLD_I64 ? *(const int64_t *)(const void *)p > 0 : *(const double *)(const void *)p > 0;
-    return (q->flags & f->present) != 0;
-}
-static inline int64_t rec_number_i64(const number_def *f, const rec_request *q)
-{
-    return *(const int64_t *)(const void *)((const char *)q + f->rec_off);
-}
-static inline double rec_number_f64(const number_def *f, const rec_request *q)
-{
-    return *(const double *)(const void *)((const char *)q + f->rec_off);
-}
-
 typedef struct rec_field {
     rstr key, s;
     int32_t type, pad_;
