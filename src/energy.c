@@ -354,11 +354,7 @@ static void *sampler(void *arg)
     energy *e = arg;
     pthread_mutex_lock(&e->mu);
     while (!e->stop) {
-        struct timespec dl;
-        clock_gettime(CLOCK_REALTIME, &dl);
-        int64_t ns = dl.tv_nsec + (int64_t)e->interval_ms * 1000000;
-        dl.tv_sec += (time_t)(ns / 1000000000);
-        dl.tv_nsec = (long)(ns % 1000000000);
+        struct timespec dl = tally__deadline((int64_t)e->interval_ms * 1000000);
         pthread_cond_timedwait(&e->cv, &e->mu, &dl);
         if (e->stop) break;
         pthread_mutex_unlock(&e->mu);

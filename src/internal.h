@@ -18,6 +18,7 @@
 #include "event_id.h"
 #include "json.h"
 #include "prices.h"
+#include "util.h"
 
 struct energy;
 #include "ring.h"
@@ -186,9 +187,6 @@ void tally__warn_once(struct tally *h, int *flag, const char *fmt, ...)
  * private), else 0644 (before the umask). */
 static inline unsigned tally__file_mode(const struct tally *h) { return h->capture_text ? 0600 : 0644; }
 
-int64_t tally__mono_ns(void);
-int tally__mkdir_p(const char *path, int parents_only);
-int64_t tally__real_us(void);
 
 /* Sums every ring's counters with the retired ones. */
 void tally__count(struct tally *h, counts *c);

@@ -21,9 +21,10 @@
  * recording queue is 3/4 full and for at most BACKPRESSURE_MS (a burst is
  * absorbed by the queues, delaying the other sinks by at most that); past
  * that, further events are dropped by this sink and counted as its own
- * losses, and the JSONL file and every other sink carry on.  A flush waits for its events at most SYNC_WAIT_MS; close waits
- * until the database thread has finished (each try is bounded by the
- * busy timeout).
+ * losses, and the JSONL file and every other sink carry on.  A flush
+ * waits for its events at most SYNC_WAIT_MS; close waits until the
+ * database thread has finished (each try is bounded by the busy
+ * timeout).
  *
  * Failures.  A batch that cannot get the lock within the busy timeout, or
  * fails to insert, is rolled back and its events counted as lost (the
@@ -32,14 +33,13 @@
  * every TRIM_EVERY transactions.
  */
 #include <errno.h>
-#include <math.h>
 #include <fcntl.h>
-#include <unistd.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "record.h"
@@ -243,11 +243,7 @@ static int wait_idle(sqlsink *q, int64_t deadline_ns)
         }
         int64_t left = deadline_ns - tally__mono_ns();
         if (left <= 0) return 0;
-        struct timespec dl;
-        clock_gettime(CLOCK_REALTIME, &dl);
-        int64_t ns = dl.tv_nsec + left % 1000000000;
-        dl.tv_sec += (time_t)(left / 1000000000 + ns / 1000000000);
-        dl.tv_nsec = (long)(ns % 1000000000);
+        struct timespec dl = tally__deadline(left);
         pthread_cond_timedwait(&q->idle_cv, &q->mu, &dl);
     }
     return 1;

@@ -98,9 +98,7 @@ void store_ckpt_bound(store *s)
         c->want_all = 1;
         c->all_copied = 0;
         pthread_cond_signal(&c->cv);
-        struct timespec dl;
-        clock_gettime(CLOCK_REALTIME, &dl);
-        dl.tv_sec += CK_WAIT_MS / 1000;
+        struct timespec dl = tally__deadline((int64_t)CK_WAIT_MS * 1000000);
         while (c->want_all && !c->all_copied)
             if (pthread_cond_timedwait(&c->done_cv, &c->mu, &dl) != 0) break;
         c->want_all = 0;

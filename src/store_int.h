@@ -27,6 +27,7 @@
 #include "fields.h"
 #include "rollup.h"
 #include "store.h"
+#include "util.h"
 
 #define PAGE_SIZE 16384           /* new databases: fewer, larger pages for rows of ~500 bytes */
 #define CK_START_FRAMES 256       /* wake the checkpointer (4 MiB of log) */

@@ -252,11 +252,7 @@ int tally_flush(tally_t *h, uint32_t timeout_ms)
 {
     if (!handle_live(h)) return 0;
     if (!timeout_ms) timeout_ms = 5000;
-    struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += timeout_ms / 1000;
-    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) { dl.tv_sec++; dl.tv_nsec -= 1000000000L; }
+    struct timespec dl = tally__deadline((int64_t)timeout_ms * 1000000);
     pthread_mutex_lock(&h->mu);
     if (!h->writer_running) {
         pthread_mutex_unlock(&h->mu);

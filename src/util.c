@@ -42,6 +42,17 @@ int64_t tally__mono_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+struct timespec tally__deadline(int64_t ns)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    if (ns < 0) ns = 0;
+    int64_t sum = dl.tv_nsec + ns % 1000000000;
+    dl.tv_sec += (time_t)(ns / 1000000000 + sum / 1000000000);
+    dl.tv_nsec = (long)(sum % 1000000000);
+    return dl;
+}
+
 int64_t tally__real_us(void)
 {
     struct timespec ts;

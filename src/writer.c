@@ -284,11 +284,7 @@ static void *writer_main(void *arg)
                     int64_t left = oldest + (int64_t)h->flush_ms * 1000000 - now;
                     if (left < wait_ns) wait_ns = left > 0 ? left : 0;
                 }
-                struct timespec dl;
-                clock_gettime(CLOCK_REALTIME, &dl);
-                int64_t ns = dl.tv_nsec + wait_ns % 1000000000;
-                dl.tv_sec += (time_t)(wait_ns / 1000000000 + ns / 1000000000);
-                dl.tv_nsec = (long)(ns % 1000000000);
+                struct timespec dl = tally__deadline(wait_ns);
                 if (wait_ns > 0) pthread_cond_timedwait(&h->wake_cv, &h->mu, &dl);
             }
             atomic_store(&h->writer_sleeping, 0);
@@ -347,14 +343,7 @@ void writer_stop_within(struct tally *h, const char *reason, int ms)
         writer_stop(h, reason, 0, 0);
         return;
     }
-    struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += ms / 1000;
-    dl.tv_nsec += (long)(ms % 1000) * 1000000;
-    if (dl.tv_nsec >= 1000000000) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000;
-    }
+    struct timespec dl = tally__deadline((int64_t)ms * 1000000);
     if (pthread_timedjoin_np(h->writer, NULL, &dl) == 0) h->writer_running = 0;
     else tally__log(h, TALLY_LOG_WARN, "exiting: the writer did not finish within %d ms", ms);
 }
