@@ -1,6 +1,7 @@
 /*
  * tally -- the command: reads what libtally and its peers wrote and answers
  * questions about it.  One function per subcommand; this file dispatches.
+ * main() is in main.c; the Python package calls tally_cli_main() itself.
  */
 #include <stdio.h>
 #include <string.h>
@@ -46,7 +47,7 @@ static void usage(FILE *out)
             "                           in tail and stats tables also when not on a terminal\n");
 }
 
-int main(int argc, char **argv)
+int tally_cli_main(int argc, char **argv)
 {
     if (argc < 2) {
         usage(stderr);
