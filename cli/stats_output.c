@@ -36,6 +36,7 @@ static const column cols[] = {
     {"latency_p99_ms", "p99", F_MS, 0},
     {"latency_max_ms", "max", F_MS, 0},
     {"ttft_avg_ms", NULL, F_MS, 0},
+    {"ttft_requests", NULL, F_INT, 0},
     {"ttft_p50_ms", "ttft50", F_MS, 0},
     {"ttft_p90_ms", NULL, F_MS, 0},
     {"ttft_p99_ms", "ttft99", F_MS, 0},
@@ -84,6 +85,7 @@ static double col_value(const agg_cell *g, size_t c)
     if (IS("latency_p99_ms")) return sketch_quantile(&g->latency, 0.99) / 1e3;
     if (IS("latency_max_ms")) return g->latency.n ? g->latency.max / 1e3 : NAN;
     if (IS("ttft_avg_ms")) return ratio(g->ttft_sum_us / 1e3, (double)g->ttft_n);
+    if (IS("ttft_requests")) return (double)g->ttft_n;
     if (IS("ttft_p50_ms")) return sketch_quantile(&g->ttft, 0.50) / 1e3;
     if (IS("ttft_p90_ms")) return sketch_quantile(&g->ttft, 0.90) / 1e3;
     if (IS("ttft_p99_ms")) return sketch_quantile(&g->ttft, 0.99) / 1e3;
