@@ -266,67 +266,57 @@ class TimedRequest:
 _STEP_INFO = ("loss", "lr", "grad_norm", "tokens")
 
 
-class Step:
+class _Span:
+    """A timed step or epoch: attributes set on it are written at exit."""
+
+    def __init__(self, t, n):
+        self.__dict__["_t"] = t
+        self.__dict__["_n"] = n
+        self.__dict__["_metrics"] = {}
+
+    def __setattr__(self, name, value):
+        self._metrics[name] = value
+
+    def __getattr__(self, name):
+        try:
+            return self.__dict__["_metrics"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class Step(_Span):
     """``with t.step(n) as s:`` -- see Tally.step.  An exception that escapes
     is recorded as an error at this step, and the step is written
     unfinished."""
 
-    def __init__(self, t, step):
-        self.__dict__["_t"] = t
-        self.__dict__["_step"] = step
-        self.__dict__["_metrics"] = {}
-
     def __enter__(self):
-        self._t.step_begin(self._step)
+        self._t.step_begin(self._n)
         return self
-
-    def __setattr__(self, name, value):
-        self._metrics[name] = value
-
-    def __getattr__(self, name):
-        try:
-            return self.__dict__["_metrics"][name]
-        except KeyError:
-            raise AttributeError(name) from None
 
     def __exit__(self, etype, exc, tb):
         if etype is not None:
             if issubclass(etype, Exception):
-                self._t.error(exc, phase="train", step=self._step)
+                self._t.error(exc, phase="train", step=self._n)
             return False
         m = dict(self._metrics)
         info = {k: m.pop(k) for k in _STEP_INFO if k in m}
-        self._t.step_end(self._step, metrics_json=m or None, **info)
+        self._t.step_end(self._n, metrics_json=m or None, **info)
         return False
 
 
-class Epoch:
+class Epoch(_Span):
     """``with t.epoch(e) as ep:`` -- attributes set on it are its metrics."""
 
-    def __init__(self, t, epoch):
-        self.__dict__["_t"] = t
-        self.__dict__["_epoch"] = epoch
-        self.__dict__["_metrics"] = {}
-
     def __enter__(self):
-        self._t.epoch_begin(self._epoch)
+        self._t.epoch_begin(self._n)
         return self
-
-    def __setattr__(self, name, value):
-        self._metrics[name] = value
-
-    def __getattr__(self, name):
-        try:
-            return self.__dict__["_metrics"][name]
-        except KeyError:
-            raise AttributeError(name) from None
 
     def __exit__(self, etype, exc, tb):
         if etype is not None:
             if issubclass(etype, Exception):
                 self._t.error(exc, phase="train")
             return False
-        self._t.epoch_end(self._epoch, self._metrics or None)
+        self._t.epoch_end(self._n, self._metrics or None)
         return False
 
 
