@@ -122,6 +122,14 @@ typedef struct tally_config {
     int memory_sink;             /* keep events in memory (tests) */
     size_t memory_max_events;    /* 0 = 1,000,000; older events are kept,
                                     newer ones counted as sink failures */
+
+    /* Prometheus endpoint (docs/metrics.md): "HOST:PORT" to serve /metrics
+     * on (":9464" or "9464" = 127.0.0.1:9464; port 0 = any free port, see
+     * tally_metrics_port()).  TALLY_METRICS_LISTEN overrides it.  At most
+     * `metrics_series_cap` series per metric family (0 = 500); beyond it
+     * an "_other" series takes the events. */
+    const char *metrics_listen;
+    uint32_t metrics_series_cap;
 } tally_config;
 
 /* Fills `cfg` with the defaults above (everything zero / NULL). */
@@ -328,6 +336,9 @@ void tally_memory_foreach(tally_t *h,
 void tally_close(tally_t *h, const char *reason);
 /* The same, with exit_code in run_end. */
 void tally_close_with_code(tally_t *h, const char *reason, int exit_code);
+
+/* The port /metrics is served on (0: not serving). */
+int tally_metrics_port(const tally_t *h);
 
 /* "0.1.0" */
 const char *tally_version(void);

@@ -145,6 +145,7 @@ struct tally {
     int n_sinks;
     int wants_rows;           /* some sink stores rows */
     sink *memory;             /* the memory sink, when configured */
+    sink *metrics;            /* the Prometheus sink, when configured */
     int64_t last_t_us;
     char nonce[13];           /* the run: 48 random bits, hex, the same in its forked children */
     char proc[7];             /* the process within the run: 0 for the opener, 1, 2, ... */
@@ -246,6 +247,8 @@ void writer_stop_within(struct tally *h, const char *reason, int ms);
 int sink_jsonl_open(struct tally *h, sink *s, const char *path, int named_by_tally);
 int sink_memory_open(struct tally *h, sink *s, size_t max_events);
 int sink_callback_open(struct tally *h, sink *s, tally_event_fn fn, void *ud);
+int sink_metrics_open(struct tally *h, sink *s, const char *listen, uint32_t series_cap);
+int sink_metrics_port(const sink *s);
 int sink_sqlite_open(struct tally *h, sink *s, const char *path);
 void tally__new_nonce(struct tally *h);
 size_t sink_memory_count(sink *s);

@@ -130,7 +130,10 @@ tally_t *tally_open(const tally_config *cfg_in)
     const char *env_db = getenv("TALLY_DB");
     const char *db = env_db ? env_db : cfg->sqlite_path;
     int want_file = (path && *path) || (!env_path && cfg->run_dir && *cfg->run_dir);
-    h->enabled = !env_true("TALLY_DISABLE") && (want_file || (db && *db) || cfg->memory_sink || cfg->subscriber);
+    const char *env_listen = getenv("TALLY_METRICS_LISTEN");
+    const char *metrics_listen = env_listen && *env_listen ? env_listen : cfg->metrics_listen;
+    h->enabled = !env_true("TALLY_DISABLE") && (want_file || (db && *db) || cfg->memory_sink || cfg->subscriber ||
+                                                (metrics_listen && *metrics_listen));
     if (!h->enabled) return h; /* disabled: no I/O, nothing more to allocate */
 
     h->phase = dup_or(cfg->phase, "serve");
@@ -198,6 +201,10 @@ tally_t *tally_open(const tally_config *cfg_in)
     if (cfg->subscriber) {
         sink_callback_open(h, &h->sinks[h->n_sinks], cfg->subscriber, cfg->subscriber_ud);
         if (h->sinks[h->n_sinks].state) h->n_sinks++;
+    }
+    if (metrics_listen && *metrics_listen) {
+        sink_metrics_open(h, &h->sinks[h->n_sinks], metrics_listen, cfg->metrics_series_cap);
+        if (h->sinks[h->n_sinks].state) h->metrics = &h->sinks[h->n_sinks++];
     }
     for (int i = 0; i < h->n_sinks; i++) h->wants_rows |= h->sinks[i].ops->wants_row;
 
@@ -307,6 +314,8 @@ size_t tally_get_sinks(const tally_t *h, tally_sink_stats *out, size_t n)
     }
     return (size_t)h->n_sinks;
 }
+
+int tally_metrics_port(const tally_t *h) { return h && h->enabled ? sink_metrics_port(h->metrics) : 0; }
 
 size_t tally_memory_count(tally_t *h)
 {

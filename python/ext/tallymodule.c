@@ -279,6 +279,7 @@ static kw config_kws[] = {
     CFG(run_id, K_STR) CFG(phase, K_STR) CFG(host, K_STR) CFG(backend, K_STR) CFG(backend_device, K_STR)
     CFG(model, K_STR) CFG(model_path, K_STR) CFG(config_json, K_JSON) CFG(git_sha, K_STR)
     CFG(git_branch, K_STR) CFG(git_dirty, K_BOOL) CFG(memory_sink, K_BOOL) CFG(memory_max_events, K_SIZE)
+    CFG(metrics_listen, K_STR) CFG(metrics_series_cap, K_U32)
 };
 #define N_CONFIG_KWS (sizeof config_kws / sizeof config_kws[0])
 
@@ -916,6 +917,12 @@ static PyObject *h_get_enabled(Handle *self, void *c)
     return PyBool_FromLong(tally_enabled(self->h));
 }
 
+static PyObject *h_get_metrics_port(Handle *self, void *c)
+{
+    (void)c;
+    return PyLong_FromLong(tally_metrics_port(self->h));
+}
+
 static PyObject *h_get_closed(Handle *self, void *c)
 {
     (void)c;
@@ -951,6 +958,7 @@ static PyGetSetDef handle_getset[] = {
     {"run_id", (getter)h_get_run_id, NULL, "the run id in use", NULL},
     {"enabled", (getter)h_get_enabled, NULL, "whether events go anywhere", NULL},
     {"closed", (getter)h_get_closed, NULL, "whether close() has run", NULL},
+    {"metrics_port", (getter)h_get_metrics_port, NULL, "the port /metrics is served on (0: none)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
