@@ -130,6 +130,22 @@ typedef struct tally_config {
      * an "_other" series takes the events. */
     const char *metrics_listen;
     uint32_t metrics_series_cap;
+
+    /* OTLP/HTTP exporter (docs/otlp.md): the collector's base URL
+     * ("http://127.0.0.1:4318"); spans go to /v1/traces, the metrics above
+     * to /v1/metrics every `otlp_metrics_interval_ms` (0 = 60 s;
+     * OTEL_METRIC_EXPORT_INTERVAL overrides).  TALLY_OTLP_ENDPOINT
+     * overrides the URL; headers (credentials) come from
+     * OTEL_EXPORTER_OTLP_HEADERS only, the service name from
+     * OTEL_SERVICE_NAME.  While the collector is away, batches wait in
+     * `otlp_spool_dir` (TALLY_OTLP_SPOOL; default: beside the JSONL file or
+     * database, "<file>.otlp-spool") up to `otlp_spool_max_bytes`
+     * (0 = 256 MiB); retries start after `otlp_backoff_ms` (0 = 1000). */
+    const char *otlp_endpoint;
+    const char *otlp_spool_dir;
+    uint64_t otlp_spool_max_bytes;
+    uint32_t otlp_backoff_ms;
+    uint32_t otlp_metrics_interval_ms;
 } tally_config;
 
 /* Fills `cfg` with the defaults above (everything zero / NULL). */

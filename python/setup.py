@@ -35,7 +35,7 @@ ext = Extension(
     define_macros=[("_GNU_SOURCE", None), ("TALLY_BUILDING", None)],
     extra_compile_args=["-std=gnu11", "-O2", "-fvisibility=hidden",
                         "-include", os.path.join(ROOT, "src", "namespace.h")],
-    libraries=["sqlite3", "microhttpd", "m", "dl"],
+    libraries=["sqlite3", "microhttpd", "curl", "z", "m", "dl"],
     extra_link_args=["-pthread"],
 )
 

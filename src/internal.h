@@ -249,6 +249,8 @@ int sink_memory_open(struct tally *h, sink *s, size_t max_events);
 int sink_callback_open(struct tally *h, sink *s, tally_event_fn fn, void *ud);
 int sink_metrics_open(struct tally *h, sink *s, const char *listen, uint32_t series_cap);
 int sink_metrics_port(const sink *s);
+struct metrics *sink_metrics_table(const sink *s);
+int sink_otlp_open(struct tally *h, sink *s, const tally_config *cfg, const char *endpoint, struct metrics *mx);
 int sink_sqlite_open(struct tally *h, sink *s, const char *path);
 void tally__new_nonce(struct tally *h);
 size_t sink_memory_count(sink *s);

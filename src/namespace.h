@@ -71,6 +71,11 @@
 #define metrics_render tally__metrics_render
 #define metrics_series tally__metrics_series
 #define metrics_set tally__metrics_set
+#define otlp_metrics tally__otlp_metrics
+#define otlp_resource tally__otlp_resource
+#define otlp_span tally__otlp_span
+#define otlp_traces_begin tally__otlp_traces_begin
+#define otlp_traces_end tally__otlp_traces_end
 #define prices_cost tally__prices_cost
 #define prices_free tally__prices_free
 #define prices_load tally__prices_load
@@ -104,6 +109,8 @@
 #define sink_memory_open tally__sink_memory_open
 #define sink_metrics_open tally__sink_metrics_open
 #define sink_metrics_port tally__sink_metrics_port
+#define sink_metrics_table tally__sink_metrics_table
+#define sink_otlp_open tally__sink_otlp_open
 #define sink_sqlite_open tally__sink_sqlite_open
 #define sketch_add tally__sketch_add
 #define sketch_decode_merge tally__sketch_decode_merge

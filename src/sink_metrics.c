@@ -226,8 +226,10 @@ int sink_metrics_open(struct tally *h, sink *s, const char *listen, uint32_t ser
         return -1;
     }
     char err[256];
-    ms->listen_fd = listen_on(listen, err, sizeof err);
-    if (ms->listen_fd < 0) {
+    ms->listen_fd = listen ? listen_on(listen, err, sizeof err) : -1;
+    if (!listen) {
+        /* the table only, for the OTLP exporter */
+    } else if (ms->listen_fd < 0) {
         tally__log(h, TALLY_LOG_WARN, "%s; no /metrics", err);
     } else {
         ms->httpd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, answer, s,
@@ -250,3 +252,5 @@ int sink_metrics_open(struct tally *h, sink *s, const char *listen, uint32_t ser
 }
 
 int sink_metrics_port(const sink *s) { return s && s->state ? ((const msink *)s->state)->port : 0; }
+
+metrics *sink_metrics_table(const sink *s) { return s && s->state ? ((const msink *)s->state)->m : NULL; }

@@ -132,8 +132,10 @@ tally_t *tally_open(const tally_config *cfg_in)
     int want_file = (path && *path) || (!env_path && cfg->run_dir && *cfg->run_dir);
     const char *env_listen = getenv("TALLY_METRICS_LISTEN");
     const char *metrics_listen = env_listen && *env_listen ? env_listen : cfg->metrics_listen;
+    const char *env_otlp = getenv("TALLY_OTLP_ENDPOINT");
+    const char *otlp = env_otlp && *env_otlp ? env_otlp : cfg->otlp_endpoint;
     h->enabled = !env_true("TALLY_DISABLE") && (want_file || (db && *db) || cfg->memory_sink || cfg->subscriber ||
-                                                (metrics_listen && *metrics_listen));
+                                                (metrics_listen && *metrics_listen) || (otlp && *otlp));
     if (!h->enabled) return h; /* disabled: no I/O, nothing more to allocate */
 
     h->phase = dup_or(cfg->phase, "serve");
@@ -202,9 +204,14 @@ tally_t *tally_open(const tally_config *cfg_in)
         sink_callback_open(h, &h->sinks[h->n_sinks], cfg->subscriber, cfg->subscriber_ud);
         if (h->sinks[h->n_sinks].state) h->n_sinks++;
     }
-    if (metrics_listen && *metrics_listen) {
-        sink_metrics_open(h, &h->sinks[h->n_sinks], metrics_listen, cfg->metrics_series_cap);
+    if ((metrics_listen && *metrics_listen) || (otlp && *otlp)) {
+        sink_metrics_open(h, &h->sinks[h->n_sinks], metrics_listen && *metrics_listen ? metrics_listen : NULL,
+                          cfg->metrics_series_cap);
         if (h->sinks[h->n_sinks].state) h->metrics = &h->sinks[h->n_sinks++];
+    }
+    if (otlp && *otlp) {
+        sink_otlp_open(h, &h->sinks[h->n_sinks], cfg, otlp, sink_metrics_table(h->metrics));
+        if (h->sinks[h->n_sinks].state) h->n_sinks++;
     }
     for (int i = 0; i < h->n_sinks; i++) h->wants_rows |= h->sinks[i].ops->wants_row;
 

@@ -460,9 +460,12 @@ static void writer_finish(struct tally *h)
         h->uncommitted = 0;
         publish(h);
     }
-    for (int i = 0; i < h->n_sinks; i++)
+    /* Last opened, first closed: the OTLP exporter reads the metrics
+     * sink's table until it has stopped. */
+    for (int i = h->n_sinks - 1; i >= 0; i--)
         if (h->sinks[i].ops->close) h->sinks[i].ops->close(&h->sinks[i]);
     h->n_sinks = 0;
     h->memory = NULL;
+    h->metrics = NULL;
     json_arena_free(&h->arena);
 }

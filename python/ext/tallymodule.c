@@ -235,7 +235,7 @@ static int to_json(const char *fn, const char *key, PyObject *v, const char **ou
 /* ---- keywords ---------------------------------------------------------- */
 
 /* What a keyword is: K_* of the member it sets. */
-enum { K_STR = 1, K_I64, K_F64, K_JSON, K_INT, K_UINT, K_STAGES, K_BOOL, K_SIZE, K_U32 };
+enum { K_STR = 1, K_I64, K_F64, K_JSON, K_INT, K_UINT, K_STAGES, K_BOOL, K_SIZE, K_U32, K_U64 };
 
 typedef struct kw {
     const char *name;
@@ -279,7 +279,8 @@ static kw config_kws[] = {
     CFG(run_id, K_STR) CFG(phase, K_STR) CFG(host, K_STR) CFG(backend, K_STR) CFG(backend_device, K_STR)
     CFG(model, K_STR) CFG(model_path, K_STR) CFG(config_json, K_JSON) CFG(git_sha, K_STR)
     CFG(git_branch, K_STR) CFG(git_dirty, K_BOOL) CFG(memory_sink, K_BOOL) CFG(memory_max_events, K_SIZE)
-    CFG(metrics_listen, K_STR) CFG(metrics_series_cap, K_U32)
+    CFG(metrics_listen, K_STR) CFG(metrics_series_cap, K_U32) CFG(otlp_endpoint, K_STR) CFG(otlp_spool_dir, K_STR)
+    CFG(otlp_spool_max_bytes, K_U64) CFG(otlp_backoff_ms, K_U32) CFG(otlp_metrics_interval_ms, K_U32)
 };
 #define N_CONFIG_KWS (sizeof config_kws / sizeof config_kws[0])
 
@@ -364,6 +365,7 @@ static int set_kw(const char *fn, const kw *k, PyObject *v, void *base, unsigned
     case K_INT:
     case K_UINT:
     case K_U32:
+    case K_U64:
     case K_SIZE: {
         int64_t x = 0;
         if (PyFloat_Check(v)) return type_error(fn, k->name, "an int", v);
@@ -376,6 +378,7 @@ static int set_kw(const char *fn, const kw *k, PyObject *v, void *base, unsigned
         if (k->type == K_INT) *(int *)m = x > INT32_MAX ? INT32_MAX : x < INT32_MIN ? INT32_MIN : (int)x;
         else if (k->type == K_UINT) *(unsigned *)m = x > (int64_t)UINT32_MAX ? UINT32_MAX : (unsigned)x;
         else if (k->type == K_U32) *(uint32_t *)m = x > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)x;
+        else if (k->type == K_U64) *(uint64_t *)m = (uint64_t)x;
         else *(size_t *)m = (size_t)x;
         return 0;
     }
