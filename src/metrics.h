@@ -18,6 +18,7 @@
 #ifndef TALLY_METRICS_H
 #define TALLY_METRICS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "buf.h"
@@ -86,6 +87,16 @@ typedef struct mx_series {
     double value;
 } mx_series;
 void metrics_foreach(const metrics *m, void (*fn)(void *ud, const mx_series *s), void *ud);
+
+/* The HTTP server of /metrics (sink_metrics.c), on its own thread:
+ * "HOST:PORT" (":PORT" = 127.0.0.1), port 0 = any free one.  `before`
+ * runs before each scrape.  NULL (and err) when it cannot listen. */
+typedef struct metrics_http metrics_http;
+metrics_http *metrics_http_start(metrics *m, const char *listen, void (*before)(void *ud), void *ud, char *err,
+                                 size_t errlen);
+int metrics_http_port(const metrics_http *mh);
+void metrics_http_stop(metrics_http *mh);
+void metrics_http_forget(metrics_http *mh);
 
 /* Series in use, and events that went to an _other series. */
 uint32_t metrics_series(const metrics *m);

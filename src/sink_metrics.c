@@ -24,12 +24,19 @@
 #include "metrics.h"
 #include "row.h"
 
-typedef struct msink {
+/* The HTTP server: a table, and what to do before each scrape. */
+struct metrics_http {
     metrics *m;
     struct MHD_Daemon *httpd;
     int listen_fd;
     int port;
-    int owner;                /* this process started the server */
+    void (*before)(void *ud);
+    void *ud;
+};
+
+typedef struct msink {
+    metrics *m;
+    metrics_http *http;
     /* What this process has added to the health counters so far. */
     uint64_t offered, written, dropped;
     uint64_t lost[TALLY_MAX_SINKS];
@@ -96,8 +103,10 @@ bad:
 }
 
 /* Device energy comes from the sampler of the process that serves. */
-static void add_device_energy(sink *s, msink *ms)
+static void add_device_energy(void *ud)
 {
+    sink *s = ud;
+    msink *ms = s->state;
     if (!s->h->energy) return;
     energy_device_total d[16];
     int n = energy_devices(s->h->energy, d, 16);
@@ -114,8 +123,7 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *u
     (void)upload;
     (void)upload_size;
     (void)con_cls;
-    sink *s = cls;
-    msink *ms = s->state;
+    metrics_http *mh = cls;
     struct MHD_Response *r;
     unsigned status;
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
@@ -127,10 +135,10 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *u
         r = MHD_create_response_from_buffer(sizeof msg - 1, (void *)msg, MHD_RESPMEM_PERSISTENT);
         status = MHD_HTTP_NOT_FOUND;
     } else {
-        add_device_energy(s, ms);
+        if (mh->before) mh->before(mh->ud);
         buf b;
         buf_init(&b, (size_t)64 << 20);
-        metrics_render(ms->m, &b);
+        metrics_render(mh->m, &b);
         if (b.failed) {
             buf_free(&b);
             static const char msg[] = "too many series\n";
@@ -187,9 +195,8 @@ static uint64_t ms_commit(sink *s, int sync)
 static void ms_after_fork(sink *s)
 {
     msink *ms = s->state;
-    ms->owner = 0;
-    if (ms->listen_fd >= 0) close(ms->listen_fd);
-    ms->listen_fd = -1;
+    metrics_http_forget(ms->http);
+    ms->http = NULL;
     counts c; /* the caller holds h->mu: count directly */
     tally__count(s->h, &c);
     ms->offered = c.offered;
@@ -202,14 +209,62 @@ static void ms_close(sink *s)
 {
     msink *ms = s->state;
     if (!ms) return;
-    if (ms->owner && ms->httpd) MHD_stop_daemon(ms->httpd); /* closes the socket it was given */
-    else if (!ms->httpd && ms->listen_fd >= 0) close(ms->listen_fd);
+    metrics_http_stop(ms->http);
     metrics_free(ms->m);
     free(ms);
     s->state = NULL;
 }
 
 static const sink_ops ms_ops = {"metrics", 1, ms_write, ms_commit, ms_after_fork, ms_close};
+
+metrics_http *metrics_http_start(metrics *m, const char *listen, void (*before)(void *), void *ud, char *err,
+                                size_t errlen)
+{
+    metrics_http *mh = calloc(1, sizeof *mh);
+    if (!mh) {
+        snprintf(err, errlen, "metrics endpoint %s: out of memory", listen);
+        return NULL;
+    }
+    mh->m = m;
+    mh->before = before;
+    mh->ud = ud;
+    mh->listen_fd = listen_on(listen, err, errlen);
+    if (mh->listen_fd < 0) {
+        free(mh);
+        return NULL;
+    }
+    mh->httpd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, answer, mh,
+                                 MHD_OPTION_LISTEN_SOCKET, (MHD_socket)mh->listen_fd, MHD_OPTION_CONNECTION_LIMIT,
+                                 (unsigned)32, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
+    if (!mh->httpd) {
+        snprintf(err, errlen, "metrics endpoint %s: cannot start the HTTP server", listen);
+        close(mh->listen_fd);
+        free(mh);
+        return NULL;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(mh->listen_fd, (struct sockaddr *)&ss, &sl) == 0)
+        mh->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                  : ((struct sockaddr_in *)&ss)->sin_port);
+    return mh;
+}
+
+int metrics_http_port(const metrics_http *mh) { return mh ? mh->port : 0; }
+
+void metrics_http_stop(metrics_http *mh)
+{
+    if (!mh) return;
+    MHD_stop_daemon(mh->httpd); /* closes the socket it was given */
+    free(mh);
+}
+
+/* In a forked child: the server's thread is the parent's; the child only
+ * lets go of the socket. */
+void metrics_http_forget(metrics_http *mh)
+{
+    if (mh) close(mh->listen_fd);
+}
 
 int sink_metrics_open(struct tally *h, sink *s, const char *listen, uint32_t series_cap)
 {
@@ -218,39 +273,21 @@ int sink_metrics_open(struct tally *h, sink *s, const char *listen, uint32_t ser
     s->state = NULL;
     msink *ms = calloc(1, sizeof *ms);
     if (!ms) return -1;
-    ms->listen_fd = -1;
     ms->m = metrics_new(0, series_cap);
     if (!ms->m) {
         free(ms);
         tally__log(h, TALLY_LOG_WARN, "metrics endpoint: no shared memory for the series");
         return -1;
     }
-    char err[256];
-    ms->listen_fd = listen ? listen_on(listen, err, sizeof err) : -1;
-    if (!listen) {
-        /* the table only, for the OTLP exporter */
-    } else if (ms->listen_fd < 0) {
-        tally__log(h, TALLY_LOG_WARN, "%s; no /metrics", err);
-    } else {
-        ms->httpd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, answer, s,
-                                     MHD_OPTION_LISTEN_SOCKET, (MHD_socket)ms->listen_fd,
-                                     MHD_OPTION_CONNECTION_LIMIT, (unsigned)32, MHD_OPTION_CONNECTION_TIMEOUT,
-                                     (unsigned)10, MHD_OPTION_END);
-        if (!ms->httpd) {
-            tally__log(h, TALLY_LOG_WARN, "metrics endpoint %s: cannot start the HTTP server", listen);
-        } else {
-            struct sockaddr_storage ss;
-            socklen_t sl = sizeof ss;
-            if (getsockname(ms->listen_fd, (struct sockaddr *)&ss, &sl) == 0)
-                ms->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                          : ((struct sockaddr_in *)&ss)->sin_port);
-            ms->owner = 1;
-        }
-    }
     s->state = ms;
+    if (listen) {
+        char err[256];
+        ms->http = metrics_http_start(ms->m, listen, add_device_energy, s, err, sizeof err);
+        if (!ms->http) tally__log(h, TALLY_LOG_WARN, "%s; no /metrics", err);
+    }
     return 0;
 }
 
-int sink_metrics_port(const sink *s) { return s && s->state ? ((const msink *)s->state)->port : 0; }
+int sink_metrics_port(const sink *s) { return s && s->state ? metrics_http_port(((const msink *)s->state)->http) : 0; }
 
 metrics *sink_metrics_table(const sink *s) { return s && s->state ? ((const msink *)s->state)->m : NULL; }

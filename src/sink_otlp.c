@@ -28,6 +28,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,8 +56,9 @@ typedef struct batch {
     struct batch *next;
 } batch;
 
-typedef struct osink {
-    struct tally *h;
+struct otlp_exporter {
+    tally_log_fn log;
+    void *log_ud;
     char *traces_url, *metrics_url;
     struct curl_slist *headers;
     int gzip;
@@ -81,10 +83,23 @@ typedef struct osink {
     size_t queued;
     int stop, running;
     pthread_t thread;
-    _Atomic uint64_t *lost;  /* the sink's own loss counter */
+    _Atomic uint64_t own_lost;
+    _Atomic uint64_t *lost;  /* spans this exporter could not deliver */
     _Atomic uint64_t sent, retried, rejected;
     int warned_reject, warned_full, warned_down;
-} osink;
+};
+typedef struct otlp_exporter osink;
+
+__attribute__((format(printf, 3, 4))) static void olog(osink *o, int level, const char *fmt, ...)
+{
+    if (!o->log) return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    o->log(o->log_ud, level, msg);
+}
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
@@ -97,8 +112,9 @@ static int spool_write(osink *o, const batch *b)
 {
     if (!o->spool) return -1;
     if (o->spool_bytes + b->len > o->spool_cap) {
-        tally__warn_once(o->h, &o->warned_full, "OTLP spool %s is full (%llu bytes): batches are dropped and counted",
-                         o->spool, (unsigned long long)o->spool_cap);
+        if (!o->warned_full++)
+            olog(o, TALLY_LOG_WARN, "OTLP spool %s is full (%llu bytes): batches are dropped and counted", o->spool,
+                 (unsigned long long)o->spool_cap);
         return -1;
     }
     char tmp[4200], path[4200];
@@ -266,7 +282,7 @@ static uint64_t rejected_spans(osink *o, const buf *body, const char *what)
         else if (r) n = (uint64_t)jv_int(r, 0);
         const char *msg = jv_str(jv_get(ps, "errorMessage"));
         if (n || (msg && *msg))
-            tally__log(o->h, TALLY_LOG_WARN, "OTLP collector took the batch in part: %llu %s refused: %.200s",
+            olog(o, TALLY_LOG_WARN, "OTLP collector took the batch in part: %llu %s refused: %.200s",
                        (unsigned long long)n, what, msg ? msg : "");
     }
     json_arena_free(&a);
@@ -310,8 +326,9 @@ static int post(osink *o, const char *url, const char *body, size_t len, uint32_
     int out;
     *retry_after = r.retry_after_s;
     if (rc != CURLE_OK) {
-        tally__warn_once(o->h, &o->warned_down, "OTLP collector %s cannot be reached (%s): batches are kept and retried",
-                         url, curl_easy_strerror(rc));
+        if (!o->warned_down++)
+            olog(o, TALLY_LOG_WARN, "OTLP collector %s cannot be reached (%s): batches are kept and retried", url,
+                 curl_easy_strerror(rc));
         out = POST_RETRY;
     } else if (status >= 200 && status < 300) {
         uint64_t n = rejected_spans(o, &r.body, strstr(url, "/v1/metrics") ? "rejectedDataPoints" : "rejectedSpans");
@@ -323,7 +340,7 @@ static int post(osink *o, const char *url, const char *body, size_t len, uint32_
         o->gzip = 0; /* this server takes no compressed bodies */
         out = POST_IDENTITY;
     } else {
-        tally__log(o->h, TALLY_LOG_WARN, "OTLP collector refused a batch of %u (HTTP %ld), not retried: %.200s",
+        olog(o, TALLY_LOG_WARN, "OTLP collector refused a batch of %u (HTTP %ld), not retried: %.200s",
                    spans, status, r.body.len ? r.body.p : "");
         out = POST_REJECT;
     }
@@ -528,7 +545,7 @@ static void start_sender(osink *o)
     if (o->running) return;
     o->stop = 0;
     if (pthread_create(&o->thread, NULL, sender, o) == 0) o->running = 1;
-    else tally__log(o->h, TALLY_LOG_ERROR, "OTLP exporter: cannot start its thread");
+    else olog(o, TALLY_LOG_ERROR, "OTLP exporter: cannot start its thread");
 }
 
 /* ---- the sink --------------------------------------------------------------------- */
@@ -569,15 +586,12 @@ static void seal(osink *o)
     o->cur_spans = 0;
 }
 
-static int ot_write(sink *s, const wev *ev, const struct row *r, const char *line, size_t len)
+int otlp_exporter_add(osink *o, const char *id, int64_t ts_us, const void *payload, int type, const struct row *r)
 {
-    (void)line;
-    (void)len;
-    osink *o = s->state;
     if (!o->running) start_sender(o);
     if (!o->cur_spans) otlp_traces_begin(&o->cur, &o->res);
     size_t mark = o->cur.len;
-    if (otlp_span(&o->cur, o->cur_spans == 0, ev->id, ev->ts_us, ev->payload, ev->type, r)) {
+    if (otlp_span(&o->cur, o->cur_spans == 0, id, ts_us, payload, type, r)) {
         if (o->cur.failed) {
             /* one span too large for a batch: lost, the batch kept */
             o->cur.failed = 0;
@@ -591,16 +605,13 @@ static int ot_write(sink *s, const wev *ev, const struct row *r, const char *lin
     return 0;
 }
 
-static uint64_t ot_commit(sink *s, int sync)
-{
-    (void)sync;
-    seal(s->state);
-    return 0;
-}
+void otlp_exporter_seal(osink *o) { seal(o); }
 
-static void ot_after_fork(sink *s)
+uint64_t otlp_exporter_lost(const osink *o) { return atomic_load(o->lost); }
+uint64_t otlp_exporter_sent(const osink *o) { return atomic_load((_Atomic uint64_t *)&o->sent); }
+
+void otlp_exporter_after_fork(osink *o)
 {
-    osink *o = s->state;
     /* The parent's queue and sender stay with the parent. */
     pthread_mutex_init(&o->mu, NULL);
     pthread_cond_init(&o->cv, NULL);
@@ -613,9 +624,8 @@ static void ot_after_fork(sink *s)
     o->seq = 0;
 }
 
-static void ot_close(sink *s)
+void otlp_exporter_close(osink *o)
 {
-    osink *o = s->state;
     if (!o) return;
     seal(o);
     if (o->running) {
@@ -638,10 +648,7 @@ static void ot_close(sink *s)
     pthread_mutex_destroy(&o->mu);
     pthread_cond_destroy(&o->cv);
     free(o);
-    s->state = NULL;
 }
-
-static const sink_ops ot_ops = {"otlp", 1, ot_write, ot_commit, ot_after_fork, ot_close};
 
 /* OTEL_EXPORTER_OTLP_HEADERS: "k1=v1,k2=v2", values percent-decoded.  The
  * values (credentials) are never logged. */
@@ -692,21 +699,79 @@ static char *join_url(const char *base, const char *path)
     return u;
 }
 
+osink *otlp_exporter_open(const otlp_conf *c)
+{
+    pthread_once(&curl_once, curl_init_once);
+    osink *o = calloc(1, sizeof *o);
+    if (!o) return NULL;
+    o->log = c->log;
+    o->log_ud = c->log_ud;
+    o->lost = c->lost ? c->lost : &o->own_lost;
+    o->traces_url = join_url(c->endpoint, "/v1/traces");
+    o->metrics_url = join_url(c->endpoint, "/v1/metrics");
+    o->headers = parse_headers(getenv("OTEL_EXPORTER_OTLP_HEADERS"));
+    const char *comp = getenv("OTEL_EXPORTER_OTLP_COMPRESSION");
+    o->gzip = !(comp && !strcmp(comp, "none"));
+    if (c->spool && *c->spool) {
+        if (tally__mkdir_p(c->spool, 0) == 0) o->spool = strdup(c->spool);
+        else olog(o, TALLY_LOG_WARN, "OTLP spool %s cannot be made (%s): batches wait in memory only", c->spool,
+                  strerror(errno));
+    }
+    o->spool_cap = c->spool_max_bytes ? c->spool_max_bytes : (uint64_t)256 << 20;
+    o->backoff_ms = c->backoff_ms ? c->backoff_ms : 1000;
+    const char *iv = getenv("OTEL_METRIC_EXPORT_INTERVAL");
+    long ms = iv ? strtol(iv, NULL, 10) : 0;
+    o->metrics_ms = ms > 0 ? (uint32_t)ms : c->metrics_interval_ms ? c->metrics_interval_ms : 60000;
+    o->mx = c->metrics;
+    const char *svc = getenv("OTEL_SERVICE_NAME");
+    o->service = strdup(svc && *svc ? svc : "tally");
+    char inst[300];
+    snprintf(inst, sizeof inst, "%s/%d", c->run_id ? c->run_id : "", (int)getpid());
+    o->instance = strdup(inst);
+    o->res = (otlp_res){o->service, o->instance, c->host, c->run_id, tally_version()};
+    o->start_ns = now_ns();
+    buf_init(&o->cur, BATCH_BYTES + ((size_t)4 << 20));
+    pthread_mutex_init(&o->mu, NULL);
+    pthread_cond_init(&o->cv, NULL);
+    if (!o->traces_url || !o->metrics_url || !o->service || !o->instance) {
+        otlp_exporter_close(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* ---- the sink --------------------------------------------------------------------------- */
+
+static int ot_write(sink *s, const wev *ev, const struct row *r, const char *line, size_t len)
+{
+    (void)line;
+    (void)len;
+    return otlp_exporter_add(s->state, ev->id, ev->ts_us, ev->payload, ev->type, r);
+}
+
+static uint64_t ot_commit(sink *s, int sync)
+{
+    (void)sync;
+    otlp_exporter_seal(s->state);
+    return 0;
+}
+
+static void ot_after_fork(sink *s) { otlp_exporter_after_fork(s->state); }
+
+static void ot_close(sink *s)
+{
+    osink *o = s->state;
+    if (!o) return;
+    s->state = NULL;
+    otlp_exporter_close(o);
+}
+
+static const sink_ops ot_ops = {"otlp", 1, ot_write, ot_commit, ot_after_fork, ot_close};
+
 int sink_otlp_open(struct tally *h, sink *s, const tally_config *cfg, const char *endpoint, metrics *mx)
 {
     s->ops = &ot_ops;
     s->h = h;
-    s->state = NULL;
-    pthread_once(&curl_once, curl_init_once);
-    osink *o = calloc(1, sizeof *o);
-    if (!o) return -1;
-    o->h = h;
-    o->lost = &s->lost;
-    o->traces_url = join_url(endpoint, "/v1/traces");
-    o->metrics_url = join_url(endpoint, "/v1/metrics");
-    o->headers = parse_headers(getenv("OTEL_EXPORTER_OTLP_HEADERS"));
-    const char *comp = getenv("OTEL_EXPORTER_OTLP_COMPRESSION");
-    o->gzip = !(comp && !strcmp(comp, "none"));
     const char *spool = getenv("TALLY_OTLP_SPOOL");
     if (!spool || !*spool) spool = cfg->otlp_spool_dir;
     char def[4200];
@@ -714,37 +779,8 @@ int sink_otlp_open(struct tally *h, sink *s, const tally_config *cfg, const char
         snprintf(def, sizeof def, "%s.otlp-spool", h->path ? h->path : h->db_path);
         spool = def;
     }
-    if (spool && *spool) {
-        if (tally__mkdir_p(spool, 0) == 0) o->spool = strdup(spool);
-        else tally__log(h, TALLY_LOG_WARN, "OTLP spool %s cannot be made (%s): batches wait in memory only", spool,
-                        strerror(errno));
-    }
-    o->spool_cap = cfg->otlp_spool_max_bytes ? cfg->otlp_spool_max_bytes : (uint64_t)256 << 20;
-    o->backoff_ms = cfg->otlp_backoff_ms ? cfg->otlp_backoff_ms : 1000;
-    const char *iv = getenv("OTEL_METRIC_EXPORT_INTERVAL");
-    long ms = iv ? strtol(iv, NULL, 10) : 0;
-    o->metrics_ms = ms > 0 ? (uint32_t)ms : cfg->otlp_metrics_interval_ms ? cfg->otlp_metrics_interval_ms : 60000;
-    o->mx = mx;
-    const char *svc = getenv("OTEL_SERVICE_NAME");
-    o->service = strdup(svc && *svc ? svc : "tally");
-    char inst[300];
-    snprintf(inst, sizeof inst, "%s/%d", h->run_id ? h->run_id : "", (int)getpid());
-    o->instance = strdup(inst);
-    o->res = (otlp_res){o->service, o->instance, h->host, h->run_id, tally_version()};
-    o->start_ns = now_ns();
-    buf_init(&o->cur, BATCH_BYTES + ((size_t)4 << 20));
-    pthread_mutex_init(&o->mu, NULL);
-    pthread_cond_init(&o->cv, NULL);
-    if (!o->traces_url || !o->metrics_url || !o->service || !o->instance) {
-        free(o->traces_url);
-        free(o->metrics_url);
-        free(o->service);
-        free(o->instance);
-        free(o->spool);
-        curl_slist_free_all(o->headers);
-        free(o);
-        return -1;
-    }
-    s->state = o;
-    return 0;
+    otlp_conf c = {endpoint, spool, cfg->otlp_spool_max_bytes, cfg->otlp_backoff_ms, cfg->otlp_metrics_interval_ms,
+                   mx, h->host, h->run_id, h->log, h->log_ud, &s->lost};
+    s->state = otlp_exporter_open(&c);
+    return s->state ? 0 : -1;
 }
