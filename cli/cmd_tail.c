@@ -20,6 +20,7 @@
 #include "cli.h"
 #include "encode.h"
 #include "fields.h"
+#include "follow.h"
 #include "json.h"
 #include "util.h"
 
@@ -115,51 +116,16 @@ static void show(json_arena *a, const char *line, size_t len)
     fprintf(tout, "\n");
 }
 
-typedef struct follower {
-    FILE *f;
-    ino_t ino;
-    off_t pos;
-    buf pending;   /* a line still waiting for its newline */
-} follower;
-
-static int open_at(follower *fw, const char *path, int from_end)
+static void show_line(void *ud, const char *line, size_t len, off_t at)
 {
-    fw->f = fopen(path, "rb");
-    if (!fw->f) return -1;
-    struct stat st;
-    fstat(fileno(fw->f), &st);
-    fw->ino = st.st_ino;
-    fw->pos = 0;
-    if (from_end) {
-        fseeko(fw->f, 0, SEEK_END);
-        fw->pos = ftello(fw->f);
-    }
-    buf_reset(&fw->pending);
-    return 0;
+    (void)at;
+    show(ud, line, len);
 }
 
 /* Prints every whole line from the current position. */
 static void drain(follower *fw, json_arena *a)
 {
-    char chunk[65536];
-    size_t r;
-    clearerr(fw->f);
-    while ((r = fread(chunk, 1, sizeof chunk, fw->f)) > 0) {
-        fw->pos += (off_t)r;
-        size_t start = 0;
-        for (size_t i = 0; i < r; i++) {
-            if (chunk[i] != '\n') continue;
-            if (fw->pending.len) {
-                buf_put(&fw->pending, chunk + start, i - start);
-                if (!fw->pending.failed) show(a, fw->pending.p, fw->pending.len);
-                buf_reset(&fw->pending);
-            } else if (i > start) {
-                show(a, chunk + start, i - start);
-            }
-            start = i + 1;
-        }
-        if (start < r) buf_put(&fw->pending, chunk + start, r - start);
-    }
+    follow_drain(fw, show_line, a);
     fflush(tout);
 }
 
@@ -214,8 +180,7 @@ int cmd_tail(int argc, char **argv)
     json_arena_init(&a, (size_t)64 << 20);
     follower fw;
     memset(&fw, 0, sizeof fw);
-    buf_init(&fw.pending, MAX_PENDING);
-    if (open_at(&fw, path, 0) != 0) {
+    if (follow_open(&fw, path, 0, MAX_PENDING) != 0) {
         cli_error("tail", "cannot read %s: %s", path, strerror(errno));
         return 1;
     }
@@ -238,6 +203,7 @@ int cmd_tail(int argc, char **argv)
             if (n > (uint64_t)last) {
                 fw.pos = (off_t)starts[n % (uint64_t)last];
                 fseeko(fw.f, fw.pos, SEEK_SET);
+                fw.line_at = fw.pos;
             }
             free(starts);
             lr_close(&lr);
@@ -246,8 +212,7 @@ int cmd_tail(int argc, char **argv)
     drain(&fw, &a);
     if (!follow) {
         if (fw.pending.len) fprintf(stderr, "tally tail: the last line is torn (%zu bytes, not shown)\n", fw.pending.len);
-        fclose(fw.f);
-        buf_free(&fw.pending);
+        follow_close(&fw);
         json_arena_free(&a);
         if (tout != stdout) fclose(tout);
         return 0;
@@ -256,22 +221,10 @@ int cmd_tail(int argc, char **argv)
     signal(SIGTERM, on_signal);
     while (!stop_flag) {
         usleep(200000);
-        struct stat st;
-        if (stat(path, &st) == 0 && st.st_ino != fw.ino) {
-            /* Rotated: finish the old file, then read the new one from its start. */
-            drain(&fw, &a);
-            fclose(fw.f);
-            if (open_at(&fw, path, 0) != 0) continue;
-        } else if (stat(path, &st) == 0 && st.st_size < fw.pos) {
-            /* Truncated: start again. */
-            fseeko(fw.f, 0, SEEK_SET);
-            fw.pos = 0;
-            buf_reset(&fw.pending);
-        }
+        follow_check(&fw, path, show_line, &a);
         drain(&fw, &a);
     }
-    fclose(fw.f);
-    buf_free(&fw.pending);
+    follow_close(&fw);
     json_arena_free(&a);
     if (tout != stdout) fclose(tout);
     return 0;

@@ -20,6 +20,7 @@ static const struct {
     {"validate", cmd_validate, "check files against the toy/v1 wire format, with line numbers"},
     {"import", cmd_import, "load JSONL files (tally, toy/v1, TelemetryLogger tags) into a database"},
     {"trim", cmd_trim, "delete old events or stored text from a database"},
+    {"exporter", cmd_exporter, "serve /metrics (and send OTLP) from JSONL files as they grow"},
     {NULL, NULL, NULL},
 };
 
@@ -41,6 +42,8 @@ static void usage(FILE *out)
             "  TALLY_DB=FILE       also write them to this SQLite database\n"
             "  TALLY_PRICES=FILE   cost requests that come without a cost (docs/prices.md)\n"
             "  TALLY_ENERGY=1      sample GPU / CPU energy and attribute it to requests\n"
+            "  TALLY_METRICS_LISTEN=HOST:PORT  serve Prometheus metrics at /metrics\n"
+            "  TALLY_OTLP_ENDPOINT=URL  send spans and metrics to an OTLP/HTTP collector\n"
             "  TALLY_DISABLE=1     record nothing\n"
             "Environment for this command:\n"
             "  TALLY_ESCAPE_CONTROLS=1  show control characters in event data as \\xNN\n"
