@@ -233,6 +233,67 @@ static void priced_case(void)
     free(ticks);
 }
 
+/* One thread: a plain request, then the same with the Prometheus endpoint
+ * and the OTLP exporter on (to `otlp_url`, or to a port where nothing
+ * listens: the collector is down and batches spool), tries interleaved in
+ * the same process; medians of the tries' p50 and p99. */
+static const char *otlp_url;
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void exporters_case(void)
+{
+    enum { TRIES = 5 };
+    uint64_t *ticks = malloc(sizeof(uint64_t) * (size_t)calls);
+    double p50[2][TRIES], p99[2][TRIES];
+    char spool[512];
+    snprintf(spool, sizeof spool, "%s/record_bench_%d_spool", dir, (int)getpid());
+    for (int t = 0; t < TRIES; t++)
+        for (int k = 0; k < 2; k++) {
+            char path[512];
+            path_of(path, sizeof path, k ? "exporters" : "plain");
+            tally_config cfg;
+            tally_config_init(&cfg);
+            cfg.path = path;
+            cfg.queue_bytes = (size_t)calls * 512;
+            if (k) {
+                cfg.metrics_listen = "127.0.0.1:0";
+                cfg.otlp_endpoint = otlp_url ? otlp_url : "http://127.0.0.1:9";
+                cfg.otlp_spool_dir = spool;
+            }
+            tally_t *h = tally_open(&cfg);
+            if (k && tally_metrics_port(h) == 0) {
+                fprintf(stderr, "record_bench: the metrics endpoint did not start\n");
+                exit(1);
+            }
+            job j = {h, 0, calls, 0, ticks, 0};
+            pthread_t th;
+            pthread_create(&th, NULL, tally_worker, &j);
+            pthread_join(th, NULL);
+            tally_close(h, NULL);
+            lat l = summarize(ticks, (size_t)calls);
+            p50[k][t] = l.p50;
+            p99[k][t] = l.p99;
+            unlink(path);
+        }
+    for (int k = 0; k < 2; k++) {
+        qsort(p50[k], TRIES, sizeof(double), cmp_double);
+        qsort(p99[k], TRIES, sizeof(double), cmp_double);
+    }
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", spool);
+    if (system(cmd) != 0) fprintf(stderr, "record_bench: could not remove %s\n", spool);
+    printf("case=request_exporters calls=%d tries=%d collector=%s plain_p50_ns=%.0f plain_p99_ns=%.0f "
+           "exporters_p50_ns=%.0f exporters_p99_ns=%.0f ratio_vs_plain=%.2f\n",
+           calls, TRIES, otlp_url ? otlp_url : "down", p50[0][TRIES / 2], p99[0][TRIES / 2], p50[1][TRIES / 2],
+           p99[1][TRIES / 2], p50[1][TRIES / 2] / p50[0][TRIES / 2]);
+    free(ticks);
+}
+
 static void latency_case(int threads)
 {
     char path[512], npath[512];
@@ -361,12 +422,17 @@ static void sustained_case(void)
 
 int main(int argc, char **argv)
 {
+    int exporters = 0, only_exporters = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--calls") && i + 1 < argc) calls = (int)strtol(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--dir") && i + 1 < argc) dir = argv[++i];
         else if (!strcmp(argv[i], "--prices") && i + 1 < argc) price_file = argv[++i];
+        else if (!strcmp(argv[i], "--exporters")) exporters = 1;
+        else if (!strcmp(argv[i], "--otlp") && i + 1 < argc) otlp_url = argv[++i], exporters = 1;
+        else if (!strcmp(argv[i], "--only-exporters")) only_exporters = 1, exporters = 1;
         else {
-            fprintf(stderr, "usage: record_bench [--calls N] [--dir DIR] [--prices FILE]\n");
+            fprintf(stderr, "usage: record_bench [--calls N] [--dir DIR] [--prices FILE] [--exporters] [--otlp URL] "
+                            "[--only-exporters]\n");
             return 2;
         }
     }
@@ -376,9 +442,12 @@ int main(int argc, char **argv)
            (int)sysconf(_SC_NPROCESSORS_ONLN), timer_overhead * ns_per_tick);
     /* Sustained first: the latency cases leave the page cache full of
      * dirty pages, whose writeback would then compete for the 2 cores. */
-    sustained_case();
-    latency_case(1);
-    latency_case(2);
-    if (price_file) priced_case();
+    if (!only_exporters) {
+        sustained_case();
+        latency_case(1);
+        latency_case(2);
+        if (price_file) priced_case();
+    }
+    if (exporters) exporters_case();
     return 0;
 }
