@@ -57,7 +57,8 @@ typedef void (*tally_event_fn)(void *ud, const char *line, size_t len);
 typedef struct tally_config {
     /* Output.  `path` is a JSONL file.  When NULL or "", and `run_dir` is set,
      * events go to <run_dir>/<run_id>/events.jsonl.  With no file, no
-     * database, no memory sink and no subscriber, the handle is disabled: no I/O and no
+     * database, no memory sink, no subscriber, no metrics endpoint and no
+     * OTLP endpoint, the handle is disabled: no I/O and no
      * allocation after tally_open().  Environment: TALLY_PATH overrides
      * `path`; TALLY_DISABLE=1 disables whatever the config says. */
     const char *path;
