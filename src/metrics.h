@@ -20,6 +20,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "buf.h"
 
@@ -95,6 +96,9 @@ typedef struct metrics_http metrics_http;
 metrics_http *metrics_http_start(metrics *m, const char *listen, void (*before)(void *ud), void *ud, char *err,
                                  size_t errlen);
 int metrics_http_port(const metrics_http *mh);
+/* "HOST:PORT", ":PORT" or "PORT" (host 127.0.0.1), "[V6]:PORT" into an
+ * address; -1 (err) when it is not one. */
+int metrics_listen_parse(const char *spec, struct sockaddr_storage *out, socklen_t *out_len, char *err, size_t errlen);
 void metrics_http_stop(metrics_http *mh);
 void metrics_http_forget(metrics_http *mh);
 

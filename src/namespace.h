@@ -69,6 +69,7 @@
 #define metrics_http_port tally__metrics_http_port
 #define metrics_http_start tally__metrics_http_start
 #define metrics_http_stop tally__metrics_http_stop
+#define metrics_listen_parse tally__metrics_listen_parse
 #define metrics_new tally__metrics_new
 #define metrics_observe tally__metrics_observe
 #define metrics_overflowed tally__metrics_overflowed
@@ -83,6 +84,7 @@
 #define otlp_exporter_seal tally__otlp_exporter_seal
 #define otlp_exporter_sent tally__otlp_exporter_sent
 #define otlp_metrics tally__otlp_metrics
+#define otlp_parse_headers tally__otlp_parse_headers
 #define otlp_resource tally__otlp_resource
 #define otlp_span tally__otlp_span
 #define otlp_traces_begin tally__otlp_traces_begin

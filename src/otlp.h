@@ -65,4 +65,8 @@ void otlp_exporter_after_fork(otlp_exporter *e);
 /* Delivers what it can within 2 s, spools the rest, stops. */
 void otlp_exporter_close(otlp_exporter *e);
 
+/* OTEL_EXPORTER_OTLP_HEADERS into "Name: value" lines (a curl_slist). */
+struct curl_slist;
+struct curl_slist *otlp_parse_headers(const char *env);
+
 #endif

@@ -42,9 +42,8 @@ typedef struct msink {
     uint64_t lost[TALLY_MAX_SINKS];
 } msink;
 
-/* "HOST:PORT", ":PORT" or "PORT" (host 127.0.0.1), "[V6]:PORT".  Port 0
- * takes a free one.  Returns a listening socket or -1 (errno, msg). */
-static int listen_on(const char *spec, char *err, size_t errlen)
+int metrics_listen_parse(const char *spec, struct sockaddr_storage *out, socklen_t *out_len, char *err,
+                         size_t errlen)
 {
     char host[128] = "127.0.0.1";
     const char *port_s = spec;
@@ -70,7 +69,7 @@ static int listen_on(const char *spec, char *err, size_t errlen)
 
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
-    socklen_t sl;
+    socklen_t sl = 0;
     struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
     if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
@@ -84,6 +83,20 @@ static int listen_on(const char *spec, char *err, size_t errlen)
     } else {
         goto bad;
     }
+    *out = ss;
+    *out_len = sl;
+    return 0;
+bad:
+    snprintf(err, errlen, "metrics endpoint '%s': expected HOST:PORT (127.0.0.1:9464)", spec);
+    return -1;
+}
+
+/* A listening socket on spec, or -1 (err). */
+static int listen_on(const char *spec, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    if (metrics_listen_parse(spec, &ss, &sl, err, errlen) != 0) return -1;
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         snprintf(err, errlen, "metrics endpoint %s: socket: %s", spec, strerror(errno));
@@ -97,9 +110,6 @@ static int listen_on(const char *spec, char *err, size_t errlen)
         return -1;
     }
     return fd;
-bad:
-    snprintf(err, errlen, "metrics endpoint '%s': expected HOST:PORT (127.0.0.1:9464)", spec);
-    return -1;
 }
 
 /* Device energy comes from the sampler of the process that serves. */

@@ -660,8 +660,10 @@ void otlp_exporter_close(osink *o)
 }
 
 /* OTEL_EXPORTER_OTLP_HEADERS: "k1=v1,k2=v2", values percent-decoded.  The
- * values (credentials) are never logged. */
-static struct curl_slist *parse_headers(const char *env)
+ * values (credentials) are never logged.  A header whose name or decoded
+ * value holds a control character (a CR LF would start another header) is
+ * left out. */
+struct curl_slist *otlp_parse_headers(const char *env)
 {
     struct curl_slist *l = NULL;
     if (!env) return NULL;
@@ -688,7 +690,10 @@ static struct curl_slist *parse_headers(const char *env)
                 }
             }
             line[o] = 0;
-            l = curl_slist_append(l, line);
+            int clean = kn > 0;
+            for (size_t q = 0; q < o && clean; q++)
+                if ((unsigned char)line[q] < 0x20 || line[q] == 0x7f || (q < kn && line[q] == ':')) clean = 0;
+            if (clean) l = curl_slist_append(l, line);
         }
         if (!end) break;
         p = end + 1;
@@ -718,7 +723,7 @@ osink *otlp_exporter_open(const otlp_conf *c)
     o->lost = c->lost ? c->lost : &o->own_lost;
     o->traces_url = join_url(c->endpoint, "/v1/traces");
     o->metrics_url = join_url(c->endpoint, "/v1/metrics");
-    o->headers = parse_headers(getenv("OTEL_EXPORTER_OTLP_HEADERS"));
+    o->headers = otlp_parse_headers(getenv("OTEL_EXPORTER_OTLP_HEADERS"));
     const char *comp = getenv("OTEL_EXPORTER_OTLP_COMPRESSION");
     o->gzip = !(comp && !strcmp(comp, "none"));
     if (c->spool && *c->spool) {
