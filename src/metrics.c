@@ -417,7 +417,7 @@ static void put_label_value(buf *b, const char *v)
 }
 
 /* {name="value",...[,le="x"]}: absent (empty) values are left out. */
-static void put_labels(buf *b, const mx_family *f, const mx_series *s, const char *le)
+static void put_labels(buf *b, const mx_family *f, const mx_series *s, int has_le, double le)
 {
     int any = 0;
     for (int i = 0; i < MX_MAX_LABELS && f->labels[i]; i++) {
@@ -429,14 +429,26 @@ static void put_labels(buf *b, const mx_family *f, const mx_series *s, const cha
         put_label_value(b, s->values[i]);
         buf_putc(b, '"');
     }
-    if (le) {
+    if (has_le) {
         buf_putc(b, any ? ',' : '{');
         any = 1;
         buf_puts(b, "le=\"");
-        buf_puts(b, le);
+        put_num(b, le);
         buf_putc(b, '"');
     }
     if (any) buf_putc(b, '}');
+}
+
+/* One line: NAME[SUFFIX]{labels[,le]} VALUE */
+static void put_sample(buf *b, const mx_family *f, const mx_series *s, const char *suffix, int has_le, double le,
+                       double v)
+{
+    buf_puts(b, f->name);
+    buf_puts(b, suffix);
+    put_labels(b, f, s, has_le, le);
+    buf_putc(b, ' ');
+    put_num(b, v);
+    buf_putc(b, '\n');
 }
 
 static void render_series(void *ud, const mx_series *s)
@@ -444,43 +456,16 @@ static void render_series(void *ud, const mx_series *s)
     buf *b = ud;
     const mx_family *f = &tally_mx_families[s->family];
     if (f->type != MX_HISTOGRAM) {
-        buf_puts(b, f->name);
-        put_labels(b, f, s, NULL);
-        buf_putc(b, ' ');
-        put_num(b, s->value);
-        buf_putc(b, '\n');
+        put_sample(b, f, s, "", 0, 0, s->value);
         return;
     }
     uint64_t cum = 0;
-    char le[32];
     for (int i = 0; i <= f->n_bounds; i++) {
         cum += s->counts[i];
-        if (i < f->n_bounds) {
-            buf tmp = {le, 0, sizeof le, sizeof le, 0};
-            put_num(&tmp, f->bounds[i]);
-            le[tmp.failed ? 0 : tmp.len] = 0;
-        } else {
-            memcpy(le, "+Inf", 5);
-        }
-        buf_puts(b, f->name);
-        buf_puts(b, "_bucket");
-        put_labels(b, f, s, le);
-        buf_putc(b, ' ');
-        put_num(b, (double)cum);
-        buf_putc(b, '\n');
+        put_sample(b, f, s, "_bucket", 1, i < f->n_bounds ? f->bounds[i] : INFINITY, (double)cum);
     }
-    buf_puts(b, f->name);
-    buf_puts(b, "_sum");
-    put_labels(b, f, s, NULL);
-    buf_putc(b, ' ');
-    put_num(b, s->sum);
-    buf_putc(b, '\n');
-    buf_puts(b, f->name);
-    buf_puts(b, "_count");
-    put_labels(b, f, s, NULL);
-    buf_putc(b, ' ');
-    put_num(b, (double)cum);
-    buf_putc(b, '\n');
+    put_sample(b, f, s, "_sum", 0, 0, s->sum);
+    put_sample(b, f, s, "_count", 0, 0, (double)cum);
 }
 
 void metrics_render(const metrics *m, buf *b)

@@ -1,7 +1,9 @@
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -32,6 +34,25 @@ def tally_cli(*args, cwd=None):
     """The tally command as the package gives it (python -m tally)."""
     r = subprocess.run([sys.executable, "-m", "tally", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
     return r
+
+
+def free_port():
+    """A port nothing listens on (for a server the test starts, or a collector that is down)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_for(cond, timeout=20):
+    """Polls cond until it is true or timeout seconds pass; returns its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ do not link libtally (here: toy/v1 lines as a Ruby server writes them)."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import urllib.request
 
 import pytest
 
+from conftest import free_port
 from otlp_receiver import Receiver
 from test_metrics import parse, value
 
@@ -18,14 +18,6 @@ from test_metrics import parse, value
 def cli():
     c = os.environ.get("TALLY_CLI")
     return [c] if c else [sys.executable, "-m", "tally"]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def toy_lines(start, n, model="llama"):

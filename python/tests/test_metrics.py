@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 import tally
-from conftest import ASAN, tally_cli
+from conftest import ASAN, free_port, tally_cli
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -55,14 +55,6 @@ def record_mix(t, n=600):
                   latency_us=20_000 + (i * 7919) % 9_000_000, ttft_us=(5_000 + (i * 31) % 400_000) if stream else None,
                   cost_nusd=1000 * (i % 11), error="timeout" if i % 17 == 0 else None,
                   degraded="web_failed" if i % 23 == 0 else None)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def test_promtool_accepts_and_figures_equal_stats(tmp):

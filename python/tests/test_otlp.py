@@ -1,21 +1,11 @@
 """The OTLP/HTTP exporter of libtally against a receiver that checks the
 encoding and answers as a collector may."""
 import json
-import socket
 import time
 
 import tally
-from conftest import read_events, requests_of, run_python
+from conftest import free_port, read_events, requests_of, run_python, wait_for
 from otlp_receiver import Receiver
-
-
-def wait_for(cond, timeout=20):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def event_ids(spans):
@@ -121,14 +111,6 @@ def test_retry_after_is_honoured(tmp):
         assert lost == 0 and len(rx.accepted_spans) == 25
     finally:
         rx.stop()
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def test_collector_down_spool_replayed_in_order_by_the_next_process(tmp):
