@@ -753,6 +753,9 @@ osink *otlp_exporter_open(const otlp_conf *c)
         otlp_exporter_close(o);
         return NULL;
     }
+    /* At once, not at the first event: a spool left by an earlier process
+     * is replayed even by one that records nothing. */
+    start_sender(o);
     return o;
 }
 

@@ -178,3 +178,34 @@ def test_metrics_body_checked(tmp):
         assert json.dumps(m["tally.cost"][0][1]["asDouble"]) == "1e-06"
     finally:
         rx.stop()
+
+
+def test_spool_is_bounded(tmp):
+    """Collector down, spool capped below what is recorded: the spool stays
+    under its cap, the overflow is said, and what it kept is replayed once."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"                               # nothing listens: the collector is down
+    spool = tmp / "spool"
+    cap = 150_000
+
+    def spooled():
+        files = [p for p in spool.iterdir() if p.is_file()]
+        return sum(int(p.name.rsplit("-", 1)[1].split(".")[0]) for p in files), sum(p.stat().st_size for p in files)
+    logs = []
+    with tally.Tally(memory=True, otlp_endpoint=url, otlp_spool_dir=str(spool), otlp_spool_max_bytes=cap,
+                     otlp_backoff_ms=50, log=lambda lv, m: logs.append(m)) as t:
+        for b in range(8):
+            for i in range(100):
+                t.request(model="m", prompt_tokens=i, completion_tokens=1, latency_us=1, request_id=f"r{b}-{i}")
+            t.flush()
+        assert t.counters()["dropped"] == 0                        # the program's events were all written
+    kept, size = spooled()
+    assert size <= cap and 0 < kept < 800
+    assert any("is full" in m for m in logs)
+    rx = Receiver(port=port)
+    try:
+        with tally.Tally(memory=True, otlp_endpoint=url, otlp_spool_dir=str(spool), otlp_backoff_ms=50):
+            assert wait_for(lambda: len(rx.accepted_spans) >= kept, 20)
+        assert len(rx.accepted_spans) == kept and not rx.errors
+    finally:
+        rx.stop()
