@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 import tally
-from conftest import ASAN, free_port, tally_cli
+from conftest import ASAN, free_port, tally_cli, wait_for
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -223,3 +223,23 @@ def test_bucket_bounds_are_the_conventions():
         les = sorted({float(l["le"]) for n, l, v in s if n == fam + "_bucket" and l["le"] != "+Inf"})
         assert [pytest.approx(x) for x in want] == les
     assert not any(math.isnan(v) for n, l, v in s)
+
+
+@pytest.mark.skipif(not os.environ.get("TALLY_FAKE_NVML"), reason="the test suite's fake NVML library is not built")
+def test_device_energy_and_request_energy(tmp, monkeypatch):
+    """A fake GPU drawing 250 W: the device's energy counter and the
+    requests' energy histogram are served."""
+    monkeypatch.setenv("TALLY_NVML_LIB", os.environ["TALLY_FAKE_NVML"])
+    monkeypatch.setenv("TALLY_POWERCAP_ROOT", str(tmp / "no-powercap"))
+    with tally.Tally(memory=True, metrics_listen="127.0.0.1:0", energy=True, energy_interval_ms=20) as t:
+        for i in range(5):
+            with t.timed_request(model="m", prompt_tokens=1, completion_tokens=1):
+                time.sleep(0.1)
+        t.flush()
+        # a request's share is known once the sampler has read past its end
+        wait_for(lambda: value(parse(scrape(t.metrics_port)), "tally_request_energy_joules_count") == 5, 10)
+        s = parse(scrape(t.metrics_port))
+    devices = [(l, v) for n, l, v in s if n == "tally_energy_joules_total"]
+    assert len(devices) == 1 and devices[0][1] > 50                  # 250 W for well over 0.2 s
+    assert value(s, "tally_request_energy_joules_count", gen_ai_request_model="m") == 5
+    assert value(s, "tally_request_energy_joules_sum", gen_ai_request_model="m") > 0
