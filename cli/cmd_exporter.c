@@ -215,14 +215,7 @@ int cmd_exporter(int argc, char **argv)
     if (!srcs) return 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        const char *eq = NULL;
-        char opt[32];
-        if (a[0] == '-' && a[1] == '-' && (eq = strchr(a, '=')) && (size_t)(eq - a) < sizeof opt) {
-            memcpy(opt, a, (size_t)(eq - a));
-            opt[eq - a] = 0;
-            a = opt;
-        }
-        const char *val = eq ? eq + 1 : (i + 1 < argc ? argv[i + 1] : NULL);
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
         int takes = !strcmp(a, "--listen") || !strcmp(a, "--otlp") || !strcmp(a, "--spool") || !strcmp(a, "--state") ||
                     !strcmp(a, "--series-cap");
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -237,7 +230,7 @@ int cmd_exporter(int argc, char **argv)
                 free(srcs);
                 return 2;
             }
-            if (!eq) i++;
+            i++;
             if (!strcmp(a, "--listen")) listen = val;
             else if (!strcmp(a, "--otlp")) otlp_url = val;
             else if (!strcmp(a, "--spool")) spool = val;

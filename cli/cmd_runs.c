@@ -133,10 +133,60 @@ static int cmp_run(const void *pa, const void *pb)
     }
 }
 
+/* --json / --csv: every column, absent values null (JSON) or empty (CSV). */
+static void print_machine(const runs *rs, int desc, int json)
+{
+    static const char *const cols[] = {"run", "kind", "model", "started", "duration_s", "requests", "steps",
+                                       "final_loss", "reason", "errors"};
+    if (json) fputs("{\"runs\":[", stdout);
+    else
+        for (size_t c = 0; c < 10; c++) printf("%s%s", c ? "," : "", cols[c]);
+    if (!json) putchar('\n');
+    for (size_t k = 0; k < rs->n; k++) {
+        const run *r = &rs->r[desc ? rs->n - 1 - k : k];
+        char started[32] = "", d[32] = "", loss[32] = "";
+        if (isfinite(r->first)) {
+            time_t t = (time_t)r->first;
+            struct tm tm;
+            gmtime_r(&t, &tm);
+            strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", &tm);
+            snprintf(d, sizeof d, "%.3f", dur(r));
+        }
+        if (r->has_loss && isfinite(r->final_loss)) snprintf(loss, sizeof loss, "%.17g", r->final_loss);
+        const char *sv_[4] = {r->id, kind_of(r), r->model, r->reason};
+        if (json) {
+            printf("%s{\"run\":", k ? "," : "");
+            cli_json_str(stdout, sv_[0]);
+            fputs(",\"kind\":", stdout);
+            cli_json_str(stdout, sv_[1]);
+            fputs(",\"model\":", stdout);
+            cli_json_str(stdout, sv_[2]);
+            fputs(",\"started\":", stdout);
+            cli_json_str(stdout, started[0] ? started : NULL);
+            printf(",\"duration_s\":%s,\"requests\":%llu,\"steps\":%llu,\"final_loss\":%s,\"reason\":",
+                   d[0] ? d : "null", (unsigned long long)r->requests, (unsigned long long)r->steps,
+                   loss[0] ? loss : "null");
+            cli_json_str(stdout, sv_[3]);
+            printf(",\"errors\":%llu}", (unsigned long long)r->errors);
+        } else {
+            cli_csv_field(stdout, sv_[0]);
+            putchar(',');
+            cli_csv_field(stdout, sv_[1]);
+            putchar(',');
+            cli_csv_field(stdout, sv_[2] ? sv_[2] : "");
+            printf(",%s,%s,%llu,%llu,%s,", started, d, (unsigned long long)r->requests, (unsigned long long)r->steps,
+                   loss);
+            cli_csv_field(stdout, sv_[3] ? sv_[3] : "");
+            printf(",%llu\n", (unsigned long long)r->errors);
+        }
+    }
+    if (json) fputs("]}\n", stdout);
+}
+
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: tally runs [--sort COLUMN] [--desc] SOURCE...\n"
+            "usage: tally runs [--sort COLUMN] [--desc] [--json|--csv] SOURCE...\n"
             "\n"
             "One line per run: id, kind (serve/train), model, started (UTC), duration,\n"
             "requests or steps, final loss, reason, errors.  SOURCE as for tally stats\n"
@@ -144,13 +194,16 @@ static void usage(FILE *out)
             "\n"
             "  --sort COLUMN   id, kind, model, started (default), duration, work,\n"
             "                  final_loss, reason, errors\n"
-            "  --desc          largest first\n");
+            "  --desc          largest first\n"
+            "  --json, --csv   machine-readable output: run, kind, model, started,\n"
+            "                  duration_s, requests, steps, final_loss, reason, errors\n"
+            "                  (absent values are null / empty)\n");
 }
 
 int cmd_runs(int argc, char **argv)
 {
     char **srcs = calloc((size_t)argc + 1, sizeof *srcs);
-    int ns = 0, desc = 0, rc = 0;
+    int ns = 0, desc = 0, rc = 0, fmt = 0; /* 0 table, 1 json, 2 csv */
     sort_by = 3;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
@@ -171,6 +224,8 @@ int cmd_runs(int argc, char **argv)
             i++;
         } else if (!strcmp(argv[i], "--desc")) {
             desc = 1;
+        } else if (!strcmp(argv[i], "--json") || !strcmp(argv[i], "--csv")) {
+            fmt = argv[i][2] == 'j' ? 1 : 2;
         } else if (argv[i][0] == '-' && argv[i][1]) {
             cli_error("runs", "unknown option %s (try --help)", argv[i]);
             free(srcs);
@@ -193,6 +248,10 @@ int cmd_runs(int argc, char **argv)
         rc = 1;
     } else {
         if (rs.n) qsort(rs.r, rs.n, sizeof *rs.r, cmp_run);
+        if (fmt) {
+            print_machine(&rs, desc, fmt == 1);
+            goto done;
+        }
         printf("%-28s %-5s %-18s %-20s %10s %9s %10s %-11s %6s\n", "run", "kind", "model", "started", "duration_s",
                "work", "final_loss", "reason", "errors");
         for (size_t k = 0; k < rs.n; k++) {
@@ -213,6 +272,7 @@ int cmd_runs(int argc, char **argv)
                    started, d, work, loss, r->reason ? r->reason : "(open)", (unsigned long long)r->errors);
         }
     }
+done:
     for (size_t k = 0; k < rs.n; k++) {
         free(rs.r[k].id);
         free(rs.r[k].model);

@@ -220,19 +220,7 @@ void print_table(agg *a, int training)
     free(w);
 }
 
-static void csv_field(const char *s)
-{
-    if (strpbrk(s, ",\"\n")) {
-        putchar('"');
-        for (; *s; s++) {
-            if (*s == '"') putchar('"');
-            putchar(*s);
-        }
-        putchar('"');
-    } else {
-        fputs(s, stdout);
-    }
-}
+static void csv_field(const char *s) { cli_csv_field(stdout, s); }
 
 void print_csv(agg *a)
 {

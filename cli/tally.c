@@ -4,6 +4,7 @@
  * main() is in main.c; the Python package calls tally_cli_main() itself.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -23,6 +24,42 @@ static const struct {
     {"exporter", cmd_exporter, "serve /metrics (and send OTLP) from JSONL files as they grow"},
     {NULL, NULL, NULL},
 };
+
+/* Every command takes --opt=value as well as --opt value: the one form is
+ * turned into the other before the command reads its arguments. */
+static int run_command(int (*fn)(int, char **), int argc, char **argv)
+{
+    int extra = 0;
+    for (int i = 1; i < argc; i++)
+        if (argv[i][0] == '-' && argv[i][1] == '-' && argv[i][2] && strchr(argv[i], '=')) extra++;
+    if (!extra) return fn(argc, argv);
+    char **v = calloc((size_t)(argc + extra + 1), sizeof *v);
+    char **owned = calloc((size_t)extra + 1, sizeof *owned);
+    if (!v || !owned) {
+        free(v);
+        free(owned);
+        fprintf(stderr, "tally: out of memory\n");
+        return 1;
+    }
+    int n = 0, k = 0, rc = 1;
+    for (int i = 0; i < argc; i++) {
+        const char *eq = i && argv[i][0] == '-' && argv[i][1] == '-' && argv[i][2] ? strchr(argv[i], '=') : NULL;
+        if (!eq) {
+            v[n++] = argv[i];
+            continue;
+        }
+        owned[k] = strndup(argv[i], (size_t)(eq - argv[i]));
+        if (!owned[k]) goto out;
+        v[n++] = owned[k++];
+        v[n++] = (char *)eq + 1;
+    }
+    rc = fn(n, v);
+out:
+    for (int i = 0; i < k; i++) free(owned[i]);
+    free(owned);
+    free(v);
+    return rc;
+}
 
 static void usage(FILE *out)
 {
@@ -65,7 +102,7 @@ int tally_cli_main(int argc, char **argv)
         return 0;
     }
     for (size_t i = 0; commands[i].name; i++)
-        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].fn(argc - 1, argv + 1);
+        if (strcmp(argv[1], commands[i].name) == 0) return run_command(commands[i].fn, argc - 1, argv + 1);
     fprintf(stderr, "tally: unknown command '%s' (try 'tally --help')\n", argv[1]);
     return 2;
 }

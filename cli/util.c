@@ -344,3 +344,31 @@ void hash_id(const char *a, size_t an, uint64_t b, const char *c, size_t cn, cha
     h2 = fnv1a(fnv1a(fnv1a(h2, c, cn), &b, sizeof b), a, an);
     snprintf(out, 34, "x%016llx%015llx", (unsigned long long)h1, (unsigned long long)(h2 >> 4));
 }
+
+void cli_csv_field(FILE *out, const char *s)
+{
+    if (strpbrk(s, ",\"\n")) {
+        putc('"', out);
+        for (; *s; s++) {
+            if (*s == '"') putc('"', out);
+            putc(*s, out);
+        }
+        putc('"', out);
+    } else {
+        fputs(s, out);
+    }
+}
+
+void cli_json_str(FILE *out, const char *s)
+{
+    if (!s) {
+        fputs("null", out);
+        return;
+    }
+    buf b;
+    buf_init(&b, (size_t)1 << 20);
+    enc_str(&b, s, strlen(s));
+    if (!b.failed) fwrite(b.p, 1, b.len, out);
+    else fputs("null", out);
+    buf_free(&b);
+}

@@ -61,4 +61,9 @@ FILE *cli_safe_stdout(void);
 /* Prints "tally CMD: message" to stderr. */
 void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* One CSV field: quoted when it holds a comma, a quote or a newline. */
+void cli_csv_field(FILE *out, const char *s);
+/* A JSON string: quoted, escaped (NULL: null). */
+void cli_json_str(FILE *out, const char *s);
+
 #endif

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test_cli -- the tally command end to end: validate on good and bad
 # files, tail with -f across appends, truncation, rotation and a torn
-# line, runs --sort, and usage errors.  Each check can fail; the script
+# line, runs --sort / --json / --csv, --opt=value, and usage errors.  Each check can fail; the script
 # prints "N passed, N failed" and exits non-zero on any failure.
 set -u
 TALLY=${1:?usage: test_cli.sh PATH-TO-tally}
@@ -73,6 +73,14 @@ out=$("$TALLY" runs "$dir/runs" --sort final_loss)
 check "runs train line" grep -qE '^t1 +train +tiny .* 1st +2.5 +interrupted' <<<"$out"
 check "runs serve line" grep -qE '^r1 +serve +m .* 1rq .* completed' <<<"$out"
 check "runs bad sort" bash -c "! '$TALLY' runs --sort colour '$dir/runs' 2>/dev/null"
+out=$("$TALLY" runs --json "$dir/runs" --sort=final_loss)
+check "runs --json" test "$(jq -c '[.runs[] | [.run, .kind, .steps, .requests, .final_loss, .reason]]' <<<"$out")" = '[["t1","train",1,0,2.5,"interrupted"],["r1","serve",0,1,null,"completed"]]'
+out=$("$TALLY" runs --csv "$dir/runs")
+check "runs --csv header" test "$(head -1 <<<"$out")" = "run,kind,model,started,duration_s,requests,steps,final_loss,reason,errors"
+check "runs --csv row" grep -qE '^t1,train,tiny,[0-9T:Z-]+,[0-9.]+,0,1,2.5,interrupted,0$' <<<"$out"
+# --opt=value is --opt value, for every command
+check "opt=value same output" test "$("$TALLY" stats --by=model --json "$dir/runs")" = "$("$TALLY" stats --by model --json "$dir/runs")"
+check "opt=value unknown still refused" bash -c "! '$TALLY' stats --colour=red '$dir/runs' 2>/dev/null"
 
 # usage errors: one line on stderr, non-zero
 err=$("$TALLY" nosuch 2>&1 >/dev/null); rc=$?
