@@ -131,22 +131,10 @@ int cmd_stats(int argc, char **argv)
             } else if (!strcmp(s, "--until")) {
                 until = val;
             } else {
-                const char *eq = strchr(val, '=');
-                if (!eq || eq == val || a.nw >= MAX_WHERE) {
-                    cli_error("stats", "--where needs KEY=VALUE or KEY!=VALUE (got '%s')", val);
+                if (where_parse(a.w, &a.nw, val, "stats")) {
                     rc = 2;
                     goto out;
                 }
-                int neg = eq > val && eq[-1] == '!';
-                char k[64];
-                snprintf(k, sizeof k, "%.*s", (int)(eq - val - neg), val);
-                int ki = key_index(k);
-                if (ki < 0) {
-                    cli_error("stats", "unknown --where key '%s'", k);
-                    rc = 2;
-                    goto out;
-                }
-                a.w[a.nw++] = (where){ki, neg, eq + 1, strlen(eq + 1)};
             }
         } else if (s[0] == '-' && s[1]) {
             cli_error("stats", "unknown option %s (try --help)", s);

@@ -61,6 +61,12 @@ int key_index(const char *s);
 void key_list(char *out, size_t n);           /* "model, engine, ..., hour" */
 int key_in_rollup(int k);
 int on_row(void *ud, const row *e);           /* a source's row into its group */
+/* The value of key k for an event ("-" when it has none; tmp for days). */
+sv key_value(const row *e, int k, char *tmp, size_t n);
+/* One --where KEY=VALUE / KEY!=VALUE into w[*nw]; -1 (said) when it is not one. */
+int where_parse(where *w, int *nw, const char *val, const char *cmd);
+/* 1 when the event passes every --where. */
+int where_pass(const where *w, int nw, const row *e);
 int on_cell(void *ud, const rollup_key *k, const agg_cell *c);
 
 /* stats_output.c */

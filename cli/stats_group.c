@@ -8,6 +8,7 @@
 #include "hash.h"
 #include "hindex.h"
 #include "stats.h"
+#include "util.h"
 
 static const char *const own_keys[K_N - K_RUN] = {"run", "phase", "kind", "ok", "error", "degraded", "day", "hour"};
 
@@ -42,7 +43,7 @@ int key_in_rollup(int k)
 
 static sv or_dash(sv v) { return v.p ? v : SV_LIT("-"); }
 
-static sv key_value(const row *e, int k, char *tmp, size_t n)
+sv key_value(const row *e, int k, char *tmp, size_t n)
 {
     if (k < K_RUN) return or_dash(*FIELD_CSV(e, &tally_request_labels[k]));
     switch (k) {
@@ -113,16 +114,48 @@ static group *group_for(agg *a, const char *key, size_t n)
     return g;
 }
 
+int where_parse(where *w, int *nw, const char *val, const char *cmd)
+{
+    const char *eq = strchr(val, '=');
+    if (!eq || eq == val || *nw >= MAX_WHERE) {
+        cli_error(cmd, "--where needs KEY=VALUE or KEY!=VALUE (got '%s')", val);
+        return -1;
+    }
+    int neg = eq > val && eq[-1] == '!';
+    char k[64];
+    snprintf(k, sizeof k, "%.*s", (int)(eq - val - neg), val);
+    int ki = key_index(k);
+    if (ki < 0) {
+        cli_error(cmd, "unknown --where key '%s'", k);
+        return -1;
+    }
+    const char *v = eq + 1;
+    if (ki == K_OK) {
+        /* ok=false, ok=0 and ok=no are one question */
+        if (!strcmp(v, "0") || !strcmp(v, "no")) v = "false";
+        else if (!strcmp(v, "1") || !strcmp(v, "yes")) v = "true";
+    }
+    w[(*nw)++] = (where){ki, neg, v, strlen(v)};
+    return 0;
+}
+
+int where_pass(const where *w, int nw, const row *e)
+{
+    char tmp[64];
+    for (int i = 0; i < nw; i++) {
+        sv v = key_value(e, w[i].key, tmp, sizeof tmp);
+        int eq = v.n == w[i].len && !memcmp(v.p, w[i].value, v.n);
+        if (eq == w[i].neg) return 0;
+    }
+    return 1;
+}
+
 /* The group of an event that passes --where, or NULL (filtered out, or no
  * memory: a->nomem / a->too_many say which). */
 static group *group_of(agg *a, const row *e)
 {
     char tmp[64];
-    for (int i = 0; i < a->nw; i++) {
-        sv v = key_value(e, a->w[i].key, tmp, sizeof tmp);
-        int eq = v.n == a->w[i].len && !memcmp(v.p, a->w[i].value, v.n);
-        if (eq == a->w[i].neg) return NULL;
-    }
+    if (!where_pass(a->w, a->nw, e)) return NULL;
     if (!a->nby) return group_for(a, "all", 3);
     char key[MAX_KEY];
     size_t n = 0;

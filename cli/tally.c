@@ -16,6 +16,7 @@ static const struct {
     const char *summary;
 } commands[] = {
     {"stats", cmd_stats, "cost, tokens, latency percentiles, energy per model/engine/...; training summaries"},
+    {"requests", cmd_requests, "the requests behind a stats row: the slowest, the failed, the costliest"},
     {"runs", cmd_runs, "one line per run: kind, model, started, duration, work, final loss, reason"},
     {"tail", cmd_tail, "events as readable lines as they are appended (-f follows)"},
     {"validate", cmd_validate, "check files against the toy/v1 wire format, with line numbers"},

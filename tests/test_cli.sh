@@ -189,5 +189,27 @@ check "file + its database: duplicates said" grep -q '"duplicates":8' <<<"$out"
 out=$("$TALLY" stats --json "$dir/tep.jsonl" "$dir/tep.jsonl")
 check "lines without ids merge too" grep -q '"requests":1,' <<<"$out"
 
+# requests: the requests behind a stats row
+{
+    printf '%s\n' "$start"
+    for i in 1 2 3 4 5 6; do
+        ok=true; err=""; [ "$i" -eq 2 ] || [ "$i" -eq 5 ] && { ok=false; err=',"error":"timeout"'; }
+        printf '{"kind":"eval","t":%d,"ts":18000000%02d.0,"phase":"serve","name":"request","extra":{"model":"m%d","prompt_tokens":%d,"completion_tokens":2,"latency_us":%d,"route":"r%d","request_id":"q%d","cost_nusd":%d,"ok":%s%s}}\n' \
+            "$i" "$i" $((i % 2)) "$i" $((i * 1000 + (i % 3) * 7000)) $((i % 2)) "$i" $((i * 100)) "$ok" "$err"
+    done
+} >"$dir/req.jsonl"
+out=$("$TALLY" requests --sort latency -n 3 --json "$dir/req.jsonl")
+check "requests slowest first" test "$(jq -c '[.requests[].request_id]' <<<"$out")" = '["q5","q2","q4"]'
+check "requests matched" test "$(jq .matched <<<"$out")" = 6
+out=$("$TALLY" requests --where ok=false --json "$dir/req.jsonl")
+check "requests failures, in time order" test "$(jq -c '[.requests[] | [.request_id, .outcome, .reason]]' <<<"$out")" = '[["q2","error","timeout"],["q5","error","timeout"]]'
+check "requests ok=0 is ok=false" test "$("$TALLY" requests --where ok=0 --json "$dir/req.jsonl")" = "$out"
+out=$("$TALLY" requests --where route=r1 --sort cost -n 1 --csv "$dir/req.jsonl")
+check "requests csv costliest of a route" grep -qE '^[0-9T:Z-]+,q5,m1,,r1,5,2,' <<<"$out"
+check "requests latest n" test "$("$TALLY" requests -n 2 --json "$dir/req.jsonl" | jq -c '[.requests[].request_id]')" = '["q5","q6"]'
+err=$("$TALLY" requests --where model=gpt4o "$dir/req.jsonl" 2>&1 >/dev/null)
+check "requests says what was seen" grep -q "no model 'gpt4o'; seen: m1, m0" <<<"$err"
+check "requests bad sort" bash -c "! '$TALLY' requests --sort size '$dir/req.jsonl' 2>/dev/null"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
