@@ -133,6 +133,18 @@ static int cmp_run(const void *pa, const void *pb)
     }
 }
 
+/* A run's start (ISO-8601 UTC) and duration in seconds; left as they are
+ * when the run has no time. */
+static void run_times(const run *r, char *started, size_t sn, char *d, size_t dn, int decimals)
+{
+    if (!isfinite(r->first)) return;
+    time_t t = (time_t)r->first;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(started, sn, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    snprintf(d, dn, "%.*f", decimals, dur(r));
+}
+
 /* --json / --csv: every column, absent values null (JSON) or empty (CSV). */
 static void print_machine(const runs *rs, int desc, int json)
 {
@@ -145,13 +157,7 @@ static void print_machine(const runs *rs, int desc, int json)
     for (size_t k = 0; k < rs->n; k++) {
         const run *r = &rs->r[desc ? rs->n - 1 - k : k];
         char started[32] = "", d[32] = "", loss[32] = "";
-        if (isfinite(r->first)) {
-            time_t t = (time_t)r->first;
-            struct tm tm;
-            gmtime_r(&t, &tm);
-            strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", &tm);
-            snprintf(d, sizeof d, "%.3f", dur(r));
-        }
+        run_times(r, started, sizeof started, d, sizeof d, 3);
         if (r->has_loss && isfinite(r->final_loss)) snprintf(loss, sizeof loss, "%.17g", r->final_loss);
         const char *sv_[4] = {r->id, kind_of(r), r->model, r->reason};
         if (json) {
@@ -257,13 +263,7 @@ int cmd_runs(int argc, char **argv)
         for (size_t k = 0; k < rs.n; k++) {
             const run *r = &rs.r[desc ? rs.n - 1 - k : k];
             char started[32] = "-", loss[32] = "-", d[32] = "-", work[32];
-            if (isfinite(r->first)) {
-                time_t t = (time_t)r->first;
-                struct tm tm;
-                gmtime_r(&t, &tm);
-                strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", &tm);
-                snprintf(d, sizeof d, "%.1f", dur(r));
-            }
+            run_times(r, started, sizeof started, d, sizeof d, 1);
             if (r->has_loss) snprintf(loss, sizeof loss, "%.4g", r->final_loss);
             int train = !strcmp(kind_of(r), "train");
             snprintf(work, sizeof work, "%llu%s", (unsigned long long)(train ? r->steps : r->requests),
