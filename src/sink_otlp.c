@@ -518,7 +518,8 @@ static void *sender(void *arg)
                 }
             } else {
                 if (o->spool) queue_to_spool(o);
-                batch_free(b);
+                if (from_spool) free(body);
+                else batch_free(b);
                 break;
             }
         }
