@@ -190,13 +190,35 @@ static void path_of(char *out, size_t n, const char *name)
 /* One latency case: `threads` threads each recording `calls` requests. */
 static const char *price_file;
 
+/* `calls` requests from one thread into h (begun first when `begin`),
+ * then h closed: the per-call distribution. */
+static lat one_thread(tally_t *h, uint64_t *ticks, int begin)
+{
+    job j = {h, 0, calls, begin, ticks, 0};
+    pthread_t th;
+    pthread_create(&th, NULL, tally_worker, &j);
+    pthread_join(th, NULL);
+    tally_close(h, NULL);
+    return summarize(ticks, (size_t)calls);
+}
+
+static uint64_t *ticks_or_die(void)
+{
+    uint64_t *t = malloc(sizeof(uint64_t) * (size_t)calls);
+    if (!t) {
+        fprintf(stderr, "record_bench: out of memory for %d timings\n", calls);
+        exit(1);
+    }
+    return t;
+}
+
 /* One thread: a plain request, then the same with pricing and energy on
  * (tally_request_begin + record, the writer pricing and attributing), in
  * the same process.  Energy needs a readable device: on a machine without
  * one, run with TALLY_NVML_LIB pointing at the test suite's fake NVML. */
 static void priced_case(void)
 {
-    uint64_t *ticks = malloc(sizeof(uint64_t) * (size_t)calls);
+    uint64_t *ticks = ticks_or_die();
     lat l[2];
     int energy_on = 0;
     for (int k = 0; k < 2; k++) {
@@ -210,13 +232,7 @@ static void priced_case(void)
             cfg.prices_path = price_file;
             cfg.energy = 1;
         }
-        tally_t *h = tally_open(&cfg);
-        job j = {h, 0, calls, k, ticks, 0};
-        pthread_t th;
-        pthread_create(&th, NULL, tally_worker, &j);
-        pthread_join(th, NULL);
-        tally_close(h, NULL);
-        l[k] = summarize(ticks, (size_t)calls);
+        l[k] = one_thread(tally_open(&cfg), ticks, k);
         if (k) {
             /* Was energy really on?  The last line is run_end. */
             FILE *f = fopen(path, "r");
@@ -248,7 +264,7 @@ static int cmp_double(const void *a, const void *b)
 static void exporters_case(void)
 {
     enum { TRIES = 5 };
-    uint64_t *ticks = malloc(sizeof(uint64_t) * (size_t)calls);
+    uint64_t *ticks = ticks_or_die();
     double p50[2][TRIES], p99[2][TRIES];
     char spool[512];
     snprintf(spool, sizeof spool, "%s/record_bench_%d_spool", dir, (int)getpid());
@@ -270,12 +286,7 @@ static void exporters_case(void)
                 fprintf(stderr, "record_bench: the metrics endpoint did not start\n");
                 exit(1);
             }
-            job j = {h, 0, calls, 0, ticks, 0};
-            pthread_t th;
-            pthread_create(&th, NULL, tally_worker, &j);
-            pthread_join(th, NULL);
-            tally_close(h, NULL);
-            lat l = summarize(ticks, (size_t)calls);
+            lat l = one_thread(h, ticks, 0);
             p50[k][t] = l.p50;
             p99[k][t] = l.p99;
             unlink(path);
