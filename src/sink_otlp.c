@@ -63,7 +63,9 @@ struct otlp_exporter {
     struct curl_slist *headers;
     int gzip;
     char *spool;             /* directory, NULL = none */
-    uint64_t spool_cap, spool_bytes;
+    uint64_t spool_cap;
+    _Atomic uint64_t spool_bytes; /* written by the writer (a full queue) and the sender */
+    _Atomic int spool_pending; /* the spool may hold files: worth a look (set at open) */
     uint32_t backoff_ms;     /* first retry's wait */
     uint32_t metrics_ms;     /* metrics export interval */
     metrics *mx;
@@ -112,7 +114,7 @@ static int64_t now_ns(void) { return tally__real_us() * 1000; }
 static int spool_write(osink *o, const batch *b)
 {
     if (!o->spool) return -1;
-    if (o->spool_bytes + b->len > o->spool_cap) {
+    if (atomic_load(&o->spool_bytes) + b->len > o->spool_cap) {
         if (!o->warned_full++)
             olog(o, TALLY_LOG_WARN, "OTLP spool %s is full (%llu bytes): batches are dropped and counted", o->spool,
                  (unsigned long long)o->spool_cap);
@@ -139,7 +141,8 @@ static int spool_write(osink *o, const batch *b)
         unlink(tmp);
         return -1;
     }
-    o->spool_bytes += b->len;
+    atomic_fetch_add(&o->spool_bytes, b->len);
+    atomic_store(&o->spool_pending, 1);
     return 0;
 }
 
@@ -180,11 +183,22 @@ static int spool_claim(osink *o, char *claimed, size_t cap, char *orig, size_t o
         if (strlen(n) < sizeof best && (!best[0] || strcmp(n, best) < 0)) snprintf(best, sizeof best, "%s", n);
     }
     closedir(d);
-    o->spool_bytes = bytes;
+    atomic_store(&o->spool_bytes, bytes);
     if (!best[0]) return 0;
     snprintf(orig, ocap, "%s/%s", o->spool, best);
     snprintf(claimed, cap, "%s/%s.sending-%d", o->spool, best, (int)getpid());
     if (rename(orig, claimed) != 0) return spool_claim(o, claimed, cap, orig, ocap); /* taken meanwhile */
+    return 1;
+}
+
+/* spool_claim, when the spool may hold a file: the directory is read only
+ * then (the flag is cleared before looking, so a file written meanwhile
+ * sets it again), not before every batch. */
+static int spool_next(osink *o, char *claimed, size_t cap, char *orig, size_t ocap)
+{
+    if (!o->spool || !atomic_exchange(&o->spool_pending, 0)) return 0;
+    if (!spool_claim(o, claimed, cap, orig, ocap)) return 0;
+    atomic_store(&o->spool_pending, 1); /* there may be more */
     return 1;
 }
 
@@ -447,7 +461,7 @@ static void *sender(void *arg)
         size_t len = 0;
         uint32_t spans = 0;
         int from_spool = 0;
-        if (o->spool && spool_claim(o, claimed, sizeof claimed, orig, sizeof orig)) {
+        if (spool_next(o, claimed, sizeof claimed, orig, sizeof orig)) {
             body = read_file(claimed, &len);
             const char *base = strrchr(orig, '/');
             spans = spans_of_name(base ? base + 1 : orig);
@@ -733,6 +747,7 @@ osink *otlp_exporter_open(const otlp_conf *c)
                   strerror(errno));
     }
     o->spool_cap = c->spool_max_bytes ? c->spool_max_bytes : (uint64_t)256 << 20;
+    atomic_store(&o->spool_pending, o->spool != NULL); /* an earlier process's batches, if any */
     o->backoff_ms = c->backoff_ms ? c->backoff_ms : 1000;
     const char *iv = getenv("OTEL_METRIC_EXPORT_INTERVAL");
     long ms = iv ? strtol(iv, NULL, 10) : 0;
