@@ -77,9 +77,17 @@ static state_entry *read_state(const char *path, size_t *n)
     if (!path) return NULL;
     FILE *f = fopen(path, "r");
     if (!f) return NULL;
-    state_entry *e = calloc(MAX_FILES, sizeof *e);
+    state_entry *e = NULL;
+    size_t cap = 0;
     char line[4200];
-    while (e && *n < MAX_FILES && fgets(line, sizeof line, f)) {
+    while (*n < MAX_FILES && fgets(line, sizeof line, f)) {
+        if (*n == cap) {
+            size_t nc = cap ? cap * 2 : 16;
+            state_entry *ne = realloc(e, nc * sizeof *ne);
+            if (!ne) break; /* what was read so far still counts */
+            e = ne;
+            cap = nc;
+        }
         state_entry *s = &e[*n];
         int used = 0;
         if (sscanf(line, "%llu %llu %llu %n", &s->dev, &s->ino, &s->off, &used) == 3 && used > 0) {
