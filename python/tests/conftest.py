@@ -55,6 +55,23 @@ def wait_for(cond, timeout=20):
     return cond()
 
 
+def fork_children(t, n, work):
+    """n forked children each run work(k) then close t (a child that ends
+    with os._exit must); waits for them and checks each exited 0."""
+    pids = []
+    for k in range(n):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                work(k)
+                t.close()
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        assert os.waitpid(pid, 0)[1] == 0
+
+
 @pytest.fixture
 def tmp(tmp_path, monkeypatch):
     for k in ("TALLY_PATH", "TALLY_DB", "TALLY_DISABLE", "TALLY_PRICES", "TALLY_ENERGY"):

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import tally
-from conftest import ASAN, ROOT, read_events, requests_of, run_python, tally_cli
+from conftest import ASAN, ROOT, fork_children, read_events, requests_of, run_python, tally_cli
 
 
 def c_members(struct):
@@ -328,19 +328,10 @@ def test_threads_all_events_present(tmp):
 def test_fork_children_summed(tmp):
     with tally.Tally(path="e.jsonl") as t:
         t.request(model="parent", prompt_tokens=1, completion_tokens=1, latency_us=1)
-        pids = []
-        for k in range(3):
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    for i in range(100):
-                        t.request(model=f"child{k}", prompt_tokens=1, completion_tokens=1, latency_us=1)
-                    t.close()
-                finally:
-                    os._exit(0)
-            pids.append(pid)
-        for pid in pids:
-            assert os.waitpid(pid, 0)[1] == 0
+        def work(k):
+            for i in range(100):
+                t.request(model=f"child{k}", prompt_tokens=1, completion_tokens=1, latency_us=1)
+        fork_children(t, 3, work)
     ev = read_events("e.jsonl")
     ends = [e for e in ev if e["kind"] == "run_end"]
     assert len(ends) == 1 and ends[0]["stats"]["requests"] == 301

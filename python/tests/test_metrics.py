@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 import tally
-from conftest import ASAN, free_port, tally_cli, wait_for
+from conftest import ASAN, fork_children, free_port, tally_cli, wait_for
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -157,19 +157,10 @@ def test_real_prometheus_scrapes_it(tmp):
 @pytest.mark.skipif(ASAN, reason="ASan's allocator is not fork-safe (as the C fork test)")
 def test_prefork_workers_summed_at_one_endpoint(tmp):
     with tally.Tally(path="e.jsonl", metrics_listen="127.0.0.1:0") as t:
-        pids = []
-        for k in range(4):
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    for i in range(250):
-                        t.request(model=f"m{k % 2}", prompt_tokens=10, completion_tokens=5, latency_us=1000 * (k + 1))
-                    t.close()
-                finally:
-                    os._exit(0)
-            pids.append(pid)
-        for pid in pids:
-            assert os.waitpid(pid, 0)[1] == 0
+        def work(k):
+            for i in range(250):
+                t.request(model=f"m{k % 2}", prompt_tokens=10, completion_tokens=5, latency_us=1000 * (k + 1))
+        fork_children(t, 4, work)
         s = parse(scrape(t.metrics_port))
         assert value(s, "tally_requests_total") == 1000
         assert value(s, "tally_requests_total", gen_ai_request_model="m0") == 500
