@@ -137,6 +137,7 @@
 #define store_begin tally__store_begin
 #define store_cell_merge_fn tally__store_cell_merge_fn
 #define store_ckpt_bound tally__store_ckpt_bound
+#define store_busy tally__store_busy
 #define store_ckpt_start tally__store_ckpt_start
 #define store_ckpt_stop tally__store_ckpt_stop
 #define store_close tally__store_close

@@ -26,8 +26,9 @@
  * database thread has finished (each try is bounded by the busy
  * timeout).
  *
- * Failures.  A batch that cannot get the lock within the busy timeout, or
- * fails to insert, is rolled back and its events counted as lost (the
+ * Failures.  A batch that cannot get the lock within BUSY_RETRY_MS (tries
+ * of the busy timeout each), or fails to insert, is rolled back and its
+ * events counted as lost (the
  * JSONL file, when configured, remains the record).  A database that
  * cannot be opened is tried again at most every 5 s.  Retention runs here
  * every TRIM_EVERY transactions.
@@ -52,6 +53,7 @@
 #define BATCH_MAX_BYTES ((size_t)32 << 20)
 #define BATCH_MAX_CELLS 16384
 #define SYNC_WAIT_MS 3000      /* a flush waits this long for the database, at most */
+#define BUSY_RETRY_MS 10000     /* a batch waits this long, in all, for another process's lock */
 #define BACKPRESSURE_MS 1000   /* a full batch waits this long for the database, at most */
 
 typedef struct batch {
@@ -157,14 +159,11 @@ static void retention(sqlsink *q)
         tally__log(h, TALLY_LOG_WARN, "retention trim of %s failed: %s", q->path, store_errmsg(q->st));
 }
 
-/* One transaction for the batch; returns how many of its events were lost. */
-static uint64_t commit_batch(sqlsink *q, batch *b)
+/* One try at the batch's transaction: 0, or -1 (rolled back) with `what`
+ * failed. */
+static int try_batch(sqlsink *q, batch *b, const char **what)
 {
-    if (!b->n) return 0;
-    if (!q->st) try_open(q);
-    if (!q->st) return b->n;
-    batch_fix(b);
-    const char *what = "write";
+    *what = "write";
     if (store_begin(q->st) != 0) goto fail;
     for (size_t i = 0; i < b->n; i++) {
         row *r = &b->rows[i];
@@ -174,14 +173,36 @@ static uint64_t commit_batch(sqlsink *q, batch *b)
     }
     if (store_insert_rows(q->st, b->rows, b->n, STORE_COUNTED) != 0) goto fail;
     if (store_add_cells(q->st, b->cells) != 0) goto fail;
-    what = "commit to";
+    *what = "commit to";
     if (store_commit(q->st) != 0) goto fail;
-    if (++q->commits % TRIM_EVERY == 0) retention(q);
     return 0;
 fail:
+    store_rollback(q->st);
+    return -1;
+}
+
+/* One transaction for the batch; returns how many of its events were lost.
+ * Another process holding the write lock past the busy timeout (a big
+ * transaction of its own, a slow disk) is waited out, up to BUSY_RETRY_MS
+ * in all: this thread is off every program path, and meanwhile the writer
+ * fills the other batch. */
+static uint64_t commit_batch(sqlsink *q, batch *b)
+{
+    if (!b->n) return 0;
+    if (!q->st) try_open(q);
+    if (!q->st) return b->n;
+    batch_fix(b);
+    const char *what;
+    int64_t give_up = tally__mono_ns() + (int64_t)BUSY_RETRY_MS * 1000000;
+    for (;;) {
+        if (try_batch(q, b, &what) == 0) {
+            if (++q->commits % TRIM_EVERY == 0) retention(q);
+            return 0;
+        }
+        if (!store_busy(q->st) || tally__mono_ns() >= give_up) break;
+    }
     tally__warn_once(q->h, &q->warned_write, "cannot %s %s: %s (events are counted as lost)", what, q->path,
                      store_errmsg(q->st));
-    store_rollback(q->st);
     return b->n;
 }
 
@@ -337,7 +358,7 @@ static void sql_close(sink *s)
 {
     sqlsink *q = s->state;
     if (q->running) {
-        /* The last events: every try is bounded by the busy timeout. */
+        /* The last events: bounded by BUSY_RETRY_MS. */
         pthread_mutex_lock(&q->mu);
         wait_idle(q, 0);
         if (q->fill->n) hand_over(q);

@@ -462,6 +462,13 @@ const char *store_errmsg(store *s)
     return s->errbuf;
 }
 
+int store_busy(store *s)
+{
+    if (!s) return 0;
+    int e = sqlite3_errcode(s->db);
+    return e == SQLITE_BUSY || e == SQLITE_LOCKED;
+}
+
 /* ---- transactions ------------------------------------------------------------- */
 
 int store_begin(store *s)

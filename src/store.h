@@ -44,6 +44,9 @@ store *store_open(const char *path, int flags, char *err, size_t errlen);
 void store_close(store *s);
 struct sqlite3 *store_db(store *s);
 const char *store_errmsg(store *s);
+/* 1 when the last failure was another connection holding the lock past
+ * the busy timeout (worth trying again), else 0. */
+int store_busy(store *s);
 
 int store_begin(store *s);                 /* BEGIN IMMEDIATE; 0 or -1 */
 /* Writes the transaction's rollup cells, then COMMIT; 0, or -1 (rolled back). */

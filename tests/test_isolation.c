@@ -2,8 +2,9 @@
  * test_isolation -- a sink that cannot keep up costs nobody else an event.
  *
  * JSONL and SQLite are configured; another process (the sqlite3 shell)
- * holds the database's write lock for 5 s while events are recorded at a
- * steady 2,000 a second, far under what the writer can do.  The JSONL file
+ * holds the database's write lock for 12 s (past the 10 s the database
+ * thread waits for a lock) while events are recorded at a steady 2,000 a
+ * second, far under what the writer can do.  The JSONL file
  * must have every event; the database has what it could take and the
  * sink counts the rest as its own losses; nothing is counted twice and
  * the recording queue drops nothing.
@@ -53,7 +54,7 @@ static void test_locked_database_costs_the_file_nothing(void **state)
     assert_non_null(h);
     tally_run_start(h);
 
-    enum { RATE = 2000, SECONDS = 8, LOCK_AT = 1 };
+    enum { RATE = 2000, SECONDS = 15, LOCK_AT = 1 };
     FILE *locker = NULL;
     int n = 0, locked_at = 0;
     char flag[700];
@@ -63,7 +64,7 @@ static void test_locked_database_costs_the_file_nothing(void **state)
             /* The shell says it holds the lock by creating a file (its
              * stdout is buffered until it exits). */
             snprintf(cmd, sizeof cmd,
-                     "sqlite3 '%s' 'BEGIN IMMEDIATE;' '.shell touch %s' '.shell sleep 5' 'COMMIT;'", dbp, flag);
+                     "sqlite3 '%s' 'BEGIN IMMEDIATE;' '.shell touch %s' '.shell sleep 12' 'COMMIT;'", dbp, flag);
             locker = popen(cmd, "r");
             assert_non_null(locker);
         }

@@ -3,10 +3,12 @@
  * field by field; two processes into one database; retention by age and
  * not one row more; import is idempotent; foreign, newer and corrupt
  * databases are refused and left byte-for-byte unchanged; several
- * recording threads, flushes and retention at once (run under TSan in CI).
+ * recording threads, flushes and retention at once (run under TSan in CI);
+ * another connection holding the write lock past the busy timeout.
  */
 #include <pthread.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <sqlite3.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -247,6 +249,64 @@ static void test_two_processes(void **state)
     assert_int_equal(count(db, "SELECT count(*) FROM events WHERE model='b'"), N);
     assert_int_equal(count(db, "SELECT count(DISTINCT prompt_tokens) FROM events WHERE model='b'"), N);
     assert_int_equal(count(db, "SELECT count(*) FROM events WHERE kind='run_end'"), 2);
+    sqlite3_close(db);
+    th_rmrf(dir);
+}
+
+/* Another connection holds the write lock longer than one busy timeout
+ * (2 s): the sink's database thread waits it out instead of losing the
+ * batch. */
+struct holder {
+    const char *path;
+    int ms;
+    atomic_int locked;
+};
+
+static void *hold_lock(void *arg)
+{
+    struct holder *hd = arg;
+    sqlite3 *db;
+    sqlite3_open(hd->path, &db);
+    int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    atomic_store(&hd->locked, rc == SQLITE_OK ? 1 : -1);
+    usleep((useconds_t)hd->ms * 1000);
+    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    sqlite3_close(db);
+    return NULL;
+}
+
+static void test_lock_held_past_busy_timeout(void **state)
+{
+    (void)state;
+    const char *dir = th_tmpdir("heldlock");
+    char dbp[600];
+    snprintf(dbp, sizeof dbp, "%s/t.db", dir);
+    tally_config cfg;
+    tally_config_init(&cfg);
+    cfg.sqlite_path = dbp;
+    tally_t *h = tally_open(&cfg);
+    assert_non_null(h);
+    tally_request q = {0};
+    q.model = "m";
+    q.prompt_tokens = 1;
+    tally_request_record(h, &q);
+    tally_flush(h, 10000); /* the database exists, with its schema */
+    struct holder hd = {dbp, 4500, 0};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, hold_lock, &hd), 0);
+    while (!atomic_load(&hd.locked)) usleep(1000);
+    assert_int_equal(atomic_load(&hd.locked), 1);
+    for (int i = 0; i < 1000; i++) tally_request_record(h, &q);
+    tally_counters c;
+    tally_flush(h, 10000);
+    pthread_join(th, NULL);
+    tally_flush(h, 10000);
+    tally_get_counters(h, &c);
+    tally_close(h, NULL);
+    assert_int_equal(c.sink_failures, 0);
+    sqlite3 *db;
+    sqlite3_open(dbp, &db);
+    assert_int_equal(count(db, "SELECT count(*) FROM events WHERE kind='eval' AND name='request'"), 1001);
     sqlite3_close(db);
     th_rmrf(dir);
 }
@@ -534,6 +594,7 @@ int main(void)
         cmocka_unit_test(test_rows_equal_jsonl), cmocka_unit_test(test_two_processes),
         cmocka_unit_test(test_retention),        cmocka_unit_test(test_import_idempotent),
         cmocka_unit_test(test_refused),          cmocka_unit_test(test_threads_flush_retention),
+        cmocka_unit_test(test_lock_held_past_busy_timeout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
