@@ -41,12 +41,17 @@ static void usage(FILE *out)
             "  --until WHEN     the same\n"
             "  --where K=V      keep events whose KEY is V (K!=V: is not); repeatable\n"
             "  --prices FILE    re-cost every request with this price file (docs/prices.md)\n"
-            "  --json, --csv    machine-readable output (default: an aligned table)\n"
+            "  --columns LIST   the table's columns, comma-separated (names as in the\n"
+            "                   headings or in --csv), or all; by default the most asked-for\n"
+            "                   ones that fit 120 characters, leaving out empty ones\n"
+            "  --json, --csv    machine-readable output, every column (default: a table)\n"
             "  --strict         fail on the first line that does not parse\n"
             "  --scan           read every row of a tally database, even when its\n"
             "                   per-minute rollup could answer (the answer is the same)\n"
             "  -h, --help       this text\n"
             "\n"
+            "Table headings carry their unit (p99_ms, cost_usd, j_per_tok: joules per output\n"
+            "token); a cost ending in + leaves out requests without a price (unpriced).\n"
             "Percentiles come from a sketch within 1%% of the exact value (docs/stats.md).\n");
     char keys[512];
     key_list(keys, sizeof keys);
@@ -87,7 +92,8 @@ int cmd_stats(int argc, char **argv)
     int json = 0, csv = 0, scan = 0, rc = 0;
     char **srcs = calloc((size_t)argc + 1, sizeof *srcs);
     int ns = 0;
-    const char *since = NULL, *until = NULL;
+    const char *since = NULL, *until = NULL, *columns = NULL;
+    uint64_t colmask = 0;
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
         const char *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -116,6 +122,14 @@ int cmd_stats(int argc, char **argv)
                 goto out;
             }
             a.reprice = 1;
+            i++;
+        } else if (!strcmp(s, "--columns")) {
+            if (!val || columns_parse(val, &colmask)) {
+                if (!val) cli_error("stats", "--columns needs a list of columns, or all");
+                rc = 2;
+                goto out;
+            }
+            columns = val;
             i++;
         } else if (!strcmp(s, "--by") || !strcmp(s, "--since") || !strcmp(s, "--until") || !strcmp(s, "--where")) {
             if (!val) {
@@ -199,8 +213,9 @@ int cmd_stats(int argc, char **argv)
     } else if (csv) {
         print_csv(&a);
     } else {
-        print_table(&a, 0);
-        print_table(&a, 1);
+        size_t nreq = print_table(&a, 0, columns ? &colmask : NULL, NULL);
+        size_t ntrain = print_table(&a, 1, columns ? &colmask : NULL, nreq ? "\ntraining" : "training");
+        if (!nreq && !ntrain) printf("no requests or training events%s\n", a.nw || since || until ? " match" : "");
         if (isatty(STDOUT_FILENO) && (st.bad || st.torn))
             printf("(%llu lines skipped, %llu torn last lines)\n", (unsigned long long)st.bad,
                    (unsigned long long)st.torn);

@@ -71,7 +71,14 @@ int on_cell(void *ud, const rollup_key *k, const agg_cell *c);
 
 /* stats_output.c */
 int cmp_group(const void *a, const void *b);
-void print_table(agg *a, int training);
+/* The aligned table of the requests (training 0) or the training section,
+ * after `heading` (NULL: none): `chosen` (a mask from columns_parse) or,
+ * NULL, the default columns that fit 120 characters.  Returns the rows
+ * printed (0: nothing at all was printed). */
+size_t print_table(agg *a, int training, const uint64_t *chosen, const char *heading);
+/* --columns LIST (names or headings, comma-separated, or "all") into a
+ * mask; -1 (said) for an unknown name. */
+int columns_parse(const char *list, uint64_t *mask);
 void print_csv(agg *a);
 void print_json(agg *a, const source_stats *st);
 

@@ -11,51 +11,64 @@
 
 enum { F_INT, F_NUM, F_USD, F_MS, F_PCT, F_STR };
 
+/* How the table treats a column by default: `prio` 0 = only when asked
+ * for with --columns; otherwise columns are dropped from the widest-first
+ * table in decreasing `prio` until it fits TABLE_WIDTH.  Every column is
+ * left out when it is empty for every group (`-`), and a ZERO column also
+ * when it is 0 for every group. */
+enum { KEEP = 0, ZERO = 1 };
+#define TABLE_WIDTH 120
+
 typedef struct column {
     const char *name;        /* csv / json name */
-    const char *head;        /* table heading; NULL = not in the table */
-    int fmt, training;
+    const char *head;        /* table heading, with its unit */
+    int fmt, training, prio, hide;
 } column;
 
 static const column cols[] = {
-    {"requests", "reqs", F_INT, 0},
-    {"errors", NULL, F_INT, 0},
-    {"error_rate", "err%", F_PCT, 0},
-    {"prompt_tokens", "prompt", F_INT, 0},
-    {"cached_tokens", "cached", F_INT, 0},
-    {"cache_write_tokens", NULL, F_INT, 0},
-    {"completion_tokens", "compl", F_INT, 0},
-    {"reasoning_tokens", NULL, F_INT, 0},
-    {"total_tokens", NULL, F_INT, 0},
-    {"cost_usd", "cost$", F_USD, 0},
-    {"unpriced", NULL, F_INT, 0},
-    {"latency_total_s", NULL, F_NUM, 0},
-    {"latency_mean_ms", "lat_mean", F_MS, 0},
-    {"latency_p50_ms", "p50", F_MS, 0},
-    {"latency_p90_ms", "p90", F_MS, 0},
-    {"latency_p99_ms", "p99", F_MS, 0},
-    {"latency_max_ms", "max", F_MS, 0},
-    {"ttft_avg_ms", NULL, F_MS, 0},
-    {"ttft_requests", NULL, F_INT, 0},
-    {"ttft_p50_ms", "ttft50", F_MS, 0},
-    {"ttft_p90_ms", NULL, F_MS, 0},
-    {"ttft_p99_ms", "ttft99", F_MS, 0},
-    {"tpot_p50_ms", "tpot50", F_MS, 0},
-    {"throughput_tok_s", "tok/s", F_NUM, 0},
-    {"energy_j", "energy_J", F_NUM, 0},
-    {"j_per_output_token", "J/tok", F_NUM, 0},
-    {"gpu_util_avg_pct", NULL, F_NUM, 0},
-    {"degraded", "degraded", F_STR, 0},
-    {"steps", "steps", F_INT, 1},
-    {"epochs", "epochs", F_INT, 1},
-    {"loss_first", "loss_first", F_NUM, 1},
-    {"loss_last", "loss_last", F_NUM, 1},
-    {"loss_min", "loss_min", F_NUM, 1},
-    {"loss_nonfinite", "nan_loss", F_INT, 1},
-    {"step_p50_ms", "step_p50", F_MS, 1},
-    {"step_p99_ms", "step_p99", F_MS, 1},
-    {"train_tokens_per_s", "tok/s", F_NUM, 1},
-    {"error_events", "errors", F_INT, 1},
+    {"requests", "reqs", F_INT, 0, 1, KEEP},
+    {"errors", "errors", F_INT, 0, 0, KEEP},
+    {"error_rate", "err_pct", F_PCT, 0, 2, KEEP},
+    {"prompt_tokens", "prompt_tok", F_INT, 0, 5, KEEP},
+    {"cached_tokens", "cached_tok", F_INT, 0, 15, ZERO},
+    {"cache_write_tokens", "cache_wr_tok", F_INT, 0, 0, ZERO},
+    {"completion_tokens", "compl_tok", F_INT, 0, 6, KEEP},
+    {"reasoning_tokens", "reason_tok", F_INT, 0, 0, ZERO},
+    {"total_tokens", "total_tok", F_INT, 0, 0, KEEP},
+    {"cost_usd", "cost_usd", F_USD, 0, 3, KEEP},
+    {"unpriced", "unpriced", F_INT, 0, 4, ZERO},
+    {"latency_total_s", "lat_total_s", F_NUM, 0, 0, KEEP},
+    {"latency_mean_ms", "mean_ms", F_MS, 0, 14, KEEP},
+    {"latency_p50_ms", "p50_ms", F_MS, 0, 7, KEEP},
+    {"latency_p90_ms", "p90_ms", F_MS, 0, 12, KEEP},
+    {"latency_p99_ms", "p99_ms", F_MS, 0, 8, KEEP},
+    {"latency_max_ms", "max_ms", F_MS, 0, 16, KEEP},
+    {"ttft_avg_ms", "ttft_avg_ms", F_MS, 0, 0, KEEP},
+    {"ttft_requests", "ttft_reqs", F_INT, 0, 0, ZERO},
+    {"ttft_p50_ms", "ttft_p50_ms", F_MS, 0, 9, KEEP},
+    {"ttft_p90_ms", "ttft_p90_ms", F_MS, 0, 0, KEEP},
+    {"ttft_p99_ms", "ttft_p99_ms", F_MS, 0, 17, KEEP},
+    {"tpot_p50_ms", "tpot_p50_ms", F_MS, 0, 13, KEEP},
+    {"throughput_tok_s", "tok_s", F_NUM, 0, 11, KEEP},
+    {"energy_j", "energy_j", F_NUM, 0, 18, KEEP},
+    {"j_per_output_token", "j_per_tok", F_NUM, 0, 10, KEEP},
+    {"gpu_util_avg_pct", "gpu_pct", F_NUM, 0, 19, KEEP},
+    {"degraded_requests", "degraded", F_INT, 0, 10, ZERO},
+    {"degraded", "reasons", F_STR, 0, 20, KEEP},
+    {"steps", "steps", F_INT, 1, 1, KEEP},
+    {"epochs", "epochs", F_INT, 1, 2, ZERO},
+    {"loss_first", "loss_first", F_NUM, 1, 5, KEEP},
+    {"loss_last", "loss_last", F_NUM, 1, 3, KEEP},
+    {"loss_min", "loss_min", F_NUM, 1, 4, KEEP},
+    {"loss_nonfinite", "nan_loss", F_INT, 1, 6, ZERO},
+    {"step_p50_ms", "step_p50_ms", F_MS, 1, 7, KEEP},
+    {"step_p99_ms", "step_p99_ms", F_MS, 1, 9, KEEP},
+    {"train_tokens_per_s", "tok_s", F_NUM, 1, 8, KEEP},
+    {"evals", "evals", F_INT, 1, 0, ZERO},
+    {"val_loss_first", "val_first", F_NUM, 1, 11, KEEP},
+    {"val_loss_last", "val_last", F_NUM, 1, 10, KEEP},
+    {"val_loss_best", "val_best", F_NUM, 1, 10, KEEP},
+    {"error_events", "errors", F_INT, 1, 6, ZERO},
 };
 
 #define NCOLS (sizeof cols / sizeof cols[0])
@@ -94,6 +107,15 @@ static double col_value(const agg_cell *g, size_t c)
     if (IS("energy_j")) return g->energy_n ? g->energy_j : NAN;
     if (IS("j_per_output_token")) return g->energy_n ? ratio(g->energy_j, g->energy_completion) : NAN;
     if (IS("gpu_util_avg_pct")) return ratio(g->gpu_sum, (double)g->gpu_n);
+    if (IS("degraded_requests")) {
+        uint64_t cnt = g->degraded_other;
+        for (int i = 0; i < AGG_MAX_DEGRADED && g->degraded[i]; i++) cnt += g->degraded_n[i];
+        return (double)cnt;
+    }
+    if (IS("evals")) return (double)g->evals;
+    if (IS("val_loss_first")) return g->evals ? g->eval_first : NAN;
+    if (IS("val_loss_last")) return g->evals ? g->eval_last : NAN;
+    if (IS("val_loss_best")) return g->evals ? g->eval_best : NAN;
     if (IS("steps")) return (double)g->steps;
     if (IS("epochs")) return (double)g->epochs;
     if (IS("loss_first")) return g->has_loss ? g->loss_first : NAN;
@@ -133,7 +155,19 @@ static void fmt_cell(const agg_cell *g, size_t c, int human, char *out, size_t n
     }
     switch (cols[c].fmt) {
     case F_INT: snprintf(out, n, "%.0f", v); break;
-    case F_USD: snprintf(out, n, human ? "%.4f" : "%.9f", v); break;
+    case F_USD:
+        if (!human) {
+            snprintf(out, n, "%.9f", v);
+            break;
+        }
+        /* Enough digits that a cost which is not zero does not print as
+         * zero; `+` when some of the group's requests have no price. */
+        {
+            int digits = v >= 100 ? 2 : 4;
+            while (v > 0 && digits < 12 && v < 0.1 * pow(10.0, -(digits - 2))) digits++;
+            snprintf(out, n, "%.*f%s", digits, v, g->unpriced ? "+" : "");
+        }
+        break;
     case F_PCT: snprintf(out, n, human ? "%.1f" : "%.4f", v); break;
     case F_MS: snprintf(out, n, human ? "%.1f" : "%.3f", v); break;
     default:
@@ -161,29 +195,82 @@ static void split_key(const char *key, char parts[MAX_BY][256], int n)
     }
 }
 
-void print_table(agg *a, int training)
+static int has_section(const agg_cell *g, int training)
+{
+    return training ? (g->steps || g->epochs || g->evals || (g->error_events && !g->requests)) : g->requests != 0;
+}
+
+int columns_parse(const char *list, uint64_t *mask)
+{
+    _Static_assert(NCOLS <= 64, "a column mask is 64 bits");
+    *mask = 0;
+    if (!strcmp(list, "all")) {
+        *mask = NCOLS == 64 ? ~(uint64_t)0 : (((uint64_t)1 << NCOLS) - 1);
+        return 0;
+    }
+    const char *p = list;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char tok[64];
+        snprintf(tok, sizeof tok, "%.*s", (int)(len < sizeof tok ? len : sizeof tok - 1), p);
+        int found = len < sizeof tok && key_index(tok) >= 0; /* a --by key: always shown */
+        for (size_t c = 0; c < NCOLS; c++)
+            if ((strlen(cols[c].name) == len && !memcmp(cols[c].name, p, len)) ||
+                (strlen(cols[c].head) == len && !memcmp(cols[c].head, p, len))) {
+                *mask |= (uint64_t)1 << c;
+                found = 1;
+            }
+        if (!found && len) {
+            char names[2048];
+            size_t k = 0;
+            for (size_t c = 0; c < NCOLS && k < sizeof names; c++)
+                k += (size_t)snprintf(names + k, sizeof names - k, "%s%s", c ? ", " : "", cols[c].head);
+            cli_error("stats", "unknown column '%.*s' (columns: %s, or all)", (int)len, p, names);
+            return -1;
+        }
+        p += len + (comma != NULL);
+    }
+    return *mask ? 0 : -1;
+}
+
+/* Empty for every row: `-` everywhere, or 0 everywhere for a ZERO column. */
+static int column_empty(char (*cells)[256], size_t nrows, size_t ncell, size_t j, int hide)
+{
+    for (size_t i = 1; i < nrows; i++) {
+        const char *v = cells[i * ncell + j];
+        if (strcmp(v, "-") && !(hide == ZERO && !strcmp(v, "0"))) return 0;
+    }
+    return 1;
+}
+
+size_t print_table(agg *a, int training, const uint64_t *chosen, const char *heading)
 {
     int escape_ctl = isatty(STDOUT_FILENO) || getenv("TALLY_ESCAPE_CONTROLS");
     int nkeys = a->nby ? a->nby : 1;
     size_t sel[NCOLS], ns = 0;
     for (size_t c = 0; c < NCOLS; c++)
-        if (cols[c].head && cols[c].training == training) sel[ns++] = c;
-    /* rows: groups with something of this section */
+        if (cols[c].training == training && (chosen ? (*chosen >> c) & 1 : cols[c].prio > 0)) sel[ns++] = c;
     size_t nrows = 0;
-    for (size_t i = 0; i < a->ng; i++) {
-        const agg_cell *g = &a->g[i]->c;
-        if (training ? (g->steps || g->epochs || (g->error_events && !g->requests)) : g->requests != 0) nrows++;
-    }
-    if (training && !nrows) return;
+    for (size_t i = 0; i < a->ng; i++) nrows += has_section(&a->g[i]->c, training);
+    if (!nrows || !ns) return 0;
     size_t ncell = (size_t)nkeys + ns;
     char (*cells)[256] = calloc((nrows + 1) * ncell, 256);
     size_t *w = calloc(ncell, sizeof *w);
+    int *shown = calloc(ncell, sizeof *shown);
+    if (!cells || !w || !shown) {
+        free(cells);
+        free(w);
+        free(shown);
+        cli_error("stats", "out of memory");
+        return 0;
+    }
     for (int k = 0; k < nkeys; k++) snprintf(cells[k], 256, "%s", a->nby ? key_name(a->by[k]) : "group");
     for (size_t j = 0; j < ns; j++) snprintf(cells[nkeys + j], 256, "%s", cols[sel[j]].head);
     size_t r = 1;
     for (size_t i = 0; i < a->ng; i++) {
         const agg_cell *g = &a->g[i]->c;
-        if (!(training ? (g->steps || g->epochs || (g->error_events && !g->requests)) : g->requests != 0)) continue;
+        if (!has_section(g, training)) continue;
         char parts[MAX_BY][256];
         split_key(a->g[i]->key, parts, nkeys);
         for (int k = 0; k < nkeys; k++) snprintf(cells[r * ncell + k], 256, "%.250s", parts[k]);
@@ -204,20 +291,44 @@ void print_table(agg *a, int training)
     for (size_t i = 0; i < r; i++)
         for (size_t j = 0; j < ncell; j++)
             if (strlen(cells[i * ncell + j]) > w[j]) w[j] = strlen(cells[i * ncell + j]);
-    if (training) printf("\ntraining\n");
+    /* What is shown: the keys, and the chosen columns; by default without
+     * the empty ones, then the least asked-for dropped until it fits. */
+    size_t width = 0, last = 0;
+    for (size_t j = 0; j < ncell; j++) {
+        shown[j] = j < (size_t)nkeys || chosen || !column_empty(cells, r, ncell, j, cols[sel[j - nkeys]].hide);
+        if (shown[j]) width += w[j] + 2;
+    }
+    while (!chosen && width > TABLE_WIDTH + 2) {
+        size_t drop = 0;
+        int worst = 0;
+        for (size_t j = (size_t)nkeys; j < ncell; j++)
+            if (shown[j] && cols[sel[j - nkeys]].prio > worst && cols[sel[j - nkeys]].prio > 2) {
+                worst = cols[sel[j - nkeys]].prio;
+                drop = j;
+            }
+        if (!worst) break;
+        shown[drop] = 0;
+        width -= w[drop] + 2;
+    }
+    for (size_t j = 0; j < ncell; j++)
+        if (shown[j]) last = j;
+    if (heading) printf("%s\n", heading);
     for (size_t i = 0; i < r; i++) {
         for (size_t j = 0; j < ncell; j++) {
+            if (!shown[j]) continue;
             const char *s = cells[i * ncell + j];
             /* keys left-aligned, numbers right-aligned, the last column as is */
             if (j < (size_t)nkeys) printf("%-*s", (int)w[j], s);
-            else if (j + 1 == ncell && cols[sel[j - nkeys]].fmt == F_STR) printf("%s", s);
+            else if (j == last && cols[sel[j - nkeys]].fmt == F_STR) printf("%s", s);
             else printf("%*s", (int)w[j], s);
-            if (j + 1 < ncell) printf("  ");
+            if (j < last) printf("  ");
         }
         printf("\n");
     }
     free(cells);
     free(w);
+    free(shown);
+    return nrows;
 }
 
 static void csv_field(const char *s) { cli_csv_field(stdout, s); }

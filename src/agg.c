@@ -52,6 +52,7 @@ int agg_kind(const row *r)
     if (SV_IS(r->kind, "step")) return AGG_STEP;
     if (SV_IS(r->kind, "epoch")) return AGG_EPOCH;
     if (SV_IS(r->kind, "error")) return AGG_ERROR;
+    if (SV_IS(r->kind, "eval") && (r->has & ROW_LOSS)) return AGG_EVAL;
     return AGG_NONE;
 }
 
@@ -176,6 +177,8 @@ static int add_step(agg_cell *c, const row *r)
     return rc;
 }
 
+static void merge_eval(agg_cell *into, const agg_cell *from);
+
 int agg_cell_add(agg_cell *c, const row *r)
 {
     c->events++;
@@ -183,6 +186,15 @@ int agg_cell_add(agg_cell *c, const row *r)
     case AGG_REQUEST: return add_request(c, r);
     case AGG_STEP: return add_step(c, r);
     case AGG_EPOCH: c->epochs++; return 0;
+    case AGG_EVAL: {
+        agg_cell e;
+        memset(&e, 0, sizeof e);
+        e.evals = 1;
+        e.eval_first = e.eval_last = e.eval_best = r->loss;
+        e.eval_first_ts = e.eval_last_ts = (r->has & ROW_TS) ? r->ts : NAN;
+        merge_eval(c, &e);
+        return 0;
+    }
     case AGG_ERROR:
         /* A server's errors go with its failed requests; these are the
          * training (or unattributed) ones. */
@@ -216,6 +228,31 @@ static void merge_loss(agg_cell *into, const agg_cell *from)
         into->loss_last_ts = from->loss_last_ts;
     }
     if (from->loss_min < into->loss_min) into->loss_min = from->loss_min;
+}
+
+/* Evaluations combine like losses: first and last by time, the best is
+ * the lowest. */
+static void merge_eval(agg_cell *into, const agg_cell *from)
+{
+    if (!from->evals) return;
+    if (!into->evals) {
+        into->eval_first = from->eval_first;
+        into->eval_first_ts = from->eval_first_ts;
+        into->eval_last = from->eval_last;
+        into->eval_last_ts = from->eval_last_ts;
+        into->eval_best = from->eval_best;
+    } else {
+        if (from->eval_first_ts < into->eval_first_ts) {
+            into->eval_first = from->eval_first;
+            into->eval_first_ts = from->eval_first_ts;
+        }
+        if (!(from->eval_last_ts < into->eval_last_ts)) {
+            into->eval_last = from->eval_last;
+            into->eval_last_ts = from->eval_last_ts;
+        }
+        if (from->eval_best < into->eval_best) into->eval_best = from->eval_best;
+    }
+    into->evals += from->evals;
 }
 
 int agg_cell_merge(agg_cell *into, const agg_cell *from)
@@ -257,6 +294,7 @@ int agg_cell_merge(agg_cell *into, const agg_cell *from)
     into->epochs += from->epochs;
     into->error_events += from->error_events;
     merge_loss(into, from);
+    merge_eval(into, from);
     into->step_wall_us += from->step_wall_us;
     into->step_tokens += from->step_tokens;
     into->step_tokens_n += from->step_tokens_n;
@@ -318,8 +356,17 @@ void agg_cell_encode(const agg_cell *c, buf *b)
         buf_put(b, c->degraded[i], len);
         put_uvarint(b, c->degraded_n[i]);
     }
-    /* Trailer, absent from cells written before it existed. */
-    if (c->loss_nonfinite) put_uvarint(b, c->loss_nonfinite);
+    /* Trailers, absent from cells written before they existed (and left
+     * out while empty): the non-finite losses, then the evaluations. */
+    if (c->loss_nonfinite || c->evals) put_uvarint(b, c->loss_nonfinite);
+    if (c->evals) {
+        put_uvarint(b, c->evals);
+        put_f64(b, c->eval_first);
+        put_f64(b, c->eval_first_ts);
+        put_f64(b, c->eval_last);
+        put_f64(b, c->eval_last_ts);
+        put_f64(b, c->eval_best);
+    }
 }
 
 int agg_cell_decode_merge(agg_cell *c, const void *data, size_t n)
@@ -360,6 +407,10 @@ int agg_cell_decode_merge(agg_cell *c, const void *data, size_t n)
         if (get_uvarint(p, n, &at, &cnt) || add_reason(&t, (const char *)s, len, cnt)) goto out;
     }
     if (at < n && get_uvarint(p, n, &at, &t.loss_nonfinite)) goto out;
+    if (at < n && (get_uvarint(p, n, &at, &t.evals) || !t.evals || get_f64(p, n, &at, &t.eval_first) ||
+                   get_f64(p, n, &at, &t.eval_first_ts) || get_f64(p, n, &at, &t.eval_last) ||
+                   get_f64(p, n, &at, &t.eval_last_ts) || get_f64(p, n, &at, &t.eval_best)))
+        goto out;
     if (at != n) goto out;
     rc = agg_cell_merge(c, &t);
 out:

@@ -26,7 +26,7 @@
 #define AGG_MAX_DEGRADED 16
 
 /* What a row counts as. */
-enum { AGG_NONE, AGG_REQUEST, AGG_STEP, AGG_EPOCH, AGG_ERROR };
+enum { AGG_NONE, AGG_REQUEST, AGG_STEP, AGG_EPOCH, AGG_ERROR, AGG_EVAL, AGG_LAST = AGG_EVAL };
 
 typedef struct agg_cell {
     uint64_t events;               /* rows added, whatever they count as */
@@ -49,6 +49,9 @@ typedef struct agg_cell {
     double step_wall_us;
     int64_t step_tokens;
     uint64_t step_tokens_n;
+    /* evaluations (not requests) with a loss: first and last by time, best */
+    uint64_t evals;
+    double eval_first, eval_first_ts, eval_last, eval_last_ts, eval_best;
 } agg_cell;
 
 void agg_cell_init(agg_cell *c);
@@ -56,8 +59,9 @@ void agg_cell_free(agg_cell *c);
 /* Empties c, keeping its sketches' memory for reuse. */
 void agg_cell_reset(agg_cell *c);
 
-/* AGG_REQUEST, AGG_STEP, AGG_EPOCH, AGG_ERROR, or AGG_NONE for rows that
- * stats does not count (run_start, notes, training evals, ...). */
+/* AGG_REQUEST, AGG_STEP, AGG_EPOCH, AGG_ERROR, AGG_EVAL (an evaluation
+ * with a loss), or AGG_NONE for rows that stats does not count (run_start,
+ * notes, ...). */
 int agg_kind(const row *r);
 
 /* Adds one row: every row counts in `events`, the rest by its kind.  -1

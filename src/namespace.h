@@ -114,6 +114,7 @@
 #define row_clear tally__row_clear
 #define row_ctx_init tally__row_ctx_init
 #define row_from_json tally__row_from_json
+#define row_take_run_model tally__row_take_run_model
 #define row_strings tally__row_strings
 #define sink_callback_open tally__sink_callback_open
 #define sink_jsonl_open tally__sink_jsonl_open

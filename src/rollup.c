@@ -160,7 +160,7 @@ int rollup_key_decode(const void *data, size_t n, int64_t minute, rollup_key *k)
     int nb = n_base, nn = n_newer;
     for (int i = 0; i < nb; i++)
         if (get_key_str(p, n, &at, &k->s[base[i]])) return -1;
-    if (n - at < 2 || p[at] > 2 || p[at + 1] > AGG_ERROR) return -1;
+    if (n - at < 2 || p[at] > 2 || p[at + 1] > AGG_LAST) return -1;
     k->ok = p[at] == 0 ? -1 : p[at] == 2;
     k->agg = p[at + 1];
     at += 2;

@@ -37,6 +37,16 @@ void row_ctx_init(row_ctx *c, const char *run_id)
     snprintf(c->run_id, sizeof c->run_id, "%s", run_id ? run_id : "");
 }
 
+void row_take_run_model(row *r, sv run_model, sv run_phase)
+{
+    if (r->model.p || !run_model.p || !run_model.n) return;
+    int training = SV_IS(r->kind, "step") || SV_IS(r->kind, "epoch") || (SV_IS(r->kind, "eval") && !row_is_request(r)) ||
+                   (SV_IS(r->kind, "error") && (SV_IS(run_phase, "train") || SV_IS(r->phase, "train")));
+    if (training) r->model = run_model;
+}
+
+static sv cstr_sv(const char *s) { return (sv){s, strlen(s)}; }
+
 /* The members a top-level line may have that rows use. */
 typedef struct top {
     const jv *kind, *tag, *ts, *t, *id, *phase, *name, *run_id, *started_at, *model, *reason, *extra;
@@ -264,6 +274,14 @@ int row_from_json(const jv *v, row_ctx *c, row *r)
             nr->have_started = c->have_started;
         }
         r->run_model = o.model && o.model->type == JV_OBJ ? str(jv_getn(o.model, "name", 4)) : str(o.model);
+        snprintf(c->model, sizeof c->model, "%.*s", r->run_model.n < sizeof c->model ? (int)r->run_model.n : 0,
+                 r->run_model.p ? r->run_model.p : "");
+        snprintf(c->phase, sizeof c->phase, "%.*s", r->phase.n < sizeof c->phase ? (int)r->phase.n : 0,
+                 r->phase.p ? r->phase.p : "");
+        if (nr) {
+            memcpy(nr->model, c->model, sizeof nr->model);
+            memcpy(nr->phase, c->phase, sizeof nr->phase);
+        }
     } else if (SV_IS(kind, "run_end")) {
         r->reason = str(o.reason);
     }
@@ -285,5 +303,8 @@ int row_from_json(const jv *v, row_ctx *c, row *r)
         r->error = str(o.message);
         r->request_id = str(o.request_id);
     }
+    if (SV_IS(kind, "run_start")) return 1;
+    if (run) row_take_run_model(r, cstr_sv(run->model), cstr_sv(run->phase));
+    else row_take_run_model(r, cstr_sv(c->model), cstr_sv(c->phase));
     return 1;
 }

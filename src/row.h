@@ -108,12 +108,14 @@ static inline int row_is_request(const row *r)
 typedef struct row_run {
     char tag[TALLY_ID_RUN + 1];
     char run_id[256];
+    char model[128], phase[32]; /* run_start's model.name and phase */
     double started;
     int have_started;
 } row_run;
 
 typedef struct row_ctx {
     char run_id[256];          /* the latest run: for lines whose id names none */
+    char model[128], phase[32];
     double started;
     int have_started;
     int64_t begin_step;
@@ -124,6 +126,11 @@ typedef struct row_ctx {
     row_run runs[ROW_CTX_RUNS];
     int nruns, evict;
 } row_ctx;
+
+/* A training event (step, epoch, an eval that is not a request, an error
+ * of a training run) without a model of its own is the run's model's: the
+ * writer stores it so, and readers of lines fill it the same way. */
+void row_take_run_model(row *r, sv run_model, sv run_phase);
 
 /* `run_id` names the file's run until a run_start says otherwise. */
 void row_ctx_init(row_ctx *c, const char *run_id);

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # test_cli -- the tally command end to end: validate on good and bad
 # files, tail with -f across appends, truncation, rotation and a torn
-# line, runs --sort / --json / --csv, --opt=value, and usage errors.  Each check can fail; the script
+# line, runs --sort / --json / --csv, --opt=value, stats tables that fit
+# 120 columns, and usage errors.  Each check can fail; the script
 # prints "N passed, N failed" and exits non-zero on any failure.
 set -u
-TALLY=${1:?usage: test_cli.sh PATH-TO-tally}
+TALLY=${1:?usage: test_cli.sh PATH-TO-tally serve_sim train_sim prices.json}
+SERVE_SIM=${2:?} TRAIN_SIM=${3:?} PRICES=${4:?}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"; [ -n "${tailpid:-}" ] && kill "$tailpid" 2>/dev/null' EXIT
 pass=0 fail=0
@@ -210,6 +212,45 @@ check "requests latest n" test "$("$TALLY" requests -n 2 --json "$dir/req.jsonl"
 err=$("$TALLY" requests --where model=gpt4o "$dir/req.jsonl" 2>&1 >/dev/null)
 check "requests says what was seen" grep -q "no model 'gpt4o'; seen: m1, m0" <<<"$err"
 check "requests bad sort" bash -c "! '$TALLY' requests --sort size '$dir/req.jsonl' 2>/dev/null"
+
+# stats tables: the demo's data fits 120 columns for the common keys
+"$SERVE_SIM" --runs "$dir/demo" --prices "$PRICES" >/dev/null
+"$TRAIN_SIM" --runs "$dir/demo" >/dev/null
+widest() { awk '{ if (length($0) > m) m = length($0) } END { print m + 0 }'; }
+for by in model model,engine model,engine,route; do
+    out=$("$TALLY" stats --by "$by" "$dir/demo")
+    check "stats --by $by fits 120 columns" test "$(widest <<<"$out")" -le 120
+    check "stats --by $by has units" grep -qE '^model .* p99_ms ' <<<"$out"
+done
+out=$("$TALLY" stats --by model "$dir/demo")
+check "training rows carry the run's model" grep -qE '^tiny-gpt +150 +3 ' <<<"$out"
+check "evals are summarised" grep -qE 'val_last +val_best' <<<"$out"
+val=$(grep '"kind":"eval"' "$dir"/demo/train-*/events.jsonl | grep -v '"request"' | jq -s 'map(.loss) | min')
+check "val_best is the lowest eval loss" test "$("$TALLY" stats --by model --json "$dir/demo" | jq '.groups[] | select(.model=="tiny-gpt") | .val_loss_best')" = "$val"
+"$TALLY" import "$dir/demo" --db "$dir/demo.db" >/dev/null
+tr='.groups[] | select(.model=="tiny-gpt") | [.steps, .evals, .val_loss_first, .val_loss_last, .val_loss_best, .error_events]'
+check "training figures: database rollup = files" test "$("$TALLY" stats --by model --json "$dir/demo.db" | jq -c "$tr")" = "$("$TALLY" stats --by model --json "$dir/demo" | jq -c "$tr")"
+check "training figures: database rows = files" test "$("$TALLY" stats --by model --scan --json "$dir/demo.db" | jq -c "$tr")" = "$("$TALLY" stats --by model --json "$dir/demo" | jq -c "$tr")"
+out=$("$TALLY" stats --by model --columns model,reqs,p99_ms,cost_usd "$dir/demo")
+check "--columns chooses" test "$(head -1 <<<"$out" | tr -s ' ')" = "model reqs cost_usd p99_ms"
+out=$("$TALLY" stats --by model --columns all "$dir/demo")
+check "--columns all" grep -qE ' lat_total_s .* gpu_pct .* reasons' <<<"$out"
+check "--columns unknown refused" bash -c "! '$TALLY' stats --columns p42 '$dir/demo' 2>/dev/null"
+# empty columns left out, unpriced requests shown, no training section without training
+out=$("$TALLY" stats --by model "$dir/req.jsonl")
+check "empty energy column left out" bash -c "! grep -q j_per_tok <<<'$out'"
+check "no training section without training" bash -c "! grep -q training <<<'$out'"
+printf '%s\n' "$(rq 1 1800000001.0 $A 0000000000000009 ma)" >>"$dir/req.jsonl"
+out=$("$TALLY" stats --by model --where model=ma "$dir/req.jsonl" "$dir/req.jsonl")
+check "an unpriced group shows unpriced" grep -qE "^model +reqs +err_pct +prompt_tok +compl_tok +unpriced " <<<"$out"
+check "an unpriced group counts them" grep -qE "^ma +1 +0.0 +1 +2 +1 " <<<"$out"
+out=$("$TALLY" stats --by model --where model=m1 "$dir/req.jsonl")
+check "costs keep their digits" grep -qE " 0\\.00000090 " <<<"$out"
+out=$("$TALLY" stats "$dir/nan.jsonl")
+check "no request header without requests" test "$(head -1 <<<"$out")" = "training"
+printf '%s\n' "$(rq 1 1800000001.0 $A 0000000000000009 ma)" '{"kind":"eval","t":2,"ts":1800000002.0,"phase":"serve","name":"request","extra":{"model":"ma","prompt_tokens":1,"completion_tokens":2,"latency_us":3,"cost_nusd":5000}}' >"$dir/half.jsonl"
+out=$("$TALLY" stats --by model "$dir/half.jsonl")
+check "a partly priced cost ends in +" grep -qE ' 0\.0000050\+ +1' <<<"$out"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
