@@ -10,6 +10,7 @@ int cmd_validate(int argc, char **argv);
 int cmd_tail(int argc, char **argv);
 int cmd_exporter(int argc, char **argv);
 int cmd_requests(int argc, char **argv);
+int cmd_report(int argc, char **argv);
 
 /* The whole command: argv[0] is the program name. */
 int tally_cli_main(int argc, char **argv);

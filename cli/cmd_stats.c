@@ -58,32 +58,6 @@ static void usage(FILE *out)
     fprintf(out, "\nKeys for --by and --where: %s (principal = principal_id).\n", keys);
 }
 
-static int parse_by(agg *a, const char *spec)
-{
-    const char *p = spec;
-    while (*p) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        char tok[64];
-        snprintf(tok, sizeof tok, "%.*s", (int)(len < sizeof tok ? len : sizeof tok - 1), p);
-        p += len + (comma != NULL);
-        if (!tok[0]) continue;
-        int k = len < sizeof tok ? key_index(tok) : -1;
-        if (k < 0) {
-            char keys[512];
-            key_list(keys, sizeof keys);
-            cli_error("stats", "unknown --by key '%s' (keys: %s)", tok, keys);
-            return -1;
-        }
-        if (a->nby >= MAX_BY) {
-            cli_error("stats", "at most %d --by keys", MAX_BY);
-            return -1;
-        }
-        a->by[a->nby++] = k;
-    }
-    return 0;
-}
-
 int cmd_stats(int argc, char **argv)
 {
     agg a;
@@ -139,7 +113,7 @@ int cmd_stats(int argc, char **argv)
             }
             i++;
             if (!strcmp(s, "--by")) {
-                if (parse_by(&a, val)) { rc = 2; goto out; }
+                if (by_parse(&a, val, "stats")) { rc = 2; goto out; }
             } else if (!strcmp(s, "--since")) {
                 since = val;
             } else if (!strcmp(s, "--until")) {

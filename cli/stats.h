@@ -60,6 +60,8 @@ const char *key_name(int k);
 int key_index(const char *s);
 void key_list(char *out, size_t n);           /* "model, engine, ..., hour" */
 int key_in_rollup(int k);
+/* --by KEYS (comma-separated) into a->by; -1 (said, as `cmd`) when a key is unknown. */
+int by_parse(agg *a, const char *spec, const char *cmd);
 int on_row(void *ud, const row *e);           /* a source's row into its group */
 /* The value of key k for an event ("-" when it has none; tmp for days). */
 sv key_value(const row *e, int k, char *tmp, size_t n);
@@ -81,5 +83,7 @@ size_t print_table(agg *a, int training, const uint64_t *chosen, const char *hea
 int columns_parse(const char *list, uint64_t *mask);
 void print_csv(agg *a);
 void print_json(agg *a, const source_stats *st);
+/* The --json object, appended to b (no newline). */
+void stats_json(agg *a, const source_stats *st, buf *b);
 
 #endif

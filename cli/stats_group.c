@@ -209,3 +209,31 @@ int on_cell(void *ud, const rollup_key *k, const agg_cell *c)
     a->nomem |= agg_cell_merge(&g->c, c) != 0;
     return a->nomem;
 }
+
+/* --by KEYS into a->by; -1 (said) for an unknown key or too many. */
+int by_parse(agg *a, const char *spec, const char *cmd)
+{
+    const char *p = spec;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char tok[64];
+        snprintf(tok, sizeof tok, "%.*s", (int)(len < sizeof tok ? len : sizeof tok - 1), p);
+        p += len + (comma != NULL);
+        if (!tok[0]) continue;
+        int k = len < sizeof tok ? key_index(tok) : -1;
+        if (k < 0) {
+            char keys[512];
+            key_list(keys, sizeof keys);
+            cli_error(cmd, "unknown --by key '%s' (keys: %s)", tok, keys);
+            return -1;
+        }
+        if (a->nby >= MAX_BY) {
+            cli_error(cmd, "at most %d --by keys", MAX_BY);
+            return -1;
+        }
+        a->by[a->nby++] = k;
+    }
+    return 0;
+}
+

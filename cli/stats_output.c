@@ -357,55 +357,61 @@ void print_csv(agg *a)
 
 void print_json(agg *a, const source_stats *st)
 {
-    int nkeys = a->nby ? a->nby : 1;
     buf b;
     buf_init(&b, (size_t)1 << 30);
-    buf_puts(&b, "{\"groups\":[");
+    stats_json(a, st, &b);
+    buf_putc(&b, '\n');
+    fwrite(b.p, 1, b.len, stdout);
+    buf_free(&b);
+}
+
+void stats_json(agg *a, const source_stats *st, buf *out)
+{
+    int nkeys = a->nby ? a->nby : 1;
+    buf_puts(out, "{\"groups\":[");
     for (size_t i = 0; i < a->ng; i++) {
         const agg_cell *g = &a->g[i]->c;
         char parts[MAX_BY][256];
         split_key(a->g[i]->key, parts, nkeys);
-        buf_puts(&b, i ? ",{" : "{");
+        buf_puts(out, i ? ",{" : "{");
         for (int k = 0; k < nkeys; k++) {
-            if (k) buf_putc(&b, ',');
-            enc_cstr(&b, a->nby ? key_name(a->by[k]) : "group");
-            buf_putc(&b, ':');
-            enc_cstr(&b, parts[k]);
+            if (k) buf_putc(out, ',');
+            enc_cstr(out, a->nby ? key_name(a->by[k]) : "group");
+            buf_putc(out, ':');
+            enc_cstr(out, parts[k]);
         }
         for (size_t c = 0; c < NCOLS; c++) {
-            buf_putc(&b, ',');
-            enc_cstr(&b, cols[c].name);
-            buf_putc(&b, ':');
+            buf_putc(out, ',');
+            enc_cstr(out, cols[c].name);
+            buf_putc(out, ':');
             if (cols[c].fmt == F_STR) {
-                buf_putc(&b, '{');
+                buf_putc(out, '{');
                 for (int d = 0; d < AGG_MAX_DEGRADED && g->degraded[d]; d++) {
-                    if (d) buf_putc(&b, ',');
-                    enc_cstr(&b, g->degraded[d]);
-                    buf_putc(&b, ':');
-                    enc_i64(&b, (int64_t)g->degraded_n[d]);
+                    if (d) buf_putc(out, ',');
+                    enc_cstr(out, g->degraded[d]);
+                    buf_putc(out, ':');
+                    enc_i64(out, (int64_t)g->degraded_n[d]);
                 }
                 if (g->degraded_other) {
-                    buf_puts(&b, g->degraded[0] ? ",\"other\":" : "\"other\":");
-                    enc_i64(&b, (int64_t)g->degraded_other);
+                    buf_puts(out, g->degraded[0] ? ",\"other\":" : "\"other\":");
+                    enc_i64(out, (int64_t)g->degraded_other);
                 }
-                buf_putc(&b, '}');
+                buf_putc(out, '}');
             } else {
-                enc_double(&b, col_value(g, c));
+                enc_double(out, col_value(g, c));
             }
         }
-        buf_putc(&b, '}');
+        buf_putc(out, '}');
     }
-    buf_puts(&b, "],\"events\":");
-    enc_i64(&b, (int64_t)st->events);
-    buf_puts(&b, ",\"skipped_lines\":");
-    enc_i64(&b, (int64_t)st->bad);
-    buf_puts(&b, ",\"torn_lines\":");
-    enc_i64(&b, (int64_t)st->torn);
-    buf_puts(&b, ",\"duplicates\":");
-    enc_i64(&b, (int64_t)st->duplicates);
-    buf_puts(&b, ",\"rollup_cells\":");
-    enc_i64(&b, (int64_t)st->cells);
-    buf_puts(&b, "}\n");
-    fwrite(b.p, 1, b.len, stdout);
-    buf_free(&b);
+    buf_puts(out, "],\"events\":");
+    enc_i64(out, (int64_t)st->events);
+    buf_puts(out, ",\"skipped_lines\":");
+    enc_i64(out, (int64_t)st->bad);
+    buf_puts(out, ",\"torn_lines\":");
+    enc_i64(out, (int64_t)st->torn);
+    buf_puts(out, ",\"duplicates\":");
+    enc_i64(out, (int64_t)st->duplicates);
+    buf_puts(out, ",\"rollup_cells\":");
+    enc_i64(out, (int64_t)st->cells);
+    buf_putc(out, '}');
 }

@@ -17,6 +17,7 @@ static const struct {
 } commands[] = {
     {"stats", cmd_stats, "cost, tokens, latency percentiles, energy per model/engine/...; training summaries"},
     {"requests", cmd_requests, "the requests behind a stats row: the slowest, the failed, the costliest"},
+    {"report", cmd_report, "one HTML file with tables and charts of serving and training, for people"},
     {"runs", cmd_runs, "one line per run: kind, model, started, duration, work, final loss, reason"},
     {"tail", cmd_tail, "events as readable lines as they are appended (-f follows)"},
     {"validate", cmd_validate, "check files against the toy/v1 wire format, with line numbers"},

@@ -59,6 +59,7 @@ void tally__row_of_event(struct tally *h, const wev *ev, row *r)
         }
         if (!st->unfinished && st->wall_us >= 0) { r->wall_us = (double)st->wall_us; r->has |= ROW_WALL; }
         if (st->present & TALLY_HAS_TOKENS) { r->step_tokens = st->tokens; r->has |= ROW_STEP_TOKENS; }
+        if (st->present & TALLY_HAS_LR) { r->lr = st->lr; r->has |= ROW_LR; }
         break;
     }
     case REC_EPOCH: {

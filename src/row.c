@@ -50,7 +50,7 @@ static sv cstr_sv(const char *s) { return (sv){s, strlen(s)}; }
 /* The members a top-level line may have that rows use. */
 typedef struct top {
     const jv *kind, *tag, *ts, *t, *id, *phase, *name, *run_id, *started_at, *model, *reason, *extra;
-    const jv *step, *loss, *wall_us, *tokens, *unfinished, *type, *message, *request_id, *context;
+    const jv *step, *loss, *lr, *wall_us, *tokens, *unfinished, *type, *message, *request_id, *context;
 } top;
 
 /* The members of a request's `extra` that rows use. */
@@ -73,6 +73,7 @@ static void scan_top(const jv *obj, top *o)
         case 2:
             if (KEY(e, "ts")) TAKE(o->ts);
             else if (KEY(e, "id")) TAKE(o->id);
+            else if (KEY(e, "lr")) TAKE(o->lr);
             break;
         case 3: if (KEY(e, "tag")) TAKE(o->tag); break;
         case 4:
@@ -296,6 +297,7 @@ int row_from_json(const jv *v, row_ctx *c, row *r)
         /* An unfinished span's wall time is only how long it had run. */
         if (!o.unfinished && num(o.wall_us, &r->wall_us)) r->has |= ROW_WALL;
         if (SV_IS(kind, "step") && inum(o.tokens, &r->step_tokens)) r->has |= ROW_STEP_TOKENS;
+        if (SV_IS(kind, "step") && num(o.lr, &r->lr)) r->has |= ROW_LR;
         /* tally writes a NaN or infinite loss as null: a diverged step. */
         if (SV_IS(kind, "step") && o.loss && o.loss->type == JV_NULL) r->has |= ROW_LOSS_NONFINITE;
     } else if (SV_IS(kind, "error")) {

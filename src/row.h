@@ -59,6 +59,7 @@ enum {
     ROW_TOTAL = 1u << 17,
     ROW_TPUT = 1u << 18,
     ROW_LOSS_NONFINITE = 1u << 19,  /* a step's loss was NaN or infinite (written null) */
+    ROW_LR = 1u << 20,         /* a step's learning rate */
 };
 
 typedef struct row {
@@ -75,7 +76,7 @@ typedef struct row {
     int64_t prompt, cached, cache_write, completion, reasoning, total_tokens;
     double latency_us, ttft_us, energy_j, gpu_util, throughput, cost_usd;
     int64_t cost_nusd, step, step_tokens;
-    double loss, wall_us;
+    double loss, wall_us, lr;
 } row;
 
 /* Times tally can place: from 1970 to 2255 (seq in the database is the
