@@ -89,7 +89,7 @@ typedef struct report {
     run *last_run;
     where w[MAX_WHERE];
     int nw;
-    agg_cell all;            /* every request: the distributions */
+    agg_cell all;            /* every request (the buckets merged): the distributions */
     int nomem;
 } report;
 
@@ -282,7 +282,6 @@ static int on_report_row(void *ud, const row *e)
             x->requests++;
             if ((e->has & ROW_OK) && !e->ok) x->failed++;
         }
-        r->nomem |= agg_cell_add(&r->all, e) != 0;
         if (e->has & ROW_TS) {
             int m = model_index(r, e->model);
             bucket *b = series_at(&r->fine, e->ts, &r->nomem);
@@ -707,6 +706,8 @@ int cmd_report(int argc, char **argv)
         r->nomem |= r->tables[i].nomem;
         if (r->tables[i].ng) qsort(r->tables[i].g, r->tables[i].ng, sizeof *r->tables[i].g, cmp_group);
     }
+    if (r->fine.any)
+        for (int64_t k = r->fine.lo; k <= r->fine.hi; k++) r->nomem |= agg_cell_merge(&r->all, &r->fine.b[k - r->fine.lo].c) != 0;
     if (r->nomem) {
         cli_error("report", "out of memory");
         rc = 1;

@@ -288,9 +288,18 @@ int cmd_requests(int argc, char **argv)
     else if (fmt == 2)
         printf("time,request_id,model,engine,route,prompt_tokens,completion_tokens,latency_ms,ttft_ms,cost_usd,"
                "outcome,reason\n");
-    else
-        printf("%-20s %-14s %-16s %-8s %-8s %13s %10s %9s %10s %-7s %s\n", "time", "request_id", "model", "engine",
-               "route", "tokens_in/out", "latency_ms", "ttft_ms", "cost_usd", "outcome", "reason");
+    /* The table's text columns as wide as their longest value (at most 40). */
+    int w[4] = {10, 5, 6, 5};
+    for (size_t k = 0; k < l.n; k++) {
+        const char *vals[4] = {l.heap[k].request_id, l.heap[k].model, l.heap[k].engine, l.heap[k].route};
+        for (int c = 0; c < 4; c++) {
+            int len = vals[c] ? (int)strlen(vals[c]) : 1;
+            if (len > w[c]) w[c] = len < 40 ? len : 40;
+        }
+    }
+    if (!fmt)
+        printf("%-20s %-*s %-*s %-*s %-*s %13s %10s %9s %10s %-8s %s\n", "time", w[0], "request_id", w[1], "model", w[2],
+               "engine", w[3], "route", "tokens_in/out", "latency_ms", "ttft_ms", "cost_usd", "outcome", "reason");
     for (size_t k = 0; k < l.n; k++) {
         const item *it = &l.heap[k];
         char t[32], lat[32] = "", ttft[32] = "", costs[32] = "";
@@ -328,9 +337,12 @@ int cmd_requests(int argc, char **argv)
         } else {
             char tok[48];
             snprintf(tok, sizeof tok, "%lld/%lld", (long long)it->prompt, (long long)it->completion);
-            printf("%-20s %-14s %-16s %-8s %-8s %13s %10s %9s %10s %-7s %s\n", t, or_dash(it->request_id),
-                   or_dash(it->model), or_dash(it->engine), or_dash(it->route), tok, lat[0] ? lat : "-",
-                   ttft[0] ? ttft : "-", costs[0] ? costs : "-", outcome, or_dash(it->reason));
+            char usd[48] = "-";
+            /* one request's cost is small: micro-dollars shown */
+            if (it->has_cost) snprintf(usd, sizeof usd, it->cost_usd < 1 ? "%.7f" : "%.4f", it->cost_usd);
+            printf("%-20s %-*.40s %-*.40s %-*.40s %-*.40s %13s %10s %9s %10s %-8s %s\n", t, w[0], or_dash(it->request_id),
+                   w[1], or_dash(it->model), w[2], or_dash(it->engine), w[3], or_dash(it->route), tok,
+                   lat[0] ? lat : "-", ttft[0] ? ttft : "-", usd, outcome, or_dash(it->reason));
         }
     }
     if (fmt == 1) printf("]}\n");

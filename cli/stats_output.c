@@ -160,13 +160,8 @@ static void fmt_cell(const agg_cell *g, size_t c, int human, char *out, size_t n
             snprintf(out, n, "%.9f", v);
             break;
         }
-        /* Enough digits that a cost which is not zero does not print as
-         * zero; `+` when some of the group's requests have no price. */
-        {
-            int digits = v >= 100 ? 2 : 4;
-            while (v > 0 && digits < 12 && v < 0.1 * pow(10.0, -(digits - 2))) digits++;
-            snprintf(out, n, "%.*f%s", digits, v, g->unpriced ? "+" : "");
-        }
+        /* `+`: some of the group's requests have no price. */
+        cli_fmt_usd(v, g->unpriced != 0, out, n);
         break;
     case F_PCT: snprintf(out, n, human ? "%.1f" : "%.4f", v); break;
     case F_MS: snprintf(out, n, human ? "%.1f" : "%.3f", v); break;

@@ -6,6 +6,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -371,4 +372,11 @@ void cli_json_str(FILE *out, const char *s)
     if (!b.failed) fwrite(b.p, 1, b.len, out);
     else fputs("null", out);
     buf_free(&b);
+}
+
+void cli_fmt_usd(double v, int plus, char *out, size_t n)
+{
+    int digits = v >= 100 ? 2 : 4;
+    while (v > 0 && digits < 12 && v < 0.1 * pow(10.0, -(digits - 2))) digits++;
+    snprintf(out, n, "%.*f%s", digits, v, plus ? "+" : "");
 }

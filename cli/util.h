@@ -63,6 +63,9 @@ void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(prin
 
 /* One CSV field: quoted when it holds a comma, a quote or a newline. */
 void cli_csv_field(FILE *out, const char *s);
+/* A cost in USD for people: 2 decimals from $100, else 4, and more while
+ * a cost that is not zero would print as zero; `+` appended when plus. */
+void cli_fmt_usd(double v, int plus, char *out, size_t n);
 /* A JSON string: quoted, escaped (NULL: null). */
 void cli_json_str(FILE *out, const char *s);
 
