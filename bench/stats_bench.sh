@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # stats_bench -- `tally stats --by model` over a generated ~1 GB JSONL of
 # request events (MB/s, events/s), and in the same run jq doing the same
-# sums over the same file; then the same query through the SQLite source:
+# sums over the same file, and `tally report` of it (time against stats,
+# size); then the same query through the SQLite source:
 # a 10-million-row tally database of a day of requests (bench/make_db),
 # answered from its per-minute rollup, and with --scan (every row read) for
-# comparison.  Each tally figure is the median of three runs.
+# comparison, and the report of those 10 million rows (its size).  Each
+# tally figure is the median of three runs.
 #
 #   bench/stats_bench.sh [BUILD_DIR] [REQUESTS] [DB_ROWS]
 # defaults: build 2000000 10000000.  Needs jq (Debian package).
@@ -31,6 +33,13 @@ t=$(for i in 1 2 3; do timeit "$tally" stats --by model "$file"; done | median3)
 printf 'case=stats_jsonl bytes=%d seconds=%.2f mb_per_s=%.0f events_per_s=%.0f\n' "$bytes" "$t" \
     "$(echo "$bytes / $t / 1000000" | bc -l)" "$(echo "$events / $t" | bc -l)"
 
+# tally report over the same file, in the same run: time against stats
+# (the target: at most 1.3x) and the page's size.
+tr=$(for i in 1 2 3; do timeit "$tally" report "$file" -o "$work/report.html"; done | median3)
+rbytes=$(stat -c %s "$work/report.html")
+[ "$rbytes" -gt 0 ] || { echo "case=report_jsonl FAILED: no report written" >&2; exit 1; }
+printf 'case=report_jsonl seconds=%.2f ratio_vs_stats=%.2f report_bytes=%d\n' "$tr" "$(echo "$tr / $t" | bc -l)" "$rbytes"
+
 jq_prog='reduce (inputs | select(.kind == "eval" and .name == "request") | .extra) as $e ({};
   .[$e.model] |= {n: ((.n // 0) + 1), prompt: ((.prompt // 0) + $e.prompt_tokens),
                   completion: ((.completion // 0) + $e.completion_tokens), latency: ((.latency // 0) + $e.latency_us)})'
@@ -53,6 +62,10 @@ ts=$(for i in 1 2 3; do timeit "$tally" stats --by model "$db"; done | median3)
 printf 'case=stats_sqlite rows=%d seconds=%.2f rows_per_s=%.0f\n' "$rows" "$ts" "$(echo "$rows / $ts" | bc -l)"
 t6=$(for i in 1 2 3; do timeit "$tally" stats --by model --since 6h "$db"; done | median3)
 printf 'case=stats_sqlite_since_6h seconds=%.2f\n' "$t6"
+tr=$(timeit "$tally" report "$db" -o "$work/report_db.html")
+rbytes=$(stat -c %s "$work/report_db.html")
+[ "$rbytes" -gt 0 ] || { echo "case=report_sqlite FAILED: no report written" >&2; exit 1; }
+printf 'case=report_sqlite rows=%d seconds=%.2f report_bytes=%d\n' "$rows" "$tr" "$rbytes"
 tscan=$(timeit "$tally" stats --by model --scan "$db")
 printf 'case=stats_sqlite_scan rows=%d seconds=%.2f rows_per_s=%.0f rollup_speedup=%.0f\n' "$rows" "$tscan" \
     "$(echo "$rows / $tscan" | bc -l)" "$(echo "$tscan / $ts" | bc -l)"
