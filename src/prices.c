@@ -2,6 +2,7 @@
 #include "prices.h"
 
 #include <fnmatch.h>
+#include <stddef.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +22,7 @@ static int rate_of(const jv *v, int64_t *out)
         *out = -1;
         return 0;
     }
-    if (v->type != JV_NUM || jv_num(v, 0) < 0 || jv_num(v, 0) > 1e9) return -1;
+    if (v->type != JV_NUM || !(jv_num(v, 0) >= 0) || jv_num(v, 0) > 1e6) return -1; /* at most $1M per million */
     *out = (int64_t)llround(jv_num(v, 0) * 1e6);
     return 0;
 }
@@ -39,6 +40,125 @@ static int parse_date(const char *s, double *out)
     return s && strlen(s) == 10 ? iso8601_parse(s, out) : -1;
 }
 
+/* ---- LiteLLM's model_prices_and_context_window.json ------------------------------------ */
+
+/* USD per token -> pico-USD per token. */
+static int rate_per_token(const jv *v, int64_t *out)
+{
+    if (v->type != JV_NUM || !(jv_num(v, 0) >= 0) || jv_num(v, 0) > 1) return -1; /* at most $1 per token */
+    *out = (int64_t)llround(jv_num(v, 0) * 1e12);
+    return 0;
+}
+
+/* The rate a LiteLLM key names (without any _above_Nk_tokens suffix). */
+static int64_t *litellm_slot(price_rates *r, const char *key, size_t n)
+{
+    static const struct {
+        const char *key;
+        size_t off;
+    } keys[] = {
+        {"input_cost_per_token", offsetof(price_rates, input)},
+        {"output_cost_per_token", offsetof(price_rates, output)},
+        {"cache_read_input_token_cost", offsetof(price_rates, cached)},
+        {"cache_creation_input_token_cost", offsetof(price_rates, cache_write)},
+        {"output_cost_per_reasoning_token", offsetof(price_rates, reasoning)},
+    };
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (strlen(keys[i].key) == n && !memcmp(keys[i].key, key, n)) return (int64_t *)((char *)r + keys[i].off);
+    return NULL;
+}
+
+/* "..._above_200k_tokens": the base key's length and the threshold. */
+static int litellm_tier_key(const char *key, size_t *base, int64_t *above)
+{
+    const char *a = strstr(key, "_above_");
+    size_t n = strlen(key);
+    if (!a || n < 8 || strcmp(key + n - 8, "k_tokens") != 0) return 0;
+    const char *d = a + 7, *end = key + n - 8;
+    if (d == end) return 0;
+    int64_t v = 0;
+    for (const char *c = d; c < end; c++) {
+        if (*c < '0' || *c > '9' || v > 1000000000) return 0;
+        v = v * 10 + (*c - '0');
+    }
+    *base = (size_t)(a - key);
+    *above = v * 1000;
+    return 1;
+}
+
+/* One model's object: its rates and tiers; 0 when it has an input and an
+ * output price per token (other entries -- images, audio, the file's
+ * sample_spec -- are not priced per token and are left out). */
+static int litellm_entry(const jv *o, price_entry *pe)
+{
+    price_rates none = {-1, -1, -1, -1, -1};
+    pe->r = none;
+    for (const jv *m = o->child; m; m = m->next) {
+        size_t base;
+        int64_t above, rate;
+        if (rate_per_token(m, &rate) != 0) continue;
+        if (litellm_tier_key(m->key, &base, &above)) {
+            price_tier *t = NULL;
+            for (int i = 0; i < pe->ntiers; i++)
+                if (pe->tiers[i].above_input_tokens == above) t = &pe->tiers[i];
+            if (!t && pe->ntiers < 8) {
+                t = &pe->tiers[pe->ntiers++];
+                t->above_input_tokens = above;
+                t->r = none;
+            }
+            int64_t *slot = t ? litellm_slot(&t->r, m->key, base) : NULL;
+            if (slot) *slot = rate;
+        } else {
+            int64_t *slot = litellm_slot(&pe->r, m->key, m->keylen);
+            if (slot) *slot = rate;
+        }
+    }
+    if (pe->r.input < 0 || pe->r.output < 0) return -1;
+    if (pe->r.cached < 0) pe->r.cached = pe->r.input;
+    if (pe->r.cache_write < 0) pe->r.cache_write = pe->r.input;
+    if (pe->r.reasoning < 0) pe->r.reasoning = pe->r.output;
+    return 0;
+}
+
+/* LiteLLM's catalogue: an object of model name -> object with
+ * input_cost_per_token etc.  Names are exact (never patterns). */
+static int litellm_parse(prices *p, const jv *root, char *err, size_t errlen)
+{
+    p->e = calloc(root->count ? root->count : 1, sizeof *p->e);
+    if (!p->e) {
+        snprintf(err, errlen, "out of memory reading the price file");
+        return -1;
+    }
+    for (const jv *m = root->child; m; m = m->next) {
+        price_entry *pe = &p->e[p->n];
+        if (m->type != JV_OBJ || !m->keylen || litellm_entry(m, pe) != 0) {
+            memset(pe, 0, sizeof *pe);
+            continue;
+        }
+        pe->pattern = strndup(m->key, m->keylen);
+        if (!pe->pattern) {
+            snprintf(err, errlen, "out of memory reading the price file");
+            return -1;
+        }
+        p->n++;
+    }
+    if (!p->n) {
+        snprintf(err, errlen, "price file: no model with input_cost_per_token and output_cost_per_token");
+        return -1;
+    }
+    return 0;
+}
+
+/* LiteLLM's format, told by content: no "prices" array, and some member
+ * is an object with an input_cost_per_token. */
+static int is_litellm(const jv *root)
+{
+    if (root->type != JV_OBJ || jv_get(root, "prices")) return 0;
+    for (const jv *m = root->child; m; m = m->next)
+        if (m->type == JV_OBJ && jv_get(m, "input_cost_per_token")) return 1;
+    return 0;
+}
+
 int prices_parse(prices *p, const char *text, size_t len, char *err, size_t errlen)
 {
     memset(p, 0, sizeof *p);
@@ -52,8 +172,12 @@ int prices_parse(prices *p, const char *text, size_t len, char *err, size_t errl
         snprintf(err, errlen, "price file is not JSON: %s at byte %zu", je.what, je.offset);
         goto out;
     }
+    if (is_litellm(root)) {
+        rc = litellm_parse(p, root, err, errlen);
+        goto out;
+    }
     if (!list || list->type != JV_ARR) {
-        snprintf(err, errlen, "price file needs a \"prices\" array");
+        snprintf(err, errlen, "price file needs a \"prices\" array (or is a LiteLLM model_prices_and_context_window.json)");
         goto out;
     }
     p->e = calloc(list->count ? list->count : 1, sizeof *p->e);
@@ -161,8 +285,11 @@ static const price_entry *find(const prices *p, const char *model, double ts)
 static int64_t nusd(int64_t tokens, int64_t pico)
 {
     if (tokens <= 0) return 0;
-    /* pico-USD -> nano-USD, rounded half up; fits int64 below 9e12 tokens at $1000/M. */
-    return (tokens * pico + 500) / 1000;
+    /* pico-USD -> nano-USD, rounded half up, in 128 bits (a rate is at
+     * most 1e12 pico-USD a token); a part beyond $1e9 -- no real request --
+     * is held there, so that the parts and their sum cannot overflow. */
+    __int128 v = ((__int128)tokens * pico + 500) / 1000;
+    return v > (__int128)1000000000 * 1000000000 ? (int64_t)1000000000 * 1000000000 : (int64_t)v;
 }
 
 int prices_cost(const prices *p, const char *model, double ts, int64_t prompt, int64_t cached,

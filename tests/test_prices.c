@@ -1,6 +1,7 @@
 /*
  * test_prices -- price arithmetic on hand-computed cases (tiers, cached
  * and cache-write subsets, reasoning, dates, patterns, unknown models),
+ * LiteLLM's price catalogue format,
  * the library costing requests on the writer thread, and
  * `tally stats --prices` re-costing stored events.
  */
@@ -74,6 +75,62 @@ static void test_arithmetic(void **state)
     /* Unknown model. */
     assert_int_equal(prices_cost(&p, "llama-local", day(2025, 1, 1), 10, 0, 0, 10, 0, &c), -1);
     prices_free(&p);
+}
+
+/* LiteLLM's model_prices_and_context_window.json, as that project lays it
+ * out: USD per token, a sample_spec entry, entries priced per image (left
+ * out), and the _above_200k_tokens tier keys. */
+static const char litellm[] =
+    "{\"sample_spec\":{\"max_tokens\":\"LEGACY\",\"input_cost_per_token\":0.0,\"output_cost_per_token\":0.0,"
+    "\"litellm_provider\":\"one of https://docs.litellm.ai/docs/providers\",\"mode\":\"one of chat\"},"
+    "\"gpt-4o\":{\"max_tokens\":16384,\"input_cost_per_token\":2.5e-06,\"output_cost_per_token\":1e-05,"
+    "\"cache_read_input_token_cost\":1.25e-06,\"litellm_provider\":\"openai\",\"mode\":\"chat\","
+    "\"supports_vision\":true},"
+    "\"claude-sonnet-4\":{\"input_cost_per_token\":3e-06,\"output_cost_per_token\":1.5e-05,"
+    "\"cache_creation_input_token_cost\":3.75e-06,\"cache_read_input_token_cost\":3e-07,"
+    "\"input_cost_per_token_above_200k_tokens\":6e-06,\"output_cost_per_token_above_200k_tokens\":2.25e-05,"
+    "\"cache_read_input_token_cost_above_200k_tokens\":6e-07},"
+    "\"o3-mini\":{\"input_cost_per_token\":1.1e-06,\"output_cost_per_token\":4.4e-06,"
+    "\"output_cost_per_reasoning_token\":5e-06},"
+    "\"dall-e-3\":{\"output_cost_per_image\":0.04,\"mode\":\"image_generation\"},"
+    "\"openai/gpt-[4]\":{\"input_cost_per_token\":1e-06,\"output_cost_per_token\":1e-06}}";
+
+static void test_litellm(void **state)
+{
+    (void)state;
+    prices p;
+    char err[256];
+    assert_int_equal(prices_parse(&p, litellm, strlen(litellm), err, sizeof err), 0);
+    cost c;
+    /* gpt-4o: 1000 prompt of which 400 cached, 100 out. */
+    assert_int_equal(prices_cost(&p, "gpt-4o", day(2025, 6, 1), 1000, 400, 0, 100, 0, &c), 0);
+    assert_int_equal(c.input, 1500000);   /* 600 x $2.5e-6 */
+    assert_int_equal(c.cached, 500000);   /* 400 x $1.25e-6 */
+    assert_int_equal(c.output, 1000000);  /* 100 x $1e-5 */
+    /* claude-sonnet-4: cache write priced; above 200k the tier's rates,
+     * its cache-write rate inherited from the base. */
+    assert_int_equal(prices_cost(&p, "claude-sonnet-4", 0, 1000, 100, 200, 10, 0, &c), 0);
+    assert_int_equal(c.input, 2100000);
+    assert_int_equal(c.cached, 30000);
+    assert_int_equal(c.cache_write, 750000);
+    assert_int_equal(c.output, 150000);
+    assert_int_equal(prices_cost(&p, "claude-sonnet-4", 0, 300000, 100000, 0, 1000, 0, &c), 0);
+    assert_int_equal(c.input, 1200000000);   /* 200000 x $6e-6 */
+    assert_int_equal(c.cached, 60000000);    /* 100000 x $6e-7 */
+    assert_int_equal(c.output, 22500000);    /* 1000 x $2.25e-5 */
+    /* reasoning tokens at their own rate */
+    assert_int_equal(prices_cost(&p, "o3-mini", 0, 0, 0, 0, 1000, 400, &c), 0);
+    assert_int_equal(c.reasoning, 2000000);
+    assert_int_equal(c.output, 2640000);
+    /* per-image entries are not prices per token; names are never patterns */
+    assert_int_equal(prices_cost(&p, "dall-e-3", 0, 10, 0, 0, 10, 0, &c), -1);
+    assert_int_equal(prices_cost(&p, "openai/gpt-4", 0, 10, 0, 0, 10, 0, &c), -1);
+    assert_int_equal(prices_cost(&p, "openai/gpt-[4]", 0, 10, 0, 0, 10, 0, &c), 0);
+    prices_free(&p);
+    /* an object of models none of which is priced per token is refused */
+    const char none[] = "{\"dall-e-3\":{\"output_cost_per_image\":0.04},\"x\":{\"input_cost_per_token\":\"free\"}}";
+    assert_int_equal(prices_parse(&p, none, strlen(none), err, sizeof err), -1);
+    assert_non_null(strstr(err, "input_cost_per_token"));
 }
 
 static void test_bad_files(void **state)
@@ -190,6 +247,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_arithmetic),
         cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_litellm),
         cmocka_unit_test(test_library_costs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
