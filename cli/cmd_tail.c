@@ -22,6 +22,7 @@
 #include "fields.h"
 #include "follow.h"
 #include "json.h"
+#include "source.h"
 #include "util.h"
 
 #define MAX_PENDING ((size_t)16 << 20)
@@ -129,14 +130,85 @@ static void drain(follower *fw, json_arena *a)
     fflush(tout);
 }
 
+/* Standard input: each event as it arrives (-f), or the last n at its end
+ * (kept in a ring of at most n lines and TAIL_STDIN_MAX bytes). */
+#define TAIL_STDIN_MAX ((size_t)256 << 20)
+static int tail_stdin(json_arena *a, int follow, long n)
+{
+    line_reader lr;
+    if (lr_open(&lr, "-", MAX_PENDING) != 0) {
+        cli_error("tail", "cannot read standard input");
+        return 1;
+    }
+    char **ring = NULL;
+    size_t *lens = NULL, held = 0;
+    uint64_t seen = 0;
+    if (!follow && n > 0) {
+        ring = calloc((size_t)n, sizeof *ring);
+        lens = calloc((size_t)n, sizeof *lens);
+        if (!ring || !lens) {
+            free(ring);
+            free(lens);
+            lr_close(&lr);
+            cli_error("tail", "out of memory for -n %ld", n);
+            return 1;
+        }
+    }
+    char *l;
+    size_t len;
+    int complete, toolong, rc = 0, r;
+    while ((r = lr_next(&lr, &l, &len, &complete, &toolong)) == 1) {
+        if (!complete) {
+            fprintf(stderr, "tally tail: the last line is torn (%zu bytes, not shown)\n", len);
+            break;
+        }
+        if (toolong) continue;
+        if (follow || n == 0) {
+            show(a, l, len);
+            fflush(tout);
+            continue;
+        }
+        size_t k = (size_t)(seen++ % (uint64_t)n);
+        held -= lens[k];
+        free(ring[k]);
+        ring[k] = malloc(len);
+        lens[k] = ring[k] ? len : 0;
+        if (ring[k]) memcpy(ring[k], l, len);
+        held += lens[k];
+        if (!ring[k] || held > TAIL_STDIN_MAX) {
+            cli_error("tail", "the last %ld lines of standard input are more than %zu MB: use a smaller -n", n,
+                      TAIL_STDIN_MAX >> 20);
+            rc = 1;
+            break;
+        }
+    }
+    if (r < 0) {
+        cli_error("tail", "read error on standard input");
+        rc = 1;
+    }
+    if (ring && !rc) {
+        uint64_t first = seen > (uint64_t)n ? seen - (uint64_t)n : 0;
+        for (uint64_t i = first; i < seen; i++) show(a, ring[i % (uint64_t)n], lens[i % (uint64_t)n]);
+    }
+    if (ring)
+        for (long i = 0; i < n; i++) free(ring[i]);
+    free(ring);
+    free(lens);
+    lr_close(&lr);
+    return rc;
+}
+
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: tally tail [-f] [-n N] FILE\n"
+            "usage: tally tail [-f] [-n N] FILE|-\n"
             "\n"
             "Prints events as readable lines.  Without -f: the last N events (default\n"
             "10; -n 0 for all) and exits.  With -f: keeps printing as events are\n"
             "appended, across truncation and rotation, until interrupted.\n"
+            "'-' reads standard input: the last N events at its end, or with -f each\n"
+            "event as it arrives until the input ends.  FILE is one JSONL file (a run's\n"
+            "events.jsonl); for a directory of runs or a database use tally requests.\n"
             "On a terminal, control characters in event data are shown as \\xNN\n"
             "(TALLY_ESCAPE_CONTROLS=1 does the same when writing to a pipe).\n");
 }
@@ -175,9 +247,32 @@ int cmd_tail(int argc, char **argv)
         cli_error("tail", "no FILE given (try --help)");
         return 2;
     }
+    char err[600];
+    int kind = source_kind(path, err, sizeof err);
+    struct stat st;
+    if (kind < 0) {
+        cli_error("tail", "%s", err);
+        return 1;
+    }
+    if (strcmp(path, "-") && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        cli_error("tail", "%s is a directory: tail follows one file (a run's events.jsonl); "
+                          "tally requests or tally stats read a directory of runs", path);
+        return 2;
+    }
+    if (kind > 0) {
+        cli_error("tail", "%s is a database: tail follows JSONL files; tally requests lists a database's requests",
+                  path);
+        return 2;
+    }
     tout = cli_safe_stdout();
     json_arena a;
     json_arena_init(&a, (size_t)64 << 20);
+    if (!strcmp(path, "-")) {
+        int rc = tail_stdin(&a, follow, last);
+        json_arena_free(&a);
+        if (tout != stdout) fclose(tout);
+        return rc;
+    }
     follower fw;
     memset(&fw, 0, sizeof fw);
     if (follow_open(&fw, path, 0, MAX_PENDING) != 0) {

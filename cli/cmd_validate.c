@@ -22,6 +22,7 @@
 #include "event_id.h"
 #include "fields.h"
 #include "json.h"
+#include "source.h"
 #include "util.h"
 
 #define MAX_WRITERS 1024
@@ -116,6 +117,29 @@ static void need(vstate *s, uint64_t line, const jv *obj, const char *where, con
 static void maybe(vstate *s, uint64_t line, const jv *obj, const char *where, const char *key, vtype t)
 {
     if (jv_get(obj, key)) need(s, line, obj, where, key, t);
+}
+
+/* What a request's numbers must mean together: well-typed values that
+ * cannot all be true (a writer's bug, or units mixed up). */
+static void check_meaning(vstate *s, uint64_t line, const jv *x)
+{
+    const char *names[] = {"prompt_tokens", "cached_tokens", "cache_write_tokens", "completion_tokens",
+                           "reasoning_tokens", "latency_us", "ttft_us"};
+    double v[7];
+    int has[7];
+    for (int i = 0; i < 7; i++) {
+        const jv *f = jv_get(x, names[i]);
+        has[i] = f && f->type == JV_NUM;
+        v[i] = has[i] ? jv_num(f, 0) : 0;
+        if (has[i] && v[i] < 0) problem(s, line, "extra.%s is negative (%.17g)", names[i], v[i]);
+    }
+    if (has[5] && has[6] && v[6] > v[5])
+        problem(s, line, "extra.ttft_us (%.17g) is greater than extra.latency_us (%.17g)", v[6], v[5]);
+    if (has[0] && v[1] + v[2] > v[0])
+        problem(s, line, "extra.cached_tokens + cache_write_tokens (%.17g) are more than prompt_tokens (%.17g)",
+                v[1] + v[2], v[0]);
+    if (has[3] && v[4] > v[3])
+        problem(s, line, "extra.reasoning_tokens (%.17g) are more than completion_tokens (%.17g)", v[4], v[3]);
 }
 
 static void check_event(vstate *s, uint64_t line, const jv *v)
@@ -242,6 +266,7 @@ static void check_event(vstate *s, uint64_t line, const jv *v)
             }
             const jv *ok = jv_get(x, "ok");
             if (ok && ok->type != JV_TRUE && ok->type != JV_FALSE) problem(s, line, "%s", "extra.ok must be a boolean");
+            check_meaning(s, line, x);
         }
     } else if (!strcmp(kind, "eval")) {
         maybe(s, line, v, "", "loss", T_NUMNULL);
@@ -274,7 +299,12 @@ static int validate_file(const char *path, uint64_t *total)
         return -1;
     }
     vstate *s = calloc(1, sizeof *s);
-    s->path = path;
+    if (!s) {
+        lr_close(&lr);
+        cli_error("validate", "out of memory");
+        return -1;
+    }
+    s->path = strcmp(path, "-") ? path : "stdin";
     json_arena a;
     json_arena_init(&a, (size_t)64 << 20);
     char *line;
@@ -302,7 +332,7 @@ static int validate_file(const char *path, uint64_t *total)
     int rc = r < 0 ? -1 : 0;
     if (r < 0) cli_error("validate", "read error in %s", path);
     *total += s->problems;
-    if (!s->problems && rc == 0) printf("%s: ok (%llu lines)\n", path, (unsigned long long)lr.lineno);
+    if (!s->problems && rc == 0) printf("%s: ok (%llu lines)\n", s->path, (unsigned long long)lr.lineno);
     json_arena_free(&a);
     lr_close(&lr);
     free(s);
@@ -315,12 +345,15 @@ int cmd_validate(int argc, char **argv)
     uint64_t problems = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            printf("usage: tally validate FILE...\n\n"
+            printf("usage: tally validate FILE|DIR|-...\n\n"
                    "Checks JSONL files against the toy/v1 wire format and prints each problem\n"
                    "with its line number: bad JSON, missing required keys, wrong types, t going\n"
-                   "backwards, run_start not first, more than one run_end, duplicate keys, a\n"
-                   "torn last line.  A file that several runs append to is checked run by run\n"
-                   "(by the run part of each event's id).\n"
+                   "backwards within a writer, run_start not first, more than one run_end,\n"
+                   "duplicate keys, a torn last line; and what a request's numbers mean\n"
+                   "together: negative counts or latency, ttft greater than latency, cached +\n"
+                   "cache-write tokens above prompt tokens, reasoning above completion tokens.\n"
+                   "A file that several runs append to is checked run by run (by the run part\n"
+                   "of each event's id).  A DIR is every *.jsonl under it; '-' is stdin.\n"
                    "Exit status: 0 clean, 1 problems found, 2 usage or unreadable file.\n");
             return 0;
         }
@@ -330,9 +363,37 @@ int cmd_validate(int argc, char **argv)
         }
     }
     for (int i = 1; i < argc; i++) {
-        n++;
-        if (validate_file(argv[i], &problems) != 0) rc = 2;
+        char err[600];
+        int kind = source_kind(argv[i], err, sizeof err);
+        if (kind < 0) {
+            cli_error("validate", "%s", err);
+            rc = 2;
+            continue;
+        }
+        if (kind > 0) {
+            cli_error("validate", "%s is a database: validate checks JSONL files (tally stats and tally runs "
+                                  "read databases)", argv[i]);
+            rc = 2;
+            continue;
+        }
+        size_t nf = 0;
+        char **files = collect_jsonl(&argv[i], 1, &nf, err, sizeof err);
+        if (!files) {
+            cli_error("validate", "%s", err);
+            rc = 2;
+            continue;
+        }
+        if (!nf) {
+            cli_error("validate", "%s has no *.jsonl file", argv[i]);
+            rc = 2;
+        }
+        for (size_t k = 0; k < nf; k++) {
+            n++;
+            if (validate_file(files[k], &problems) != 0) rc = 2;
+        }
+        free_list(files);
     }
+    if (!n && rc) return rc;
     if (!n) {
         cli_error("validate", "no FILE given");
         return 2;

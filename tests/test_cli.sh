@@ -252,5 +252,32 @@ printf '%s\n' "$(rq 1 1800000001.0 $A 0000000000000009 ma)" '{"kind":"eval","t":
 out=$("$TALLY" stats --by model "$dir/half.jsonl")
 check "a partly priced cost ends in +" grep -qE ' 0\.0000050\+ +1' <<<"$out"
 
+# validate: what a request's numbers mean together
+mean='{"kind":"eval","t":1,"ts":1800000001.0,"phase":"serve","name":"request","extra":{"model":"m","prompt_tokens":10,"cached_tokens":8,"cache_write_tokens":4,"completion_tokens":5,"reasoning_tokens":6,"latency_us":-3,"ttft_us":20}}'
+printf '%s\n%s\n' "$start" "$mean" >"$dir/meaning.jsonl"
+out=$("$TALLY" validate "$dir/meaning.jsonl"); rc=$?
+check "validate meaning: exit 1" test "$rc" -eq 1
+check "validate meaning: negative latency" grep -q 'meaning.jsonl:2: extra.latency_us is negative' <<<"$out"
+check "validate meaning: ttft > latency" grep -q 'meaning.jsonl:2: extra.ttft_us (20) is greater than extra.latency_us (-3)' <<<"$out"
+check "validate meaning: cached + cache-write > prompt" grep -q 'meaning.jsonl:2: extra.cached_tokens + cache_write_tokens (12) are more than prompt_tokens (10)' <<<"$out"
+check "validate meaning: reasoning > completion" grep -q 'meaning.jsonl:2: extra.reasoning_tokens (6) are more than completion_tokens (5)' <<<"$out"
+# the same SOURCE kinds everywhere, and clear refusals
+out=$("$TALLY" validate "$dir/demo"); rc=$?
+check "validate DIR: every run" test "$rc" -eq 0 -a "$(grep -c ': ok (' <<<"$out")" -eq 2
+out=$("$TALLY" validate - <"$dir/good.jsonl"); rc=$?
+check "validate -" test "$rc" -eq 0 -a "$out" = "stdin: ok (3 lines)"
+err=$("$TALLY" validate "$dir/demo.db" 2>&1 >/dev/null); rc=$?
+check "validate DB refused" test "$rc" -eq 2
+check "validate DB says why" grep -q 'is a database: validate checks JSONL files' <<<"$err"
+out=$("$TALLY" tail -n 1 - <"$dir/good.jsonl"); rc=$?
+check "tail - last line" test "$rc" -eq 0 -a "$(grep -c . <<<"$out")" -eq 1
+check "tail - shows run_end" grep -q 'run_end completed' <<<"$out"
+check "tail -f - streams" test "$("$TALLY" tail -f - <"$dir/good.jsonl" | grep -c .)" -eq 3
+err=$("$TALLY" tail "$dir/demo" 2>&1 >/dev/null); rc=$?
+check "tail DIR refused" test "$rc" -eq 2
+check "tail DIR says why" grep -q 'is a directory: tail follows one file' <<<"$err"
+err=$("$TALLY" tail "$dir/demo.db" 2>&1 >/dev/null); rc=$?
+check "tail DB refused, says why" grep -q 'is a database: tail follows JSONL files' <<<"$err"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
