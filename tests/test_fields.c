@@ -21,7 +21,15 @@ static void value_of(const field_def *f, int i, char *out, size_t n)
 }
 
 /* Number k's value in request i: distinct and positive. */
-static int64_t number_of(int k, int i) { return 1000 * (k + 1) + i; }
+/* Field k's value in request i: distinct per field, and meaning something
+ * valid together (prompt >= cached + cache-write, completion >= reasoning,
+ * latency >= ttft: the totals are given larger values). */
+static int64_t number_of(int k, int i)
+{
+    const char *key = tally_request_numbers[k].key;
+    int total = !strcmp(key, "prompt_tokens") || !strcmp(key, "completion_tokens") || !strcmp(key, "latency_us");
+    return (total ? 100000 : 1000) * (k + 1) + i;
+}
 
 static void record_all_fields(tally_t *h, int n)
 {

@@ -242,7 +242,7 @@ static void run_ok(const char *args, char *out, size_t n)
  * with --scan: all three the same. */
 static void same_three_ways(const char *file, const char *db, const char *args)
 {
-    static char a[1 << 16], b[1 << 16], c[1 << 16];
+    static char a[1 << 18], b[1 << 18], c[1 << 18];
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "stats --csv %s %s", args, file);
     run_ok(cmd, a, sizeof a);
@@ -263,7 +263,8 @@ static void test_three_ways(void **state)
 {
     (void)state;
     const char *dir = th_tmpdir("threeways");
-    char file[600], db[600], args[1600], out[4096];
+    char file[600], db[600], args[1600];
+    static char out[1 << 18];
     snprintf(file, sizeof file, "%s/e.jsonl", dir);
     snprintf(db, sizeof db, "%s/t.db", dir);
     write_events(file, 20000);
@@ -306,7 +307,8 @@ static void test_spill_and_dedup(void **state)
 {
     (void)state;
     const char *dir = th_tmpdir("spill");
-    char file[600], db[600], args[1600], out[4096];
+    char file[600], db[600], args[1600];
+    static char out[1 << 18];
     snprintf(file, sizeof file, "%s/seed2.jsonl", dir);
     snprintf(db, sizeof db, "%s/t.db", dir);
     /* TelemetryLogger with whole-second times: 3000 lines in one microsecond,
@@ -420,6 +422,12 @@ static void test_migrate_v1(void **state)
                                         -1, &ins, NULL),
                      SQLITE_OK);
     sqlite3_exec(s, "BEGIN", NULL, NULL, NULL);
+    {
+        /* The run's start first, as its writer knew it: steps and errors
+         * carry the run's model as the file's reader gives it them. */
+        row r0;
+        row_from_json(th_parse(&ar, l.line[0]), &ctx, &r0);
+    }
     for (size_t i = l.n; i-- > 0;) { /* arrival order unlike time order */
         json_arena_reset(&ar);
         row r;
@@ -458,7 +466,7 @@ static void test_migrate_v1(void **state)
     th_lines_free(&l);
 
     /* Read as v1 (no rollup, rows by ts) before any writer touches it. */
-    static char v1out[1 << 16], v2out[1 << 16], fout[1 << 16];
+    static char v1out[1 << 18], v2out[1 << 18], fout[1 << 18];
     snprintf(args, sizeof args, "stats --csv --by model,kind %s", db);
     run_ok(args, v1out, sizeof v1out);
     assert_int_equal(db_count(db, "PRAGMA user_version"), 1);
@@ -488,7 +496,7 @@ static void test_migrate_v2(void **state)
     (void)state;
     const char *dir = th_tmpdir("migv2");
     char file[600], db[600], args[1600], sql[512];
-    static char before[1 << 16], after[1 << 16];
+    static char before[1 << 18], after[1 << 18];
     snprintf(file, sizeof file, "%s/e.jsonl", dir);
     snprintf(db, sizeof db, "%s/t.db", dir);
     write_events(file, 500);
@@ -526,7 +534,8 @@ static void test_trim_keeps_rollup(void **state)
 {
     (void)state;
     const char *dir = th_tmpdir("trimroll");
-    char file[600], db[600], args[1600], out[4096];
+    char file[600], db[600], args[1600];
+    static char out[1 << 18];
     snprintf(file, sizeof file, "%s/e.jsonl", dir);
     snprintf(db, sizeof db, "%s/t.db", dir);
     write_events(file, 5000);
@@ -543,7 +552,7 @@ static void test_trim_keeps_rollup(void **state)
     store_close(s);
     assert_int_equal(db_count(db, "SELECT count(*) FROM events WHERE ts < 1795478670.5"), 0);
     assert_int_equal(db_count(db, "SELECT sum(events) FROM rollup"), db_count(db, "SELECT count(*) FROM events"));
-    static char b[1 << 16], c[1 << 16];
+    static char b[1 << 18], c[1 << 18];
     const char *q[] = {"--by model,ok", "--by kind --since 2026-11-24T00:04:00Z", "--by hour"};
     for (int i = 0; i < 3; i++) {
         snprintf(args, sizeof args, "stats --csv %s %s", q[i], db);
