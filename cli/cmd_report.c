@@ -65,6 +65,7 @@ typedef struct mark {
 typedef struct trun {
     point *pts;
     size_t npts;
+    int by_minute;           /* from a database's rollup: x is the minute, not the step */
     uint64_t seen, stride;
     mark evals[MARKS_MAX], errors[MARKS_MAX];
     size_t nevals, nerrors;
@@ -237,16 +238,10 @@ static void add_mark(mark *m, size_t *n, double step, double value, double ts, s
     (*n)++;
 }
 
-static void add_step(trun *t, const row *e)
+static void add_point(trun *t, point p)
 {
-    double step = (e->has & ROW_STEP) ? (double)e->step : (double)t->seen;
-    t->last_step = step;
+    t->last_step = p.step;
     if (t->seen++ % t->stride) return;
-    point p = {step, (e->has & ROW_LOSS) ? e->loss : NAN, (e->has & ROW_WALL) ? e->wall_us / 1e3 : NAN,
-               (e->has & ROW_WALL) && (e->has & ROW_STEP_TOKENS) && e->wall_us > 0
-                   ? (double)e->step_tokens / (e->wall_us / 1e6)
-                   : NAN,
-               (e->has & ROW_LR) ? e->lr : NAN, (e->has & ROW_TS) ? e->ts : NAN};
     t->pts[t->npts++] = p;
     if (t->npts == 2 * POINTS_MAX) {
         /* Full: keep every other point, and from now on every 2·stride-th. */
@@ -254,6 +249,17 @@ static void add_step(trun *t, const row *e)
         t->npts = POINTS_MAX;
         t->stride *= 2;
     }
+}
+
+static void add_step(trun *t, const row *e)
+{
+    point p = {(e->has & ROW_STEP) ? (double)e->step : (double)t->seen, (e->has & ROW_LOSS) ? e->loss : NAN,
+               (e->has & ROW_WALL) ? e->wall_us / 1e3 : NAN,
+               (e->has & ROW_WALL) && (e->has & ROW_STEP_TOKENS) && e->wall_us > 0
+                   ? (double)e->step_tokens / (e->wall_us / 1e6)
+                   : NAN,
+               (e->has & ROW_LR) ? e->lr : NAN, (e->has & ROW_TS) ? e->ts : NAN};
+    add_point(t, p);
 }
 
 static int on_report_row(void *ud, const row *e)
@@ -313,6 +319,70 @@ static int on_report_row(void *ud, const row *e)
     } else if (kind == AGG_ERROR && e->has & ROW_TS) {
         bucket *b = series_at(&r->fine, e->ts, &r->nomem);
         r->nomem |= agg_cell_add(&b->c, e) != 0;
+    }
+    return r->nomem ? -1 : 0;
+}
+
+/* A database's rollup cell (a minute of one key): the same aggregates as
+ * rows give, except that a training run is drawn per minute (loss at the
+ * minute's last step, its median step time) and runs are known by their
+ * cells (no run_end reason). */
+static int on_report_cell(void *ud, const rollup_key *k, const agg_cell *c)
+{
+    report *r = ud;
+    row e;
+    rollup_key_row(k, &e);
+    if (!where_pass(r->w, r->nw, &e)) return 0;
+    for (int i = 0; i < r->ntables; i++)
+        if (on_cell(&r->tables[i], k, c)) return -1;
+    run *x = run_of(r, e.run_id);
+    if (x && (e.has & ROW_TS)) {
+        if (e.ts < x->first) x->first = e.ts;
+        if (e.ts + 60 > x->last) x->last = e.ts + 60;
+    }
+    if (x && SV_IS(e.kind, "run_start") && !x->phase) x->phase = dup_sv(e.phase);
+    if (x && !x->model && e.model.p && k->agg != AGG_REQUEST) x->model = dup_sv(e.model);
+    if (k->agg == AGG_REQUEST) {
+        if (x) {
+            x->requests += c->requests;
+            x->failed += c->failed;
+        }
+        if (e.has & ROW_TS) {
+            int m = model_index(r, e.model);
+            bucket *b = series_at(&r->fine, e.ts, &r->nomem);
+            r->nomem |= agg_cell_merge(&b->c, c) != 0;
+            bucket *d = series_at(&r->daily, e.ts, &r->nomem);
+            d->tok_in[m] += (double)c->prompt;
+            d->tok_out[m] += (double)c->completion;
+            d->req[m] += c->requests;
+            d->cost[m] += agg_cost_usd(c);
+        }
+        return r->nomem ? -1 : 0;
+    }
+    if (!x) return 0;
+    trun *t = NULL;
+    if (c->steps || c->evals || (c->error_events && k->agg == AGG_ERROR)) t = train_of(r, x);
+    if (t) t->by_minute = 1;
+    double ts = (e.has & ROW_TS) ? e.ts : NAN;
+    if (k->agg == AGG_STEP) {
+        x->steps += c->steps;
+        if (t) {
+            point p = {ts, c->has_loss ? c->loss_last : NAN,
+                       c->step_time.n ? sketch_quantile(&c->step_time, 0.5) / 1e3 : NAN,
+                       c->step_tokens_n && c->step_wall_us > 0 ? (double)c->step_tokens / (c->step_wall_us / 1e6)
+                                                               : NAN,
+                       NAN, ts};
+            add_point(t, p);
+        }
+    } else if (k->agg == AGG_EVAL) {
+        x->evals += c->evals;
+        if (t) add_mark(t->evals, &t->nevals, ts, c->eval_last, ts, e.name.p ? e.name : SV_LIT("eval"));
+    } else if (k->agg == AGG_ERROR && !SV_IS(e.phase, "serve")) {
+        x->errors += c->error_events;
+        if (t) add_mark(t->errors, &t->nerrors, ts, NAN, ts, SV_LIT("errors in this minute"));
+    } else if (k->agg == AGG_ERROR && (e.has & ROW_TS)) {
+        bucket *b = series_at(&r->fine, e.ts, &r->nomem);
+        r->nomem |= agg_cell_merge(&b->c, c) != 0;
     }
     return r->nomem ? -1 : 0;
 }
@@ -448,6 +518,7 @@ static void runs_json(buf *b, report *r)
         enc_cstr(b, x->reason ? x->reason : "-");
         trun *t = x->train;
         if (t) {
+            buf_puts(b, t->by_minute ? ",\"x\":\"minute\"" : ",\"x\":\"step\"");
             buf_puts(b, ",\"stride\":");
             enc_i64(b, (int64_t)t->stride);
             buf_puts(b, ",\"points\":[");
@@ -689,9 +760,25 @@ int cmd_report(int argc, char **argv)
         goto out;
     }
     if (!by) by_parse(&r->tables[1], "engine", "report");
-    /* --where is applied once, here, for every part of the report. */
+    /* --where is applied once, here, for every part of the report.  A
+     * database's rollup answers when every --where key is one of its keys
+     * (as for stats); --by keys that are not are read from rows. */
+    int cells_ok = 1;
+    for (int i = 0; i < r->ntables; i++)
+        for (int k = 0; k < r->tables[i].nby; k++) cells_ok &= key_in_rollup(r->tables[i].by[k]);
+    for (int i = 0; i < r->nw; i++) cells_ok &= key_in_rollup(r->w[i].key);
+    if (cells_ok) o.cells = on_report_cell;
     source_stats st = {0};
     char err[600];
+    if (cells_ok && ns == 1 && source_kind(srcs[0], err, sizeof err) == READ_SQLITE_TALLY) {
+        /* Whole minutes: the time series' buckets are whole minutes too. */
+        series_free(&r->fine);
+        if (series_init(&r->fine, 60)) {
+            cli_error("report", "out of memory");
+            rc = 1;
+            goto out;
+        }
+    }
     if (source_read_all(srcs, ns, &o, on_report_row, r, &st, err, sizeof err)) {
         cli_error("report", "%s", err);
         rc = 1;

@@ -289,18 +289,19 @@
     training.forEach(function (r, ri) {
       var rs = el('section', tsec, null, {id: 'run-' + r.run, 'class': 'run'});
       el('h3', rs, r.run + ' \u00b7 ' + r.model);
-      el('p', rs, r.steps + ' steps' + (r.stride > 1 ? ' (every ' + r.stride + 'th drawn)' : '') + ', ' + r.evals + ' evals, ' + r.errors + ' errors, ended: ' + r.reason, {'class': 'meta'});
+      var byMin = r.x === 'minute', xk = byMin ? 'time' : 'num', xl = byMin ? 'per minute' : 'step';
+      el('p', rs, r.steps + ' steps' + (byMin ? ' (drawn per minute, from the database\u2019s rollup)' : '') + (r.stride > 1 ? ' (every ' + r.stride + 'th drawn)' : '') + ', ' + r.evals + ' evals, ' + r.errors + ' errors, ended: ' + r.reason, {'class': 'meta'});
       var g = el('div', rs, null, {'class': 'grid'});
       function col(i) { return r.points.map(function (p) { return [p[0], p[i]]; }); }
       function any(i) { return r.points.some(function (p) { return num(p[i]); }); }
       var marks = r.evals_at.map(function (e) { return {x: e[0], y: e[1], label: (e[2] || 'eval') + ': ' + fmt(e[1]), kind: 'eval'}; })
           .concat(r.errors_at.map(function (e) { return {x: e[0], y: null, label: 'error: ' + e[2], kind: 'error'}; }));
       if (any(1) || marks.length)
-        chart(g, {id: 'loss-' + ri, title: 'Loss by step', x: 'num', type: 'line', xlabel: 'step', fromZero: false,
+        chart(g, {id: 'loss-' + ri, title: byMin ? 'Loss, the last of each minute' : 'Loss by step', x: xk, type: 'line', xlabel: xl, fromZero: false,
                   series: [{name: 'train loss', points: col(1)}], marks: marks});
-      if (any(2)) chart(g, {id: 'steptime-' + ri, title: 'Step time (ms)', x: 'num', type: 'line', xlabel: 'step', series: [{name: 'ms', points: col(2)}]});
-      if (any(3)) chart(g, {id: 'toks-' + ri, title: 'Tokens per second', x: 'num', type: 'line', xlabel: 'step', series: [{name: 'tok/s', points: col(3)}]});
-      if (any(4)) chart(g, {id: 'lr-' + ri, title: 'Learning rate', x: 'num', type: 'line', xlabel: 'step', series: [{name: 'lr', points: col(4)}]});
+      if (any(2)) chart(g, {id: 'steptime-' + ri, title: byMin ? 'Step time, median of each minute (ms)' : 'Step time (ms)', x: xk, type: 'line', xlabel: xl, series: [{name: 'ms', points: col(2)}]});
+      if (any(3)) chart(g, {id: 'toks-' + ri, title: 'Tokens per second', x: xk, type: 'line', xlabel: xl, series: [{name: 'tok/s', points: col(3)}]});
+      if (any(4)) chart(g, {id: 'lr-' + ri, title: 'Learning rate', x: xk, type: 'line', xlabel: xl, series: [{name: 'lr', points: col(4)}]});
     });
   }
   if (!requests && !training.length) el('p', root, 'No requests or training steps in these sources.');
