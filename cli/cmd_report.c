@@ -90,7 +90,7 @@ typedef struct report {
     run *last_run;
     where w[MAX_WHERE];
     int nw;
-    agg_cell all;            /* every request (the buckets merged): the distributions */
+    agg_cell all;            /* every request (the first table's groups merged): the distributions */
     int nomem;
 } report;
 
@@ -350,7 +350,7 @@ static int on_report_cell(void *ud, const rollup_key *k, const agg_cell *c)
         if (e.has & ROW_TS) {
             int m = model_index(r, e.model);
             bucket *b = series_at(&r->fine, e.ts, &r->nomem);
-            r->nomem |= agg_cell_merge(&b->c, c) != 0;
+            r->nomem |= agg_cell_merge_lean(&b->c, c) != 0;
             bucket *d = series_at(&r->daily, e.ts, &r->nomem);
             d->tok_in[m] += (double)c->prompt;
             d->tok_out[m] += (double)c->completion;
@@ -382,7 +382,7 @@ static int on_report_cell(void *ud, const rollup_key *k, const agg_cell *c)
         if (t) add_mark(t->errors, &t->nerrors, ts, NAN, ts, SV_LIT("errors in this minute"));
     } else if (k->agg == AGG_ERROR && (e.has & ROW_TS)) {
         bucket *b = series_at(&r->fine, e.ts, &r->nomem);
-        r->nomem |= agg_cell_merge(&b->c, c) != 0;
+        r->nomem |= agg_cell_merge_lean(&b->c, c) != 0;
     }
     return r->nomem ? -1 : 0;
 }
@@ -793,8 +793,8 @@ int cmd_report(int argc, char **argv)
         r->nomem |= r->tables[i].nomem;
         if (r->tables[i].ng) qsort(r->tables[i].g, r->tables[i].ng, sizeof *r->tables[i].g, cmp_group);
     }
-    if (r->fine.any)
-        for (int64_t k = r->fine.lo; k <= r->fine.hi; k++) r->nomem |= agg_cell_merge(&r->all, &r->fine.b[k - r->fine.lo].c) != 0;
+    /* The distributions: every request is in one group of the first table. */
+    for (size_t k = 0; k < r->tables[0].ng; k++) r->nomem |= agg_cell_merge(&r->all, &r->tables[0].g[k]->c) != 0;
     if (r->nomem) {
         cli_error("report", "out of memory");
         rc = 1;

@@ -255,7 +255,12 @@ static void merge_eval(agg_cell *into, const agg_cell *from)
     into->evals += from->evals;
 }
 
-int agg_cell_merge(agg_cell *into, const agg_cell *from)
+static int merge(agg_cell *into, const agg_cell *from, int lean);
+
+int agg_cell_merge(agg_cell *into, const agg_cell *from) { return merge(into, from, 0); }
+int agg_cell_merge_lean(agg_cell *into, const agg_cell *from) { return merge(into, from, 1); }
+
+static int merge(agg_cell *into, const agg_cell *from, int lean)
 {
     int rc = 0;
     into->events += from->events;
@@ -283,9 +288,11 @@ int agg_cell_merge(agg_cell *into, const agg_cell *from)
     into->energy_n += from->energy_n;
     into->gpu_n += from->gpu_n;
     rc |= sketch_merge(&into->latency, &from->latency);
-    rc |= sketch_merge(&into->ttft, &from->ttft);
-    rc |= sketch_merge(&into->tpot, &from->tpot);
-    rc |= sketch_merge(&into->step_time, &from->step_time);
+    if (!lean) {
+        rc |= sketch_merge(&into->ttft, &from->ttft);
+        rc |= sketch_merge(&into->tpot, &from->tpot);
+        rc |= sketch_merge(&into->step_time, &from->step_time);
+    }
     for (int i = 0; i < AGG_MAX_DEGRADED && from->degraded[i]; i++)
         rc |= add_reason(into, from->degraded[i], strlen(from->degraded[i]), from->degraded_n[i]);
     into->degraded_other += from->degraded_other;

@@ -68,6 +68,9 @@ int agg_kind(const row *r);
  * when memory ran out. */
 int agg_cell_add(agg_cell *c, const row *r);
 int agg_cell_merge(agg_cell *into, const agg_cell *from);
+/* The same without the ttft, tpot and step-time sketches (their counts and
+ * sums still merge): for aggregates that only draw latency over time. */
+int agg_cell_merge_lean(agg_cell *into, const agg_cell *from);
 
 /* The cell as bytes (the rollup's `cell` column), and back: decoding
  * merges into c and returns 0, or -1 (c unchanged) for bytes that are not

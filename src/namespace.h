@@ -20,6 +20,7 @@
 #define agg_cell_free tally__agg_cell_free
 #define agg_cell_init tally__agg_cell_init
 #define agg_cell_merge tally__agg_cell_merge
+#define agg_cell_merge_lean tally__agg_cell_merge_lean
 #define agg_cell_reset tally__agg_cell_reset
 #define agg_kind tally__agg_kind
 #define buf_free tally__buf_free
