@@ -427,20 +427,17 @@ static void series_json(buf *b, const series *s, int nmodels, int daily)
                     buf_putc(b, ']');
                 }
             } else {
-                buf_puts(b, ",\"requests\":");
-                enc_i64(b, (int64_t)c->requests);
-                buf_puts(b, ",\"failed\":");
-                enc_i64(b, (int64_t)c->failed);
-                buf_puts(b, ",\"errors\":");
-                enc_i64(b, (int64_t)c->error_events);
+                enc_member_i64(b, "requests", (int64_t)c->requests);
+                enc_member_i64(b, "failed", (int64_t)c->failed);
+                enc_member_i64(b, "errors", (int64_t)c->error_events);
                 buf_puts(b, ",\"p50_ms\":");
                 put_q(b, &c->latency, 0.50);
                 buf_puts(b, ",\"p90_ms\":");
                 put_q(b, &c->latency, 0.90);
                 buf_puts(b, ",\"p99_ms\":");
                 put_q(b, &c->latency, 0.99);
-                buf_puts(b, ",\"j_per_tok\":");
-                put_num(b, c->energy_n && c->energy_completion > 0 ? c->energy_j / c->energy_completion : NAN);
+                enc_member_double(b, "j_per_tok",
+                                  c->energy_n && c->energy_completion > 0 ? c->energy_j / c->energy_completion : NAN);
                 buf_puts(b, ",\"degraded\":{");
                 for (int i = 0; i < AGG_MAX_DEGRADED && c->degraded[i]; i++) {
                     if (i) buf_putc(b, ',');
@@ -500,27 +497,19 @@ static void runs_json(buf *b, report *r)
         enc_cstr(b, x->phase ? x->phase : (x->steps ? "train" : x->requests ? "serve" : "-"));
         buf_puts(b, ",\"model\":");
         enc_cstr(b, x->model ? x->model : "-");
-        buf_puts(b, ",\"start\":");
-        put_num(b, isfinite(x->first) ? x->first : NAN);
-        buf_puts(b, ",\"end\":");
-        put_num(b, isfinite(x->last) ? x->last : NAN);
-        buf_puts(b, ",\"requests\":");
-        enc_i64(b, (int64_t)x->requests);
-        buf_puts(b, ",\"failed\":");
-        enc_i64(b, (int64_t)x->failed);
-        buf_puts(b, ",\"steps\":");
-        enc_i64(b, (int64_t)x->steps);
-        buf_puts(b, ",\"evals\":");
-        enc_i64(b, (int64_t)x->evals);
-        buf_puts(b, ",\"errors\":");
-        enc_i64(b, (int64_t)x->errors);
+        enc_member_double(b, "start", isfinite(x->first) ? x->first : NAN);
+        enc_member_double(b, "end", isfinite(x->last) ? x->last : NAN);
+        enc_member_i64(b, "requests", (int64_t)x->requests);
+        enc_member_i64(b, "failed", (int64_t)x->failed);
+        enc_member_i64(b, "steps", (int64_t)x->steps);
+        enc_member_i64(b, "evals", (int64_t)x->evals);
+        enc_member_i64(b, "errors", (int64_t)x->errors);
         buf_puts(b, ",\"reason\":");
         enc_cstr(b, x->reason ? x->reason : "-");
         trun *t = x->train;
         if (t) {
             buf_puts(b, t->by_minute ? ",\"x\":\"minute\"" : ",\"x\":\"step\"");
-            buf_puts(b, ",\"stride\":");
-            enc_i64(b, (int64_t)t->stride);
+            enc_member_i64(b, "stride", (int64_t)t->stride);
             buf_puts(b, ",\"points\":[");
             for (size_t k = 0; k < t->npts; k++) {
                 const point *p = &t->pts[k];

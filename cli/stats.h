@@ -60,6 +60,10 @@ const char *key_name(int k);
 int key_index(const char *s);
 void key_list(char *out, size_t n);           /* "model, engine, ..., hour" */
 int key_in_rollup(int k);
+/* The next item of a comma-separated list into tok: 1, 0 when it was cut
+ * (longer than tok), -1 at the end. */
+#define LIST_ITEM_MAX 64
+int list_next(const char **p, char tok[LIST_ITEM_MAX]);
 /* --by KEYS (comma-separated) into a->by; -1 (said, as `cmd`) when a key is unknown. */
 int by_parse(agg *a, const char *spec, const char *cmd);
 int on_row(void *ud, const row *e);           /* a source's row into its group */

@@ -211,17 +211,25 @@ int on_cell(void *ud, const rollup_key *k, const agg_cell *c)
 }
 
 /* --by KEYS into a->by; -1 (said) for an unknown key or too many. */
+int list_next(const char **p, char tok[LIST_ITEM_MAX])
+{
+    if (!**p) return -1;
+    const char *comma = strchr(*p, ',');
+    size_t len = comma ? (size_t)(comma - *p) : strlen(*p);
+    int fits = len < LIST_ITEM_MAX;
+    snprintf(tok, LIST_ITEM_MAX, "%.*s", (int)(fits ? len : LIST_ITEM_MAX - 1), *p);
+    *p += len + (comma != NULL);
+    return fits;
+}
+
 int by_parse(agg *a, const char *spec, const char *cmd)
 {
     const char *p = spec;
-    while (*p) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        char tok[64];
-        snprintf(tok, sizeof tok, "%.*s", (int)(len < sizeof tok ? len : sizeof tok - 1), p);
-        p += len + (comma != NULL);
+    char tok[LIST_ITEM_MAX];
+    int fits;
+    while ((fits = list_next(&p, tok)) >= 0) {
         if (!tok[0]) continue;
-        int k = len < sizeof tok ? key_index(tok) : -1;
+        int k = fits ? key_index(tok) : -1;
         if (k < 0) {
             char keys[512];
             key_list(keys, sizeof keys);

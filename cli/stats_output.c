@@ -204,27 +204,23 @@ int columns_parse(const char *list, uint64_t *mask)
         return 0;
     }
     const char *p = list;
-    while (*p) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        char tok[64];
-        snprintf(tok, sizeof tok, "%.*s", (int)(len < sizeof tok ? len : sizeof tok - 1), p);
-        int found = len < sizeof tok && key_index(tok) >= 0; /* a --by key: always shown */
-        for (size_t c = 0; c < NCOLS; c++)
-            if ((strlen(cols[c].name) == len && !memcmp(cols[c].name, p, len)) ||
-                (strlen(cols[c].head) == len && !memcmp(cols[c].head, p, len))) {
+    char tok[LIST_ITEM_MAX];
+    int fits;
+    while ((fits = list_next(&p, tok)) >= 0) {
+        int found = !tok[0] || (fits && key_index(tok) >= 0); /* a --by key: always shown */
+        for (size_t c = 0; c < NCOLS && fits; c++)
+            if (!strcmp(cols[c].name, tok) || !strcmp(cols[c].head, tok)) {
                 *mask |= (uint64_t)1 << c;
                 found = 1;
             }
-        if (!found && len) {
+        if (!found) {
             char names[2048];
             size_t k = 0;
             for (size_t c = 0; c < NCOLS && k < sizeof names; c++)
                 k += (size_t)snprintf(names + k, sizeof names - k, "%s%s", c ? ", " : "", cols[c].head);
-            cli_error("stats", "unknown column '%.*s' (columns: %s, or all)", (int)len, p, names);
+            cli_error("stats", "unknown column '%s' (columns: %s, or all)", tok, names);
             return -1;
         }
-        p += len + (comma != NULL);
     }
     return *mask ? 0 : -1;
 }
@@ -398,15 +394,11 @@ void stats_json(agg *a, const source_stats *st, buf *out)
         }
         buf_putc(out, '}');
     }
-    buf_puts(out, "],\"events\":");
-    enc_i64(out, (int64_t)st->events);
-    buf_puts(out, ",\"skipped_lines\":");
-    enc_i64(out, (int64_t)st->bad);
-    buf_puts(out, ",\"torn_lines\":");
-    enc_i64(out, (int64_t)st->torn);
-    buf_puts(out, ",\"duplicates\":");
-    enc_i64(out, (int64_t)st->duplicates);
-    buf_puts(out, ",\"rollup_cells\":");
-    enc_i64(out, (int64_t)st->cells);
+    buf_putc(out, ']');
+    enc_member_i64(out, "events", (int64_t)st->events);
+    enc_member_i64(out, "skipped_lines", (int64_t)st->bad);
+    enc_member_i64(out, "torn_lines", (int64_t)st->torn);
+    enc_member_i64(out, "duplicates", (int64_t)st->duplicates);
+    enc_member_i64(out, "rollup_cells", (int64_t)st->cells);
     buf_putc(out, '}');
 }

@@ -24,6 +24,23 @@ static inline int enc_cstr(buf *b, const char *s)
 
 void enc_i64(buf *b, int64_t v);
 void enc_double(buf *b, double v);
+/* A member after others: `,"key":v` (key is a literal name, not escaped). */
+static inline void enc_member_i64(buf *b, const char *key, int64_t v)
+{
+    buf_putc(b, ',');
+    buf_putc(b, '"');
+    buf_puts(b, key);
+    buf_puts(b, "\":");
+    enc_i64(b, v);
+}
+static inline void enc_member_double(buf *b, const char *key, double v)
+{
+    buf_putc(b, ',');
+    buf_putc(b, '"');
+    buf_puts(b, key);
+    buf_puts(b, "\":");
+    enc_double(b, v);
+}
 /* An integer count of microseconds as seconds with 6 decimals. */
 void enc_us_as_seconds(buf *b, int64_t us);
 /* 2026-11-23T11:14:25Z */
