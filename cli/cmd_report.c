@@ -367,7 +367,7 @@ static int on_report_cell(void *ud, const rollup_key *k, const agg_cell *c)
     if (k->agg == AGG_STEP) {
         x->steps += c->steps;
         if (t) {
-            point p = {ts, c->has_loss ? c->loss_last : NAN,
+            point p = {ts, c->has_loss ? c->loss.last : NAN,
                        c->step_time.n ? sketch_quantile(&c->step_time, 0.5) / 1e3 : NAN,
                        c->step_tokens_n && c->step_wall_us > 0 ? (double)c->step_tokens / (c->step_wall_us / 1e6)
                                                                : NAN,
@@ -376,7 +376,7 @@ static int on_report_cell(void *ud, const rollup_key *k, const agg_cell *c)
         }
     } else if (k->agg == AGG_EVAL) {
         x->evals += c->evals;
-        if (t) add_mark(t->evals, &t->nevals, ts, c->eval_last, ts, e.name.p ? e.name : SV_LIT("eval"));
+        if (t) add_mark(t->evals, &t->nevals, ts, c->eval.last, ts, e.name.p ? e.name : SV_LIT("eval"));
     } else if (k->agg == AGG_ERROR && !SV_IS(e.phase, "serve")) {
         x->errors += c->error_events;
         if (t) add_mark(t->errors, &t->nerrors, ts, NAN, ts, SV_LIT("errors in this minute"));

@@ -113,14 +113,14 @@ static double col_value(const agg_cell *g, size_t c)
         return (double)cnt;
     }
     if (IS("evals")) return (double)g->evals;
-    if (IS("val_loss_first")) return g->evals ? g->eval_first : NAN;
-    if (IS("val_loss_last")) return g->evals ? g->eval_last : NAN;
-    if (IS("val_loss_best")) return g->evals ? g->eval_best : NAN;
+    if (IS("val_loss_first")) return g->evals ? g->eval.first : NAN;
+    if (IS("val_loss_last")) return g->evals ? g->eval.last : NAN;
+    if (IS("val_loss_best")) return g->evals ? g->eval.min : NAN;
     if (IS("steps")) return (double)g->steps;
     if (IS("epochs")) return (double)g->epochs;
-    if (IS("loss_first")) return g->has_loss ? g->loss_first : NAN;
-    if (IS("loss_last")) return g->has_loss ? g->loss_last : NAN;
-    if (IS("loss_min")) return g->has_loss ? g->loss_min : NAN;
+    if (IS("loss_first")) return g->has_loss ? g->loss.first : NAN;
+    if (IS("loss_last")) return g->has_loss ? g->loss.last : NAN;
+    if (IS("loss_min")) return g->has_loss ? g->loss.min : NAN;
     if (IS("loss_nonfinite")) return (double)g->loss_nonfinite;
     if (IS("step_p50_ms")) return sketch_quantile(&g->step_time, 0.50) / 1e3;
     if (IS("step_p99_ms")) return sketch_quantile(&g->step_time, 0.99) / 1e3;

@@ -15,8 +15,8 @@ void agg_cell_init(agg_cell *c)
     sketch_init(&c->ttft);
     sketch_init(&c->tpot);
     sketch_init(&c->step_time);
-    c->loss_min = INFINITY;
-    c->loss_first_ts = c->loss_last_ts = NAN;
+    c->loss.min = INFINITY;
+    c->loss.first_ts = c->loss.last_ts = NAN;
 }
 
 static void free_reasons(agg_cell *c)
@@ -146,6 +146,26 @@ static int add_request(agg_cell *c, const row *r)
     return rc;
 }
 
+/* First and last across cells: by time, so that cells of different
+ * minutes or processes combine in the order the events happened; a value
+ * with no time keeps the order of merging.  `have`: into holds one. */
+static void merge_track(agg_loss *into, int have, const agg_loss *from)
+{
+    if (!have) {
+        *into = *from;
+        return;
+    }
+    if (from->first_ts < into->first_ts) {
+        into->first = from->first;
+        into->first_ts = from->first_ts;
+    }
+    if (!(from->last_ts < into->last_ts)) {
+        into->last = from->last;
+        into->last_ts = from->last_ts;
+    }
+    if (from->min < into->min) into->min = from->min;
+}
+
 static int add_step(agg_cell *c, const row *r)
 {
     int rc = 0;
@@ -155,15 +175,8 @@ static int add_step(agg_cell *c, const row *r)
         /* First and last by time (a step without one: in the order read),
          * as merging cells does. */
         double ts = (r->has & ROW_TS) ? r->ts : NAN;
-        if (!c->has_loss || ts < c->loss_first_ts) {
-            c->loss_first = r->loss;
-            c->loss_first_ts = ts;
-        }
-        if (!c->has_loss || !(ts < c->loss_last_ts)) {
-            c->loss_last = r->loss;
-            c->loss_last_ts = ts;
-        }
-        if (r->loss < c->loss_min) c->loss_min = r->loss;
+        agg_loss one = {r->loss, ts, r->loss, ts, r->loss};
+        merge_track(&c->loss, c->has_loss, &one);
         c->has_loss = 1;
     }
     if (r->has & ROW_WALL) {
@@ -177,8 +190,6 @@ static int add_step(agg_cell *c, const row *r)
     return rc;
 }
 
-static void merge_eval(agg_cell *into, const agg_cell *from);
-
 int agg_cell_add(agg_cell *c, const row *r)
 {
     c->events++;
@@ -187,12 +198,10 @@ int agg_cell_add(agg_cell *c, const row *r)
     case AGG_STEP: return add_step(c, r);
     case AGG_EPOCH: c->epochs++; return 0;
     case AGG_EVAL: {
-        agg_cell e;
-        memset(&e, 0, sizeof e);
-        e.evals = 1;
-        e.eval_first = e.eval_last = e.eval_best = r->loss;
-        e.eval_first_ts = e.eval_last_ts = (r->has & ROW_TS) ? r->ts : NAN;
-        merge_eval(c, &e);
+        double ts = (r->has & ROW_TS) ? r->ts : NAN;
+        agg_loss one = {r->loss, ts, r->loss, ts, r->loss};
+        merge_track(&c->eval, c->evals != 0, &one);
+        c->evals++;
         return 0;
     }
     case AGG_ERROR:
@@ -204,54 +213,18 @@ int agg_cell_add(agg_cell *c, const row *r)
     }
 }
 
-/* First and last loss across cells: by time, so that cells of different
- * minutes or processes combine in the order the steps happened; a loss
- * with no time keeps the order of merging. */
 static void merge_loss(agg_cell *into, const agg_cell *from)
 {
     if (!from->has_loss) return;
-    if (!into->has_loss) {
-        into->loss_first = from->loss_first;
-        into->loss_first_ts = from->loss_first_ts;
-        into->loss_last = from->loss_last;
-        into->loss_last_ts = from->loss_last_ts;
-        into->loss_min = from->loss_min;
-        into->has_loss = 1;
-        return;
-    }
-    if (from->loss_first_ts < into->loss_first_ts) {
-        into->loss_first = from->loss_first;
-        into->loss_first_ts = from->loss_first_ts;
-    }
-    if (!(from->loss_last_ts < into->loss_last_ts)) {
-        into->loss_last = from->loss_last;
-        into->loss_last_ts = from->loss_last_ts;
-    }
-    if (from->loss_min < into->loss_min) into->loss_min = from->loss_min;
+    merge_track(&into->loss, into->has_loss, &from->loss);
+    into->has_loss = 1;
 }
 
-/* Evaluations combine like losses: first and last by time, the best is
- * the lowest. */
+/* Evaluations combine like losses; the best is the lowest. */
 static void merge_eval(agg_cell *into, const agg_cell *from)
 {
     if (!from->evals) return;
-    if (!into->evals) {
-        into->eval_first = from->eval_first;
-        into->eval_first_ts = from->eval_first_ts;
-        into->eval_last = from->eval_last;
-        into->eval_last_ts = from->eval_last_ts;
-        into->eval_best = from->eval_best;
-    } else {
-        if (from->eval_first_ts < into->eval_first_ts) {
-            into->eval_first = from->eval_first;
-            into->eval_first_ts = from->eval_first_ts;
-        }
-        if (!(from->eval_last_ts < into->eval_last_ts)) {
-            into->eval_last = from->eval_last;
-            into->eval_last_ts = from->eval_last_ts;
-        }
-        if (from->eval_best < into->eval_best) into->eval_best = from->eval_best;
-    }
+    merge_track(&into->eval, into->evals != 0, &from->eval);
     into->evals += from->evals;
 }
 
@@ -344,11 +317,11 @@ void agg_cell_encode(const agg_cell *c, buf *b)
 #undef PD
     buf_putc(b, (char)c->has_loss);
     if (c->has_loss) {
-        put_f64(b, c->loss_first);
-        put_f64(b, c->loss_first_ts);
-        put_f64(b, c->loss_last);
-        put_f64(b, c->loss_last_ts);
-        put_f64(b, c->loss_min);
+        put_f64(b, c->loss.first);
+        put_f64(b, c->loss.first_ts);
+        put_f64(b, c->loss.last);
+        put_f64(b, c->loss.last_ts);
+        put_f64(b, c->loss.min);
     }
     sketch_encode(&c->latency, b);
     sketch_encode(&c->ttft, b);
@@ -368,11 +341,11 @@ void agg_cell_encode(const agg_cell *c, buf *b)
     if (c->loss_nonfinite || c->evals) put_uvarint(b, c->loss_nonfinite);
     if (c->evals) {
         put_uvarint(b, c->evals);
-        put_f64(b, c->eval_first);
-        put_f64(b, c->eval_first_ts);
-        put_f64(b, c->eval_last);
-        put_f64(b, c->eval_last_ts);
-        put_f64(b, c->eval_best);
+        put_f64(b, c->eval.first);
+        put_f64(b, c->eval.first_ts);
+        put_f64(b, c->eval.last);
+        put_f64(b, c->eval.last_ts);
+        put_f64(b, c->eval.min);
     }
 }
 
@@ -394,9 +367,9 @@ int agg_cell_decode_merge(agg_cell *c, const void *data, size_t n)
 #undef GD
     if (at >= n || p[at] > 1) goto out;
     t.has_loss = p[at++];
-    if (t.has_loss && (get_f64(p, n, &at, &t.loss_first) || get_f64(p, n, &at, &t.loss_first_ts) ||
-                       get_f64(p, n, &at, &t.loss_last) || get_f64(p, n, &at, &t.loss_last_ts) ||
-                       get_f64(p, n, &at, &t.loss_min)))
+    if (t.has_loss && (get_f64(p, n, &at, &t.loss.first) || get_f64(p, n, &at, &t.loss.first_ts) ||
+                       get_f64(p, n, &at, &t.loss.last) || get_f64(p, n, &at, &t.loss.last_ts) ||
+                       get_f64(p, n, &at, &t.loss.min)))
         goto out;
     sketch *sk[4] = {&t.latency, &t.ttft, &t.tpot, &t.step_time};
     for (int i = 0; i < 4; i++) {
@@ -414,9 +387,9 @@ int agg_cell_decode_merge(agg_cell *c, const void *data, size_t n)
         if (get_uvarint(p, n, &at, &cnt) || add_reason(&t, (const char *)s, len, cnt)) goto out;
     }
     if (at < n && get_uvarint(p, n, &at, &t.loss_nonfinite)) goto out;
-    if (at < n && (get_uvarint(p, n, &at, &t.evals) || !t.evals || get_f64(p, n, &at, &t.eval_first) ||
-                   get_f64(p, n, &at, &t.eval_first_ts) || get_f64(p, n, &at, &t.eval_last) ||
-                   get_f64(p, n, &at, &t.eval_last_ts) || get_f64(p, n, &at, &t.eval_best)))
+    if (at < n && (get_uvarint(p, n, &at, &t.evals) || !t.evals || get_f64(p, n, &at, &t.eval.first) ||
+                   get_f64(p, n, &at, &t.eval.first_ts) || get_f64(p, n, &at, &t.eval.last) ||
+                   get_f64(p, n, &at, &t.eval.last_ts) || get_f64(p, n, &at, &t.eval.min)))
         goto out;
     if (at != n) goto out;
     rc = agg_cell_merge(c, &t);

@@ -28,6 +28,12 @@
 /* What a row counts as. */
 enum { AGG_NONE, AGG_REQUEST, AGG_STEP, AGG_EPOCH, AGG_ERROR, AGG_EVAL, AGG_LAST = AGG_EVAL };
 
+/* A loss over events: of the earliest and the latest by time (events
+ * without a time: in the order added), and the lowest. */
+typedef struct agg_loss {
+    double first, first_ts, last, last_ts, min;
+} agg_loss;
+
 typedef struct agg_cell {
     uint64_t events;               /* rows added, whatever they count as */
     /* requests */
@@ -45,13 +51,13 @@ typedef struct agg_cell {
     uint64_t steps, epochs, error_events;
     uint64_t loss_nonfinite;       /* steps whose loss was NaN or infinite */
     int has_loss;
-    double loss_first, loss_first_ts, loss_last, loss_last_ts, loss_min;
+    agg_loss loss;
     double step_wall_us;
     int64_t step_tokens;
     uint64_t step_tokens_n;
     /* evaluations (not requests) with a loss: first and last by time, best */
     uint64_t evals;
-    double eval_first, eval_first_ts, eval_last, eval_last_ts, eval_best;
+    agg_loss eval;                 /* min: the best */
 } agg_cell;
 
 void agg_cell_init(agg_cell *c);
