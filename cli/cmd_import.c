@@ -1,5 +1,7 @@
 /*
- * tally import -- loads JSONL files into a tally database.
+ * tally import -- loads JSONL files into a tally database, or into
+ * ClickHouse (src/clickhouse.h: batches of JSONEachRow rows, one INSERT
+ * each, into a table that keeps one row per event id).
  *
  * Reads tally's own files, toy/v1 files from other producers (tep writes
  * `t` as an integer and its run_start has no run_id), v0 files with no
@@ -13,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clickhouse.h"
 #include "cli.h"
 #include "encode.h"
 #include "source.h"
@@ -84,18 +87,94 @@ static int import_file(store *db, const char *path, import_stats *st)
     return rc;
 }
 
+/* ---- into ClickHouse ---------------------------------------------------------------- */
+
+#define CH_BATCH_ROWS 20000
+#define CH_BATCH_BYTES ((size_t)16 << 20)
+
+typedef struct ch_import {
+    ch_target t;
+    buf batch;
+    size_t rows;
+    char insert[256];
+    import_stats *st;
+    int failed;
+} ch_import;
+
+/* Sends the batch: one INSERT.  A batch sent again (this import run twice)
+ * leaves rows the table's engine merges into one, and queries read FINAL. */
+static int ch_flush(ch_import *ci)
+{
+    if (!ci->rows) return 0;
+    char err[600];
+    long status = ch_request(&ci->t, ci->insert, ci->batch.p, ci->batch.len, NULL, err, sizeof err);
+    if (status != 200) {
+        cli_error("import", "%s", err);
+        ci->st->failed += ci->rows;
+        ci->failed = 1;
+    } else {
+        ci->st->imported += ci->rows;
+    }
+    buf_reset(&ci->batch);
+    ci->rows = 0;
+    return ci->failed;
+}
+
+static int ch_import_row(void *ud, const row *r)
+{
+    ch_import *ci = ud;
+    ch_row_json(&ci->batch, r);
+    if (ci->batch.failed) {
+        cli_error("import", "an event is larger than %zu MB", CH_BATCH_BYTES >> 20);
+        ci->failed = 1;
+        return 1;
+    }
+    if (++ci->rows >= CH_BATCH_ROWS || ci->batch.len >= CH_BATCH_BYTES / 2) return ch_flush(ci);
+    return 0;
+}
+
+static int import_clickhouse(const char *url, char **files, size_t nfiles, import_stats *st)
+{
+    ch_import ci;
+    memset(&ci, 0, sizeof ci);
+    char err[600];
+    if (ch_target_init(&ci.t, url, err, sizeof err) || ch_create_schema(&ci.t, err, sizeof err)) {
+        cli_error("import", "%s", err);
+        ch_target_free(&ci.t);
+        return 1;
+    }
+    snprintf(ci.insert, sizeof ci.insert, "INSERT INTO %s.events FORMAT JSONEachRow", ci.t.db);
+    buf_init(&ci.batch, CH_BATCH_BYTES);
+    ci.st = st;
+    int rc = 0;
+    for (size_t i = 0; i < nfiles && !rc && !ci.failed; i++) {
+        st->files++;
+        source_opts o = {0, 0, 0, NULL};
+        rc = source_read_jsonl(files[i], &o, ch_import_row, &ci, &st->read, err, sizeof err, 1);
+        if (rc && !ci.failed) cli_error("import", "%s", err);
+    }
+    if (!rc && !ci.failed) ch_flush(&ci);
+    buf_free(&ci.batch);
+    ch_target_free(&ci.t);
+    return rc || ci.failed ? 1 : 0;
+}
+
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: tally import FILE|DIR... --db DB\n"
+            "usage: tally import FILE|DIR... --db DB | --to clickhouse://HOST:PORT/DATABASE\n"
             "\n"
-            "Loads JSONL events into a tally SQLite database (created when missing).\n"
+            "Loads JSONL events into a tally SQLite database (created when missing), or\n"
+            "into ClickHouse (its database and tables created when missing; the user\n"
+            "and password from TALLY_CLICKHOUSE_USER and TALLY_CLICKHOUSE_PASSWORD or\n"
+            "TALLY_CLICKHOUSE_PASSWORD_FILE, never from the command line).\n"
             "Reads tally files, toy/v1 files from other producers (integer t, no\n"
             "schema), and TelemetryLogger tagged lines (ts/tag: step_begin, step_end,\n"
             "epoch_begin, epoch_end, error).  A DIR is searched for *.jsonl files.\n"
             "Importing the same file twice adds nothing.\n"
             "\n"
-            "  --db DB      the database (required)\n"
+            "  --db DB      the SQLite database\n"
+            "  --to URL     a ClickHouse database (clickhouses:// for TLS), or a SQLite path\n"
             "  -h, --help   this text\n");
 }
 
@@ -118,6 +197,13 @@ int cmd_import(int argc, char **argv)
             dbpath = argv[++i];
         } else if (!strncmp(argv[i], "--db=", 5)) {
             dbpath = argv[i] + 5;
+        } else if (!strcmp(argv[i], "--to")) {
+            if (i + 1 >= argc) {
+                cli_error("import", "--to needs a ClickHouse URL or a database path");
+                free(inputs);
+                return 2;
+            }
+            dbpath = argv[++i];
         } else if (argv[i][0] == '-' && argv[i][1]) {
             cli_error("import", "unknown option %s (try --help)", argv[i]);
             free(inputs);
@@ -127,7 +213,7 @@ int cmd_import(int argc, char **argv)
         }
     }
     if (!dbpath || !ninputs) {
-        cli_error("import", "%s", !dbpath ? "--db DB is required" : "no FILE or DIR given");
+        cli_error("import", "%s", !dbpath ? "--db DB or --to URL is required" : "no FILE or DIR given");
         free(inputs);
         return 2;
     }
@@ -139,15 +225,25 @@ int cmd_import(int argc, char **argv)
         cli_error("import", "%s", err);
         return 1;
     }
+    import_stats st;
+    memset(&st, 0, sizeof st);
+    int rc = 0;
+    if (ch_is_url(dbpath)) {
+        rc = import_clickhouse(dbpath, files, nfiles, &st);
+        free_list(files);
+        source_report_more(&st.read);
+        printf("files %llu, lines read %llu, sent %llu, unparseable %llu, torn last lines %llu\n",
+               (unsigned long long)st.files, (unsigned long long)st.read.lines, (unsigned long long)st.imported,
+               (unsigned long long)st.read.bad, (unsigned long long)st.read.torn);
+        if (st.failed) cli_error("import", "%llu events were not stored", (unsigned long long)st.failed);
+        return rc;
+    }
     store *db = store_open(dbpath, STORE_CREATE | STORE_CHECKPOINTER, err, sizeof err);
     if (!db) {
         cli_error("import", "%s", err);
         free_list(files);
         return 1;
     }
-    import_stats st;
-    memset(&st, 0, sizeof st);
-    int rc = 0;
     for (size_t i = 0; i < nfiles && rc == 0; i++) rc = import_file(db, files[i], &st);
     store_close(db);
     free_list(files);

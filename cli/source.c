@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "clickhouse.h"
 #include "idset.h"
 #include "read_sqlite.h"
 #include "util.h"
@@ -17,6 +18,7 @@
 int source_kind(const char *path, char *err, size_t errlen)
 {
     if (!strcmp(path, "-")) return 0;
+    if (ch_is_url(path)) return SOURCE_CLICKHOUSE;
     struct stat st;
     if (stat(path, &st) != 0) {
         snprintf(err, errlen, "%s: no such file or directory", path);
@@ -107,12 +109,80 @@ int source_read_jsonl(const char *path, const source_opts *o, row_fn fn, void *u
     return rc;
 }
 
+/* ---- ClickHouse ---------------------------------------------------------------- */
+
+typedef struct chread {
+    row_ctx ctx;
+    json_arena a;
+    const source_opts *o;
+    row_fn fn;
+    void *ud;
+    source_stats *st;
+    const char *path;
+    int stop;
+} chread;
+
+/* One row: its run_id, a tab, and the event's line as it was written. */
+static int ch_line(void *arg, char *line, size_t len)
+{
+    chread *c = arg;
+    c->st->lines++;
+    char *tab = memchr(line, '\t', len);
+    json_error je;
+    json_arena_reset(&c->a);
+    jv *v = tab ? json_parse(&c->a, tab + 1, len - (size_t)(tab + 1 - line), &je) : NULL;
+    snprintf(c->ctx.run_id, sizeof c->ctx.run_id, "%.*s", tab ? (int)(tab - line) : 0, line);
+    row e;
+    if (!v || v->type != JV_OBJ || !row_from_json(v, &c->ctx, &e)) {
+        report(c->st, c->path, c->st->lines, tab ? "not an event" : "not a row of tally's table");
+        return 0;
+    }
+    if (!in_range(c->o, &e)) return 0;
+    e.json = (sv){tab + 1, len - (size_t)(tab + 1 - line)};
+    c->st->events++;
+    c->stop = c->fn(c->ud, &e);
+    return c->stop;
+}
+
+/* Every event of a ClickHouse database, in time order, each once (the
+ * table is read FINAL: rows sent twice count once).  The time range is
+ * asked of the server; grouping is done here. */
+static int read_clickhouse(const char *url, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
+                           size_t errlen)
+{
+    ch_target t;
+    if (ch_target_init(&t, url, err, errlen)) return -1;
+    char sql[1024], where[256] = "";
+    if (o->since && o->until) snprintf(where, sizeof where, " WHERE ts >= %.6f AND ts < %.6f", o->since, o->until);
+    else if (o->since) snprintf(where, sizeof where, " WHERE ts >= %.6f", o->since);
+    else if (o->until) snprintf(where, sizeof where, " WHERE ts < %.6f", o->until);
+    snprintf(sql, sizeof sql, "SELECT run_id, json FROM %s.events FINAL%s ORDER BY ts, id FORMAT TabSeparatedRaw", t.db,
+             where);
+    chread c;
+    memset(&c, 0, sizeof c);
+    row_ctx_init(&c.ctx, "");
+    json_arena_init(&c.a, (size_t)64 << 20);
+    c.o = o;
+    c.fn = fn;
+    c.ud = ud;
+    c.st = st;
+    c.path = url;
+    long status = ch_query_lines(&t, sql, ch_line, &c, err, errlen);
+    json_arena_free(&c.a);
+    ch_target_free(&t);
+    return status == 200 ? 0 : -1;
+}
+
 static int read_sources(char **paths, int n, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
                         size_t errlen, int give_ids)
 {
     for (int i = 0; i < n; i++) {
         int kind = source_kind(paths[i], err, errlen);
         if (kind < 0) return -1;
+        if (kind == SOURCE_CLICKHOUSE) {
+            if (read_clickhouse(paths[i], o, fn, ud, st, err, errlen)) return -1;
+            continue;
+        }
         if (kind > 0) {
             if (read_sqlite(paths[i], kind, o, fn, ud, st, err, errlen)) return -1;
             continue;

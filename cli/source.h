@@ -5,7 +5,8 @@
  * header is a database (tally's by application_id, OpenJarvis's by its
  * `telemetry` table; read-only, never modified); anything else is JSON
  * Lines (tally, toy/v1 from other producers, TelemetryLogger tagged lines); a
- * directory is searched for *.jsonl; "-" is standard input.
+ * directory is searched for *.jsonl; "-" is standard input;
+ * clickhouse://HOST:PORT/DATABASE is tally's events table there.
  *
  * Every event becomes one `row` (src/row.h), the flat record the commands
  * aggregate.  A tally database can also answer with its rollup's cells
@@ -38,7 +39,9 @@ int source_read_jsonl(const char *path, const source_opts *o, row_fn fn, void *u
 /* "... N more lines skipped", when more were skipped than reported. */
 void source_report_more(const source_stats *st);
 
-/* What kind of source a path is: 0 JSONL, 1 tally DB, 2 OpenJarvis DB, -1 error. */
+/* What kind of source a path is: 0 JSONL, 1 tally DB, 2 OpenJarvis DB,
+ * SOURCE_CLICKHOUSE for a clickhouse:// URL, -1 error. */
+enum { SOURCE_CLICKHOUSE = 3 };
 int source_kind(const char *path, char *err, size_t errlen);
 
 #endif

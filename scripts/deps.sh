@@ -1,6 +1,6 @@
 # Sourced by the scripts: installs the Debian packages tally needs when any
 # is missing (as root, or through sudo when it is there).
-TALLY_PACKAGES="build-essential cmake pkg-config libcmocka-dev libsqlite3-dev sqlite3 clang libclang-rt-14-dev jq bc python3 python3-dev python3-venv python3-setuptools python3-pip python3-wheel python3-pytest python3-torch libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev prometheus chromium"
+TALLY_PACKAGES="build-essential cmake pkg-config libcmocka-dev libsqlite3-dev sqlite3 clang libclang-rt-14-dev jq bc python3 python3-dev python3-venv python3-setuptools python3-pip python3-wheel python3-pytest python3-torch libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev prometheus chromium clickhouse-server clickhouse-client curl"
 tally_deps() {
     local missing=""
     for p in $TALLY_PACKAGES; do

@@ -26,6 +26,14 @@
 #define buf_free tally__buf_free
 #define buf_grow tally__buf_grow
 #define buf_init tally__buf_init
+#define ch_columns tally__ch_columns
+#define ch_create_schema tally__ch_create_schema
+#define ch_is_url tally__ch_is_url
+#define ch_query_lines tally__ch_query_lines
+#define ch_request tally__ch_request
+#define ch_row_json tally__ch_row_json
+#define ch_target_free tally__ch_target_free
+#define ch_target_init tally__ch_target_init
 #define enc_double tally__enc_double
 #define enc_i64 tally__enc_i64
 #define enc_iso8601 tally__enc_iso8601
