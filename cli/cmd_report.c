@@ -640,7 +640,7 @@ static void usage(FILE *out)
             "Big inputs are aggregated while read: the file stays small.\n"
             "\n"
             "SOURCE: as for stats (JSONL files, run directories, '-', tally and OpenJarvis\n"
-            "databases).\n"
+            "databases, clickhouse://HOST:PORT/DATABASE).\n"
             "\n"
             "  -o FILE          where to write it (default report.html; '-' = stdout)\n"
             "  --by KEYS        the stats table's keys (default model; a second table by engine)\n"
