@@ -54,7 +54,8 @@
 #define BATCH_MAX_CELLS 16384
 #define SYNC_WAIT_MS 3000      /* a flush waits this long for the database, at most */
 #define BUSY_RETRY_MS 10000     /* a batch waits this long, in all, for another process's lock */
-#define BACKPRESSURE_MS 1000   /* a full batch waits this long for the database, at most */
+#define BACKPRESSURE_MS BUSY_RETRY_MS /* a full batch waits this long for the database, at most */
+#define COMMIT_WAIT_MS 1000      /* a commit waits this long for a busy database thread, at most */
 
 typedef struct batch {
     row *rows;
@@ -273,9 +274,9 @@ static int wait_idle(sqlsink *q, int64_t deadline_ns)
 /* Waits (under mu) for the database thread while that costs no event:
  * at most BACKPRESSURE_MS, and not once a recording queue is 3/4 full
  * (the writer must go and drain it).  Returns 1 when it is idle. */
-static int wait_harmless(sqlsink *q)
+static int wait_harmless(sqlsink *q, int ms)
 {
-    int64_t deadline = tally__mono_ns() + (int64_t)BACKPRESSURE_MS * 1000000;
+    int64_t deadline = tally__mono_ns() + (int64_t)ms * 1000000;
     while (q->busy && !tally__rings_pressed(q->h)) {
         int64_t slice = tally__mono_ns() + 2000000;
         if (slice > deadline) slice = deadline;
@@ -299,7 +300,7 @@ static int sql_write(sink *s, const wev *ev, const row *r, const char *line, siz
          * BACKPRESSURE_MS, and never once a recording queue is 3/4 full.
          * Past that, this event is this sink's own loss. */
         pthread_mutex_lock(&q->mu);
-        if (q->running) wait_harmless(q);
+        if (q->running) wait_harmless(q, BACKPRESSURE_MS);
         int handed = q->running && !q->busy;
         if (handed) hand_over(q);
         pthread_mutex_unlock(&q->mu);
@@ -319,12 +320,14 @@ static uint64_t sql_commit(sink *s, int sync)
     if (!q->running) start_thread(q);
     if (q->running) {
         /* Busy: let this batch grow once (group commit); at the next
-         * commit wait for the database while that is harmless, else let it
-         * grow on.  A flush waits a bounded time, then leaves the batch to
-         * a later commit. */
+         * commit wait for the database while that is harmless, at most
+         * COMMIT_WAIT_MS (on two cores, yielding to the database thread
+         * keeps inserts fast), else let it grow on: while another process
+         * holds the lock the database thread may be busy for seconds.  A flush
+         * waits a bounded time, then leaves the batch to a later commit. */
         int64_t deadline = sync ? tally__mono_ns() + (int64_t)SYNC_WAIT_MS * 1000000 : 0;
         if (sync) wait_idle(q, deadline);
-        else if (q->busy && q->fill->n && q->fill->deferred) wait_harmless(q);
+        else if (q->busy && q->fill->n && q->fill->deferred) wait_harmless(q, COMMIT_WAIT_MS);
         if (q->fill->n && !q->busy) hand_over(q);
         else if (q->fill->n) q->fill->deferred = 1;
         if (sync) wait_idle(q, deadline);
