@@ -78,6 +78,7 @@ typedef struct sqlsink {
     pthread_mutex_t mu;
     pthread_cond_t work_cv, idle_cv;
     int running, busy, stop;
+    int stalled;              /* a commit waited for the database thread in vain */
     _Atomic uint64_t lost;
 } sqlsink;
 
@@ -327,9 +328,14 @@ static uint64_t sql_commit(sink *s, int sync)
          * waits a bounded time, then leaves the batch to a later commit. */
         int64_t deadline = sync ? tally__mono_ns() + (int64_t)SYNC_WAIT_MS * 1000000 : 0;
         if (sync) wait_idle(q, deadline);
-        else if (q->busy && q->fill->n && q->fill->deferred) wait_harmless(q, COMMIT_WAIT_MS);
-        if (q->fill->n && !q->busy) hand_over(q);
-        else if (q->fill->n) q->fill->deferred = 1;
+        else if (q->busy && q->fill->n && q->fill->deferred && !q->stalled)
+            q->stalled = !wait_harmless(q, COMMIT_WAIT_MS); /* still busy: do not wait again until it is not */
+        if (q->fill->n && !q->busy) {
+            hand_over(q);
+            q->stalled = 0;
+        } else if (q->fill->n) {
+            q->fill->deferred = 1;
+        }
         if (sync) wait_idle(q, deadline);
     }
     pthread_mutex_unlock(&q->mu);
@@ -351,7 +357,7 @@ static void sql_after_fork(sink *s)
     pthread_mutex_init(&q->mu, NULL);
     pthread_cond_init(&q->work_cv, NULL);
     pthread_cond_init(&q->idle_cv, NULL);
-    q->running = q->busy = q->stop = 0;
+    q->running = q->busy = q->stop = q->stalled = 0;
     batch_clear(&q->b[0]);
     batch_clear(&q->b[1]);
     atomic_store(&q->lost, 0);
