@@ -92,7 +92,7 @@ static void check_key(const uint8_t *data, size_t size)
     const char *lo = (const char *)data, *hi = lo + size;
     for (int i = 0; i < RK_NSTR; i++)
         if (k.s[i].p && (k.s[i].p < lo || k.s[i].p + k.s[i].n > hi)) abort();
-    if (k.ok < -1 || k.ok > 1 || k.agg < AGG_NONE || k.agg > AGG_ERROR || k.minute != 7) abort();
+    if (k.ok < -1 || k.ok > 1 || k.agg < AGG_NONE || k.agg > AGG_LAST || k.minute != 7) abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
