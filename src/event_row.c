@@ -109,6 +109,6 @@ void tally__row_of_event(struct tally *h, const wev *ev, row *r)
         break;
     }
     r->id = (sv){ev->id, strlen(ev->id)};
-    row_take_run_model(r, (sv){h->model, strlen(h->model)}, (sv){h->phase, strlen(h->phase)});
+    row_take_run_model(r, h->model, h->phase);
 }
 

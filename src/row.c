@@ -37,15 +37,14 @@ void row_ctx_init(row_ctx *c, const char *run_id)
     snprintf(c->run_id, sizeof c->run_id, "%s", run_id ? run_id : "");
 }
 
-void row_take_run_model(row *r, sv run_model, sv run_phase)
+void row_take_run_model(row *r, const char *run_model, const char *run_phase)
 {
-    if (r->model.p || !run_model.p || !run_model.n) return;
+    /* Requests (the most rows) carry their own model: nothing to do. */
+    if (r->model.p || !run_model || !*run_model) return;
     int training = SV_IS(r->kind, "step") || SV_IS(r->kind, "epoch") || (SV_IS(r->kind, "eval") && !row_is_request(r)) ||
-                   (SV_IS(r->kind, "error") && (SV_IS(run_phase, "train") || SV_IS(r->phase, "train")));
-    if (training) r->model = run_model;
+                   (SV_IS(r->kind, "error") && (!strcmp(run_phase, "train") || SV_IS(r->phase, "train")));
+    if (training) r->model = (sv){run_model, strlen(run_model)};
 }
-
-static sv cstr_sv(const char *s) { return (sv){s, strlen(s)}; }
 
 /* The members a top-level line may have that rows use. */
 typedef struct top {
@@ -306,7 +305,7 @@ int row_from_json(const jv *v, row_ctx *c, row *r)
         r->request_id = str(o.request_id);
     }
     if (SV_IS(kind, "run_start")) return 1;
-    if (run) row_take_run_model(r, cstr_sv(run->model), cstr_sv(run->phase));
-    else row_take_run_model(r, cstr_sv(c->model), cstr_sv(c->phase));
+    if (run) row_take_run_model(r, run->model, run->phase);
+    else row_take_run_model(r, c->model, c->phase);
     return 1;
 }

@@ -131,7 +131,7 @@ typedef struct row_ctx {
 /* A training event (step, epoch, an eval that is not a request, an error
  * of a training run) without a model of its own is the run's model's: the
  * writer stores it so, and readers of lines fill it the same way. */
-void row_take_run_model(row *r, sv run_model, sv run_phase);
+void row_take_run_model(row *r, const char *run_model, const char *run_phase);
 
 /* `run_id` names the file's run until a run_start says otherwise. */
 void row_ctx_init(row_ctx *c, const char *run_id);
