@@ -95,9 +95,6 @@ void ch_target_free(ch_target *t)
     t->password = NULL;
 }
 
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
-
 static size_t on_body(char *p, size_t size, size_t n, void *ud)
 {
     buf *b = ud;
@@ -113,7 +110,7 @@ typedef size_t (*write_fn)(char *p, size_t size, size_t n, void *ud);
 static long perform(const ch_target *t, const char *sql, const char *body, size_t len, write_fn wf, void *wud,
                     const buf *errbody, char *err, size_t errlen)
 {
-    pthread_once(&curl_once, curl_init_once);
+    tally__curl_init();
     CURL *c = curl_easy_init();
     if (!c) {
         snprintf(err, errlen, "cannot start an HTTP client");

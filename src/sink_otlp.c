@@ -104,9 +104,6 @@ __attribute__((format(printf, 3, 4))) static void olog(osink *o, int level, cons
     o->log(o->log_ud, level, msg);
 }
 
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
-
 static int64_t now_ns(void) { return tally__real_us() * 1000; }
 
 /* ---- the spool ----------------------------------------------------------------- */
@@ -730,7 +727,7 @@ static char *join_url(const char *base, const char *path)
 
 osink *otlp_exporter_open(const otlp_conf *c)
 {
-    pthread_once(&curl_once, curl_init_once);
+    tally__curl_init();
     osink *o = calloc(1, sizeof *o);
     if (!o) return NULL;
     o->log = c->log;

@@ -4,7 +4,9 @@
  */
 #include "internal.h"
 
+#include <curl/curl.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -76,3 +78,9 @@ int tally__mkdir_p(const char *path, int parents_only)
     if (!parents_only && mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
     return 0;
 }
+
+/* libcurl's global state, set up once for every part that sends (the OTLP
+ * exporter, ClickHouse). */
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
+void tally__curl_init(void) { pthread_once(&curl_once, curl_init_once); }

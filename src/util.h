@@ -11,6 +11,8 @@
 
 int64_t tally__mono_ns(void);
 int64_t tally__real_us(void);
+/* curl_global_init, once per process (thread-safe). */
+void tally__curl_init(void);
 /* The CLOCK_REALTIME time `ns` from now, for pthread_cond_timedwait and
  * pthread_timedjoin_np. */
 struct timespec tally__deadline(int64_t ns);
