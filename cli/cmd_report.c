@@ -750,12 +750,10 @@ int cmd_report(int argc, char **argv)
     }
     if (!by) by_parse(&r->tables[1], "engine", "report");
     /* --where is applied once, here, for every part of the report.  A
-     * database's rollup answers when every --where key is one of its keys
-     * (as for stats); --by keys that are not are read from rows. */
-    int cells_ok = 1;
-    for (int i = 0; i < r->ntables; i++)
-        for (int k = 0; k < r->tables[i].nby; k++) cells_ok &= key_in_rollup(r->tables[i].by[k]);
-    for (int i = 0; i < r->nw; i++) cells_ok &= key_in_rollup(r->w[i].key);
+     * database's rollup answers when every --by and --where key is one of
+     * its keys (as for stats); otherwise rows are read. */
+    int cells_ok = keys_in_rollup(&r->tables[0], r->w, r->nw) &&
+                   (r->ntables < 2 || keys_in_rollup(&r->tables[1], NULL, 0));
     if (cells_ok) o.cells = on_report_cell;
     source_stats st = {0};
     char err[600];

@@ -164,9 +164,7 @@ int cmd_stats(int argc, char **argv)
     char err[600];
     /* A database's rollup answers when every key asked about is one of its
      * keys and costs are not recomputed (that needs each request). */
-    int cells_ok = !scan && !a.reprice;
-    for (int i = 0; i < a.nby; i++) cells_ok &= key_in_rollup(a.by[i]);
-    for (int i = 0; i < a.nw; i++) cells_ok &= key_in_rollup(a.w[i].key);
+    int cells_ok = !scan && !a.reprice && keys_in_rollup(&a, a.w, a.nw);
     if (cells_ok) o.cells = on_cell;
     if (source_read_all(srcs, ns, &o, on_row, &a, &st, err, sizeof err)) {
         cli_error("stats", "%s", err);

@@ -60,6 +60,9 @@ const char *key_name(int k);
 int key_index(const char *s);
 void key_list(char *out, size_t n);           /* "model, engine, ..., hour" */
 int key_in_rollup(int k);
+/* 1 when a database's rollup can answer: every --by key of `a` and every
+ * --where key in w is one of its keys. */
+int keys_in_rollup(const agg *a, const where *w, int nw);
 /* The next item of a comma-separated list into tok: 1, 0 when it was cut
  * (longer than tok), -1 at the end. */
 #define LIST_ITEM_MAX 64

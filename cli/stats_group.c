@@ -41,6 +41,14 @@ int key_in_rollup(int k)
     return k != K_ERROR;
 }
 
+int keys_in_rollup(const agg *a, const where *w, int nw)
+{
+    int ok = 1;
+    for (int i = 0; i < a->nby; i++) ok &= key_in_rollup(a->by[i]);
+    for (int i = 0; i < nw; i++) ok &= key_in_rollup(w[i].key);
+    return ok;
+}
+
 static sv or_dash(sv v) { return v.p ? v : SV_LIT("-"); }
 
 sv key_value(const row *e, int k, char *tmp, size_t n)
