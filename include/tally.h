@@ -147,6 +147,21 @@ typedef struct tally_config {
     uint64_t otlp_spool_max_bytes;
     uint32_t otlp_backoff_ms;
     uint32_t otlp_metrics_interval_ms;
+
+    /* ClickHouse (docs/clickhouse.md): "clickhouse://HOST:PORT/DATABASE"
+     * (the HTTP interface; "clickhouses://" for TLS).  TALLY_CLICKHOUSE
+     * overrides it.  Credentials come from TALLY_CLICKHOUSE_USER and
+     * TALLY_CLICKHOUSE_PASSWORD or TALLY_CLICKHOUSE_PASSWORD_FILE only,
+     * never from the URL.  The database and tables are made on first use;
+     * rows go in batches by a thread of the sink.  While the server is
+     * away, batches wait in `clickhouse_spool_dir` (TALLY_CLICKHOUSE_SPOOL;
+     * default: beside the JSONL file or database, "<file>.clickhouse-spool")
+     * up to `clickhouse_spool_max_bytes` (0 = 1 GiB); retries start after
+     * `clickhouse_backoff_ms` (0 = 1000). */
+    const char *clickhouse;
+    const char *clickhouse_spool_dir;
+    uint64_t clickhouse_spool_max_bytes;
+    uint32_t clickhouse_backoff_ms;
 } tally_config;
 
 /* Fills `cfg` with the defaults above (everything zero / NULL). */

@@ -387,6 +387,8 @@ void ch_row_json(buf *b, const row *r)
     put_opt(b, "wall_us", (r->has & ROW_WALL) != 0, r->wall_us, 0);
     put_opt(b, "step_tokens", (r->has & ROW_STEP_TOKENS) != 0, (double)r->step_tokens, 1);
     put_opt(b, "lr", (r->has & ROW_LR) != 0, r->lr, 0);
-    put_str(b, "json", r->json);
+    sv json = r->json;
+    while (json.n && (json.p[json.n - 1] == '\n' || json.p[json.n - 1] == '\r')) json.n--;
+    put_str(b, "json", json);
     buf_puts(b, "}\n");
 }

@@ -61,7 +61,7 @@ struct sink {
     _Atomic uint64_t lost;    /* events this sink could not keep (its own count) */
 };
 
-#define TALLY_MAX_SINKS 6
+#define TALLY_MAX_SINKS 7
 
 /* Totals of every process sharing the run (MAP_SHARED), for run_end.
  * Forked children also mirror each ring's `offered` here, and add what
@@ -251,6 +251,7 @@ int sink_metrics_open(struct tally *h, sink *s, const char *listen, uint32_t ser
 int sink_metrics_port(const sink *s);
 struct metrics *sink_metrics_table(const sink *s);
 int sink_otlp_open(struct tally *h, sink *s, const tally_config *cfg, const char *endpoint, struct metrics *mx);
+int sink_clickhouse_open(struct tally *h, sink *s, const tally_config *cfg, const char *url);
 int sink_sqlite_open(struct tally *h, sink *s, const char *path);
 void tally__new_nonce(struct tally *h);
 size_t sink_memory_count(sink *s);

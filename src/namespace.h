@@ -137,6 +137,7 @@
 #define ship_resp_free tally__ship_resp_free
 #define ship_sent tally__ship_sent
 #define sink_callback_open tally__sink_callback_open
+#define sink_clickhouse_open tally__sink_clickhouse_open
 #define sink_jsonl_open tally__sink_jsonl_open
 #define sink_memory_count tally__sink_memory_count
 #define sink_memory_foreach tally__sink_memory_foreach

@@ -134,8 +134,10 @@ tally_t *tally_open(const tally_config *cfg_in)
     const char *metrics_listen = env_listen && *env_listen ? env_listen : cfg->metrics_listen;
     const char *env_otlp = getenv("TALLY_OTLP_ENDPOINT");
     const char *otlp = env_otlp && *env_otlp ? env_otlp : cfg->otlp_endpoint;
+    const char *env_ch = getenv("TALLY_CLICKHOUSE");
+    const char *ch = env_ch && *env_ch ? env_ch : cfg->clickhouse;
     h->enabled = !env_true("TALLY_DISABLE") && (want_file || (db && *db) || cfg->memory_sink || cfg->subscriber ||
-                                                (metrics_listen && *metrics_listen) || (otlp && *otlp));
+                                                (metrics_listen && *metrics_listen) || (otlp && *otlp) || (ch && *ch));
     if (!h->enabled) return h; /* disabled: no I/O, nothing more to allocate */
 
     h->phase = dup_or(cfg->phase, "serve");
@@ -211,6 +213,10 @@ tally_t *tally_open(const tally_config *cfg_in)
     }
     if (otlp && *otlp) {
         sink_otlp_open(h, &h->sinks[h->n_sinks], cfg, otlp, sink_metrics_table(h->metrics));
+        if (h->sinks[h->n_sinks].state) h->n_sinks++;
+    }
+    if (ch && *ch) {
+        sink_clickhouse_open(h, &h->sinks[h->n_sinks], cfg, ch);
         if (h->sinks[h->n_sinks].state) h->n_sinks++;
     }
     for (int i = 0; i < h->n_sinks; i++) h->wants_rows |= h->sinks[i].ops->wants_row;

@@ -281,6 +281,8 @@ static kw config_kws[] = {
     CFG(git_branch, K_STR) CFG(git_dirty, K_BOOL) CFG(memory_sink, K_BOOL) CFG(memory_max_events, K_SIZE)
     CFG(metrics_listen, K_STR) CFG(metrics_series_cap, K_U32) CFG(otlp_endpoint, K_STR) CFG(otlp_spool_dir, K_STR)
     CFG(otlp_spool_max_bytes, K_U64) CFG(otlp_backoff_ms, K_U32) CFG(otlp_metrics_interval_ms, K_U32)
+    CFG(clickhouse, K_STR) CFG(clickhouse_spool_dir, K_STR) CFG(clickhouse_spool_max_bytes, K_U64)
+    CFG(clickhouse_backoff_ms, K_U32)
 };
 #define N_CONFIG_KWS (sizeof config_kws / sizeof config_kws[0])
 
