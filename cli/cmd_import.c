@@ -1,6 +1,6 @@
 /*
  * tally import -- loads JSONL files into a tally database, or into
- * ClickHouse (src/clickhouse.h: batches of JSONEachRow rows, one INSERT
+ * ClickHouse (src/clickhouse.h: batches of TabSeparated rows, one INSERT
  * each, into a table that keeps one row per event id).
  *
  * Reads tally's own files, toy/v1 files from other producers (tep writes
@@ -96,7 +96,7 @@ typedef struct ch_import {
     ch_target t;
     buf batch;
     size_t rows;
-    char insert[256];
+    char insert[4096];
     import_stats *st;
     int failed;
 } ch_import;
@@ -123,7 +123,7 @@ static int ch_flush(ch_import *ci)
 static int ch_import_row(void *ud, const row *r)
 {
     ch_import *ci = ud;
-    ch_row_json(&ci->batch, r);
+    ch_row_tsv(&ci->batch, r);
     if (ci->batch.failed) {
         cli_error("import", "an event is larger than %zu MB", CH_BATCH_BYTES >> 20);
         ci->failed = 1;
@@ -143,7 +143,7 @@ static int import_clickhouse(const char *url, char **files, size_t nfiles, impor
         ch_target_free(&ci.t);
         return 1;
     }
-    snprintf(ci.insert, sizeof ci.insert, "INSERT INTO %s.events FORMAT JSONEachRow", ci.t.db);
+    snprintf(ci.insert, sizeof ci.insert, "INSERT INTO %s.events (%s) FORMAT TabSeparated", ci.t.db, ch_columns());
     buf_init(&ci.batch, CH_BATCH_BYTES);
     ci.st = st;
     int rc = 0;

@@ -335,60 +335,82 @@ out:
 
 /* ---- rows ----------------------------------------------------------------------------- */
 
-static void put_str(buf *b, const char *key, sv v)
+/* TabSeparated: a string with ClickHouse's escapes (backslash, tab, line
+ * ends, NUL); absent numbers are \N.  The server parses this format at
+ * about twice the speed of JSONEachRow, which bounds how fast rows go in. */
+static void tsv_str(buf *b, sv v)
 {
-    buf_putc(b, ',');
-    enc_cstr(b, key);
-    buf_putc(b, ':');
-    enc_str(b, v.p ? v.p : "", v.p ? v.n : 0);
+    buf_putc(b, '\t');
+    const char *p = v.p ? v.p : "";
+    size_t n = v.p ? v.n : 0, run = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i], e = 0;
+        switch (c) {
+        case '\\': e = '\\'; break;
+        case '\t': e = 't'; break;
+        case '\n': e = 'n'; break;
+        case '\r': e = 'r'; break;
+        case '\0': e = '0'; break;
+        case '\b': e = 'b'; break;
+        case '\f': e = 'f'; break;
+        default: continue;
+        }
+        buf_put(b, p + run, i - run);
+        buf_putc(b, '\\');
+        buf_putc(b, e);
+        run = i + 1;
+    }
+    buf_put(b, p + run, n - run);
 }
 
-static void put_opt(buf *b, const char *key, int has, double v, int integer)
+static void tsv_opt(buf *b, int has, double v, int integer)
 {
-    buf_putc(b, ',');
-    enc_cstr(b, key);
-    buf_putc(b, ':');
-    if (!has || !isfinite(v)) buf_puts(b, "null");
+    buf_putc(b, '\t');
+    if (!has || !isfinite(v)) buf_puts(b, "\\N");
     else if (integer) enc_i64(b, (int64_t)llround(v));
     else enc_double(b, v);
 }
 
-void ch_row_json(buf *b, const row *r)
+void ch_row_tsv(buf *b, const row *r)
 {
-    buf_puts(b, "{\"id\":");
-    enc_str(b, r->id.p ? r->id.p : "", r->id.p ? r->id.n : 0);
-    put_str(b, "run_id", r->run_id);
-    put_str(b, "kind", r->kind);
-    put_str(b, "phase", r->phase);
-    put_str(b, "name", r->name);
+    size_t start = b->len;
+    tsv_str(b, r->id);
+    if (!b->failed) {
+        /* the first column has no tab before it */
+        memmove(b->p + start, b->p + start + 1, b->len - start - 1);
+        b->len--;
+    }
+    tsv_str(b, r->run_id);
+    tsv_str(b, r->kind);
+    tsv_str(b, r->phase);
+    tsv_str(b, r->name);
     double ts = (r->has & ROW_TS) ? r->ts : 0;
-    buf_puts(b, ",\"ts\":");
+    buf_putc(b, '\t');
     enc_double(b, ts);
     char day[16];
     time_t sec = (time_t)floor(ts);
     struct tm tm;
     gmtime_r(&sec, &tm);
     strftime(day, sizeof day, "%Y-%m-%d", &tm);
-    buf_puts(b, ",\"date\":\"");
+    buf_putc(b, '\t');
     buf_puts(b, day);
-    buf_puts(b, "\",\"ok\":");
-    buf_puts(b, (r->has & ROW_OK) ? (r->ok ? "1" : "0") : "null");
-    put_str(b, "error", r->error);
-    put_str(b, "degraded", r->degraded);
-#define CH_LABEL(SLOT, name, flags) put_str(b, #name, r->name);
+    buf_puts(b, (r->has & ROW_OK) ? (r->ok ? "\t1" : "\t0") : "\t\\N");
+    tsv_str(b, r->error);
+    tsv_str(b, r->degraded);
+#define CH_LABEL(SLOT, name, flags) tsv_str(b, r->name);
     TALLY_REQUEST_LABELS(CH_LABEL)
 #undef CH_LABEL
 #define CH_NUMBER(key, api, rec, type, present, rowm, rowbit, fl)                                                  \
-    put_opt(b, #key, (r->has & (rowbit)) != 0, (double)r->rowm, (type) == FLD_I64);
+    tsv_opt(b, (r->has & (rowbit)) != 0, (double)r->rowm, (type) == FLD_I64);
     TALLY_REQUEST_NUMBERS(CH_NUMBER)
 #undef CH_NUMBER
-    put_opt(b, "step", (r->has & ROW_STEP) != 0, (double)r->step, 1);
-    put_opt(b, "loss", (r->has & ROW_LOSS) != 0, r->loss, 0);
-    put_opt(b, "wall_us", (r->has & ROW_WALL) != 0, r->wall_us, 0);
-    put_opt(b, "step_tokens", (r->has & ROW_STEP_TOKENS) != 0, (double)r->step_tokens, 1);
-    put_opt(b, "lr", (r->has & ROW_LR) != 0, r->lr, 0);
+    tsv_opt(b, (r->has & ROW_STEP) != 0, (double)r->step, 1);
+    tsv_opt(b, (r->has & ROW_LOSS) != 0, r->loss, 0);
+    tsv_opt(b, (r->has & ROW_WALL) != 0, r->wall_us, 0);
+    tsv_opt(b, (r->has & ROW_STEP_TOKENS) != 0, (double)r->step_tokens, 1);
+    tsv_opt(b, (r->has & ROW_LR) != 0, r->lr, 0);
     sv json = r->json;
     while (json.n && (json.p[json.n - 1] == '\n' || json.p[json.n - 1] == '\r')) json.n--;
-    put_str(b, "json", json);
-    buf_puts(b, "}\n");
+    tsv_str(b, json);
+    buf_putc(b, '\n');
 }

@@ -1,7 +1,7 @@
 /*
  * clickhouse -- tally's events in ClickHouse, over its HTTP interface
  * (docs/clickhouse.md): where a server is, its credentials, the tables
- * (from the field table, src/fields.h), a row as a JSONEachRow line, and
+ * (from the field table, src/fields.h), a row as a TabSeparated line, and
  * one request.
  *
  * A target is `clickhouse://HOST:PORT/DATABASE` (`clickhouses://` for
@@ -55,10 +55,12 @@ long ch_query_lines(const ch_target *t, const char *sql, ch_line_fn fn, void *ud
  * version.  0, or -1 with a reason. */
 int ch_create_schema(const ch_target *t, char *err, size_t errlen);
 
-/* The event as one JSONEachRow line (with its '\n') for the events table. */
-void ch_row_json(buf *b, const row *r);
+/* The event as one TabSeparated line (with its '\n') for the events
+ * table, its columns in the table's order ("INSERT ... FORMAT
+ * TabSeparated"). */
+void ch_row_tsv(buf *b, const row *r);
 
-/* The columns of the events table, in the order ch_row_json writes them:
+/* The columns of the events table, in the order ch_row_tsv writes them:
  * for SELECTs that read rows back. */
 const char *ch_columns(void);
 

@@ -31,7 +31,7 @@
 #define ch_is_url tally__ch_is_url
 #define ch_query_lines tally__ch_query_lines
 #define ch_request tally__ch_request
-#define ch_row_json tally__ch_row_json
+#define ch_row_tsv tally__ch_row_tsv
 #define ch_target_free tally__ch_target_free
 #define ch_target_init tally__ch_target_init
 #define enc_double tally__enc_double

@@ -2,7 +2,7 @@
  * sink_clickhouse -- events into ClickHouse as they are recorded
  * (docs/clickhouse.md).
  *
- * The writer thread turns each event's row into a JSONEachRow line
+ * The writer thread turns each event's row into a TabSeparated line
  * (clickhouse.c) in a buffer of its own; at each commit the buffer joins
  * the shipper's open batch (ship.c), which is sealed at 100,000 rows,
  * 16 MiB or one second, and posted by the shipper's thread as one
@@ -137,7 +137,7 @@ static int ch_write(sink *s, const wev *ev, const struct row *r, const char *lin
     chsink *c = s->state;
     if (!r) return -1;
     size_t mark = c->pend.len;
-    ch_row_json(&c->pend, r);
+    ch_row_tsv(&c->pend, r);
     if (c->pend.failed) {
         c->pend.failed = 0;
         c->pend.len = mark;
@@ -191,8 +191,8 @@ static const sink_ops ch_ops = {"clickhouse", 1, ch_write, ch_commit, ch_after_f
 
 static char *insert_url(const ch_target *t)
 {
-    char sql[300];
-    snprintf(sql, sizeof sql, "INSERT INTO %s.events FORMAT JSONEachRow", t->db);
+    char sql[4096];
+    snprintf(sql, sizeof sql, "INSERT INTO %s.events (%s) FORMAT TabSeparated", t->db, ch_columns());
     CURL *e = curl_easy_init();
     char *q = e ? curl_easy_escape(e, sql, 0) : NULL;
     size_t n = strlen(t->base) + (q ? strlen(q) : 0) + 16;
