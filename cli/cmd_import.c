@@ -67,7 +67,7 @@ static int import_file(store *db, const char *path, import_stats *st)
         return -1;
     }
     importer im = {db, st, 0};
-    source_opts o = {0, 0, 0, NULL};
+    source_opts o = {0};
     char err[512] = "";
     int rc = source_read_jsonl(path, &o, import_row, &im, &st->read, err, sizeof err, 1);
     if (rc != 0) cli_error("import", "%s", err);
@@ -149,7 +149,7 @@ static int import_clickhouse(const char *url, char **files, size_t nfiles, impor
     int rc = 0;
     for (size_t i = 0; i < nfiles && !rc && !ci.failed; i++) {
         st->files++;
-        source_opts o = {0, 0, 0, NULL};
+        source_opts o = {0};
         rc = source_read_jsonl(files[i], &o, ch_import_row, &ci, &st->read, err, sizeof err, 1);
         if (rc && !ci.failed) cli_error("import", "%s", err);
     }

@@ -696,7 +696,7 @@ int cmd_report(int argc, char **argv)
         return 1;
     }
     agg_cell_init(&r->all);
-    source_opts o = {0, 0, 0, NULL};
+    source_opts o = {0};
     const char *out = "report.html", *since = NULL, *until = NULL, *by = NULL;
     int ns = 0, rc = 0;
     for (int i = 1; i < argc; i++) {

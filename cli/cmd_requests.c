@@ -258,7 +258,7 @@ int cmd_requests(int argc, char **argv)
         rc = 2;
         goto out;
     }
-    source_opts o = {0, 0, 0, NULL};
+    source_opts o = {0};
     double now = (double)time(NULL);
     if ((since && parse_when(since, now, &o.since)) || (until && parse_when(until, now, &o.until))) {
         cli_error("requests", "--since / --until: a duration (30m, 24h, 7d) or an ISO-8601 time");

@@ -246,7 +246,7 @@ int cmd_runs(int argc, char **argv)
         return 2;
     }
     runs rs = {0};
-    source_opts o = {0, 0, 0, NULL};
+    source_opts o = {0};
     source_stats st = {0};
     char err[600];
     if (source_read_all(srcs, ns, &o, on_event, &rs, &st, err, sizeof err)) {

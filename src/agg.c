@@ -89,6 +89,8 @@ static int add_reason(agg_cell *c, const char *p, size_t n, uint64_t count)
     return 0;
 }
 
+int agg_cell_add_reason(agg_cell *c, const char *p, size_t n, uint64_t count) { return add_reason(c, p, n, count); }
+
 static int add_request(agg_cell *c, const row *r)
 {
     int rc = 0;

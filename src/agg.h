@@ -74,6 +74,8 @@ int agg_kind(const row *r);
  * when memory ran out. */
 int agg_cell_add(agg_cell *c, const row *r);
 int agg_cell_merge(agg_cell *into, const agg_cell *from);
+/* `count` requests degraded for one reason (for cells built from counts). */
+int agg_cell_add_reason(agg_cell *c, const char *p, size_t n, uint64_t count);
 /* The same without the ttft, tpot and step-time sketches (their counts and
  * sums still merge): for aggregates that only draw latency over time. */
 int agg_cell_merge_lean(agg_cell *into, const agg_cell *from);

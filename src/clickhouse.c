@@ -333,6 +333,33 @@ out:
     return rc;
 }
 
+/* Whether the events table may hold two rows of one event: not when every
+ * partition is a single part that came out of a merge (a merge keeps one
+ * row per key; one event's rows share a partition, as its date comes from
+ * its time).  Then reading without FINAL gives the same rows, many times
+ * faster (ClickHouse 18.16 merges FINAL on one thread). */
+static int part_line(void *ud, char *line, size_t len)
+{
+    int *dup = ud;
+    char *tab = memchr(line, '\t', len);
+    if (!tab) return 0;
+    long parts = strtol(line, NULL, 10), level = strtol(tab + 1, NULL, 10);
+    if (parts != 1 || level < 1) *dup = 1;
+    return 0;
+}
+
+const char *ch_final(const ch_target *t)
+{
+    char sql[512], err[300];
+    snprintf(sql, sizeof sql,
+             "SELECT count(), min(level) FROM system.parts WHERE database = '%s' AND table = 'events' AND active "
+             "GROUP BY partition FORMAT TabSeparated",
+             t->db);
+    int dup = 0;
+    if (ch_query_lines(t, sql, part_line, &dup, err, sizeof err) != 200) return " FINAL";
+    return dup ? " FINAL" : "";
+}
+
 /* ---- rows ----------------------------------------------------------------------------- */
 
 /* TabSeparated: a string with ClickHouse's escapes (backslash, tab, line

@@ -55,6 +55,11 @@ long ch_query_lines(const ch_target *t, const char *sql, ch_line_fn fn, void *ud
  * version.  0, or -1 with a reason. */
 int ch_create_schema(const ch_target *t, char *err, size_t errlen);
 
+/* " FINAL" when the events table may hold two rows of one event (queries
+ * then read it de-duplicated), "" when it cannot (every partition one
+ * merged part). */
+const char *ch_final(const ch_target *t);
+
 /* The event as one TabSeparated line (with its '\n') for the events
  * table, its columns in the table's order ("INSERT ... FORMAT
  * TabSeparated"). */

@@ -15,6 +15,7 @@
 #define TALLY_NAMESPACE_H
 
 #define agg_cell_add tally__agg_cell_add
+#define agg_cell_add_reason tally__agg_cell_add_reason
 #define agg_cell_decode_merge tally__agg_cell_decode_merge
 #define agg_cell_encode tally__agg_cell_encode
 #define agg_cell_free tally__agg_cell_free
@@ -28,6 +29,7 @@
 #define buf_init tally__buf_init
 #define ch_columns tally__ch_columns
 #define ch_create_schema tally__ch_create_schema
+#define ch_final tally__ch_final
 #define ch_is_url tally__ch_is_url
 #define ch_query_lines tally__ch_query_lines
 #define ch_request tally__ch_request
@@ -148,6 +150,7 @@
 #define sink_otlp_open tally__sink_otlp_open
 #define sink_sqlite_open tally__sink_sqlite_open
 #define sketch_add tally__sketch_add
+#define sketch_add_n tally__sketch_add_n
 #define sketch_decode_merge tally__sketch_decode_merge
 #define sketch_encode tally__sketch_encode
 #define sketch_free tally__sketch_free

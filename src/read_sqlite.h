@@ -22,6 +22,13 @@ typedef struct source_opts {
     /* With `cells`, a tally database gives whole minutes as rollup cells
      * and only the minutes cut by since/until as rows. */
     cell_fn cells;
+    /* With `cells` and ch_pushdown, ClickHouse answers with one cell per
+     * group of these keys (`tally stats`'s K_* numbers, cli/stats.h), the
+     * --where conditions it can test given as SQL in ch_where (NULL: none). */
+    int ch_pushdown;
+    int ch_keys[16];
+    int n_ch_keys;
+    const char *ch_where;
 } source_opts;
 
 typedef struct source_stats {

@@ -132,6 +132,25 @@ int sketch_add(sketch *s, double v)
     return 0;
 }
 
+int sketch_add_n(sketch *s, double v, uint64_t n)
+{
+    if (v != v || !n) return 0;
+    if (v >= 1) {
+        init_tables();
+        int i = bucket_of(v);
+        if (cover(s, i, i)) return -1;
+        s->win[i - s->base] += n;
+        touch(s, i);
+    } else {
+        s->low += n;
+    }
+    s->n += n;
+    s->sum += v * (double)n;
+    if (v < s->min) s->min = v;
+    if (v > s->max) s->max = v;
+    return 0;
+}
+
 int sketch_merge(sketch *into, const sketch *from)
 {
     if (!from->n) return 0;

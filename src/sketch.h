@@ -46,6 +46,8 @@ void sketch_free(sketch *s);
 void sketch_reset(sketch *s);
 /* Returns -1 only when the bucket window cannot be allocated. */
 int sketch_add(sketch *s, double v);
+/* n values v at once (a histogram read from elsewhere, bucket by bucket). */
+int sketch_add_n(sketch *s, double v, uint64_t n);
 int sketch_merge(sketch *into, const sketch *from);
 /* q in [0,1]; NAN when empty. */
 double sketch_quantile(const sketch *s, double q);

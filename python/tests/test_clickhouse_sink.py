@@ -82,6 +82,26 @@ def record_mix(t, n, model_of=lambda i: f"m{i % 3}"):
                   degraded="web_failed" if i % 23 == 0 else None)
 
 
+def stats_agree(a, b, path=""):
+    """Counts and sums equal (floats to 1e-9), percentiles within the
+    sketch's 1%."""
+    if isinstance(a, dict):
+        keys = set(a) | set(b)
+        keys.discard("rollup_cells")
+        for k in keys:
+            assert k in a and k in b, f"{path}.{k} missing"
+            stats_agree(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            stats_agree(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        tol = 0.01 if any(p in path for p in ("_p50", "_p90", "_p99")) else 1e-9
+        assert abs(a - b) <= tol * max(abs(a), abs(b)), f"{path}: {a} != {b}"
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
 def test_rows_equal_the_file_and_stats_agree(ch, creds, tmp):
     with tally.Tally(path="a.jsonl", clickhouse=ch.url("live"), prices=os.path.join(ROOT, "examples", "prices.json")) as t:
         record_mix(t, 3000)
@@ -109,10 +129,17 @@ def test_rows_equal_the_file_and_stats_agree(ch, creds, tmp):
         assert (c["model"], c["engine"], int(c["prompt_tokens"]), float(c["latency_us"])) == \
             (x["model"], x["engine"], x["prompt_tokens"], x["latency_us"])
         assert c["ok"] == (0 if x.get("ok") is False else 1)
-    a = tally_cli("stats", "--json", "--by", "model,engine", ch.url("live"), cwd=tmp)
-    b = tally_cli("stats", "--json", "--by", "model,engine", "a.jsonl", cwd=tmp)
-    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
-    assert json.loads(a.stdout) == json.loads(b.stdout)
+    # stats asked of the server (cells) = stats of the file = stats of the rows read back
+    for args in (["--by", "model,engine"], ["--by", "route,ok", "--where", "engine=e1"], ["--by", "degraded,hour"],
+                 ["--by", "run", "--where", "model!=m2", "--since", "1h"], []):
+        a = tally_cli("stats", "--json", *args, ch.url("live"), cwd=tmp)
+        b = tally_cli("stats", "--json", *args, "a.jsonl", cwd=tmp)
+        c = tally_cli("stats", "--json", "--scan", *args, ch.url("live"), cwd=tmp)
+        assert a.returncode == 0 and b.returncode == 0 and c.returncode == 0, a.stderr + b.stderr + c.stderr
+        pushed = json.loads(a.stdout)
+        assert pushed["rollup_cells"] > 0                       # the server answered
+        stats_agree(pushed, json.loads(b.stdout))
+        stats_agree(pushed, json.loads(c.stdout))
 
 
 def test_server_stopped_mid_run_every_event_once(ch, creds, tmp):
