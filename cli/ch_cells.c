@@ -93,37 +93,6 @@ void ch_where_sql(const where *w, int nw, buf *out)
 
 /* ---- answers ----------------------------------------------------------------------- */
 
-/* Splits a TabSeparated line into fields, undoing ClickHouse's escapes in
- * place.  Returns the number of fields (at most max). */
-static int tsv_fields(char *line, size_t len, char **f, size_t *fl, int max)
-{
-    int n = 0;
-    size_t i = 0;
-    while (n < max) {
-        char *o = line + i;
-        f[n] = o;
-        size_t w = 0;
-        while (i < len && line[i] != '\t') {
-            char c = line[i++];
-            if (c == '\\' && i < len) {
-                char e = line[i++];
-                c = e == 't' ? '\t' : e == 'n' ? '\n' : e == 'r' ? '\r' : e == '0' ? '\0' : e == 'b' ? '\b'
-                    : e == 'f' ? '\f' : e == 'N' ? 0x1 : e;
-                if (e == 'N') {
-                    /* \N: NULL, kept as the two characters */
-                    o[w++] = '\\';
-                    c = 'N';
-                }
-            }
-            o[w++] = c;
-        }
-        fl[n++] = w;
-        if (i >= len) break;
-        i++; /* the tab */
-    }
-    return n;
-}
-
 static int is_null(const char *p, size_t n) { return n == 2 && p[0] == '\\' && p[1] == 'N'; }
 static double num(const char *p, size_t n) { return is_null(p, n) ? 0 : strtod(p, NULL); }
 static int64_t inum(const char *p, size_t n) { return is_null(p, n) ? 0 : strtoll(p, NULL, 10); }
@@ -183,7 +152,7 @@ static int on_agg(void *ud, char *line, size_t len)
     cells *cs = ud;
     char *f[64];
     size_t fl[64];
-    int n = tsv_fields(line, len, f, fl, 64);
+    int n = ch_tsv_split(line, len, f, fl, 64);
     if (n != cs->nk + A_N) {
         cs->bad = 1;
         return 1;
@@ -263,7 +232,7 @@ static int on_bucket(void *ud, char *line, size_t len)
     cells *cs = ud;
     char *f[64];
     size_t fl[64];
-    int n = tsv_fields(line, len, f, fl, 64);
+    int n = ch_tsv_split(line, len, f, fl, 64);
     if (n != cs->nk + 4) {
         cs->bad = 1;
         return 1;

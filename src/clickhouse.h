@@ -65,6 +65,13 @@ const char *ch_final(const ch_target *t);
  * TabSeparated"). */
 void ch_row_tsv(buf *b, const row *r);
 
+/* One TabSeparated value: a tab, then v with ClickHouse's escapes. */
+void ch_tsv_str(buf *b, sv v);
+/* Splits a TabSeparated line (no newline) into at most `max` fields,
+ * undoing the escapes in place; a NULL stays the two characters \N.
+ * Returns the number of fields. */
+int ch_tsv_split(char *line, size_t len, char **f, size_t *fl, int max);
+
 /* The columns of the events table, in the order ch_row_tsv writes them:
  * for SELECTs that read rows back. */
 const char *ch_columns(void);

@@ -36,6 +36,8 @@
 #define ch_row_tsv tally__ch_row_tsv
 #define ch_target_free tally__ch_target_free
 #define ch_target_init tally__ch_target_init
+#define ch_tsv_split tally__ch_tsv_split
+#define ch_tsv_str tally__ch_tsv_str
 #define enc_double tally__enc_double
 #define enc_i64 tally__enc_i64
 #define enc_iso8601 tally__enc_iso8601
