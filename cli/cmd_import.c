@@ -15,7 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <math.h>
+
 #include "clickhouse.h"
+#include "hash.h"
+#include "read_sqlite.h"
 #include "cli.h"
 #include "encode.h"
 #include "source.h"
@@ -95,7 +99,9 @@ static int import_file(store *db, const char *path, import_stats *st)
 typedef struct ch_import {
     ch_target t;
     buf batch;
+    buf line;                 /* an event's line, for rows read from a database without one */
     size_t rows;
+    uint64_t run_hash, ordinal; /* the database being read: its name, the row's place */
     char insert[4096];
     import_stats *st;
     int failed;
@@ -120,9 +126,58 @@ static int ch_flush(ch_import *ci)
     return ci->failed;
 }
 
-static int ch_import_row(void *ud, const row *r)
+/* An OpenJarvis row has no line and no id: it gets tally's line for a
+ * request (its cost in USD as integer nano-USD, as tally keeps costs) and
+ * an id from the database's name and the row's place in it, so importing
+ * the database again gives the same ids. */
+static void line_of_row(ch_import *ci, row *r)
+{
+    buf *b = &ci->line;
+    buf_reset(b);
+    char id[40];
+    ci->ordinal++;
+    if (r->id.p) snprintf(id, sizeof id, "%.*s", (int)(r->id.n < 39 ? r->id.n : 39), r->id.p);
+    else
+        snprintf(id, sizeof id, "%012llx000000%010llx", (unsigned long long)(ci->run_hash & 0xffffffffffffULL),
+                 (unsigned long long)(ci->ordinal & 0xffffffffffULL));
+    if ((r->has & ROW_COST_USD) && !(r->has & ROW_COST)) {
+        r->cost_nusd = (int64_t)llround(r->cost_usd * 1e9);
+        r->has = (r->has & ~(unsigned)ROW_COST_USD) | ROW_COST;
+    }
+    buf_puts(b, "{\"kind\":\"eval\",\"phase\":\"serve\",\"name\":\"request\",\"id\":\"");
+    size_t id_at = b->len;
+    buf_puts(b, id);
+    buf_putc(b, '"');
+    if (r->has & ROW_TS) enc_member_double(b, "ts", r->ts);
+    buf_puts(b, ",\"extra\":{\"model\":");
+    enc_str(b, r->model.p ? r->model.p : "", r->model.p ? r->model.n : 0);
+    if (r->engine.p) {
+        buf_puts(b, ",\"engine\":");
+        enc_str(b, r->engine.p, r->engine.n);
+    }
+    enc_member_i64(b, "prompt_tokens", r->prompt);
+    enc_member_i64(b, "completion_tokens", r->completion);
+    if (r->has & ROW_LATENCY) enc_member_i64(b, "latency_us", (int64_t)llround(r->latency_us));
+    if (r->has & ROW_TTFT) enc_member_i64(b, "ttft_us", (int64_t)llround(r->ttft_us));
+    if (r->has & ROW_COST) enc_member_i64(b, "cost_nusd", r->cost_nusd);
+    if (r->has & ROW_ENERGY) enc_member_double(b, "energy_j", r->energy_j);
+    if (r->has & ROW_GPU) enc_member_double(b, "gpu_util_pct", r->gpu_util);
+    buf_puts(b, "}}");
+    if (b->failed) return;
+    r->id = (sv){b->p + id_at, strlen(id)};
+    r->json = (sv){b->p, b->len};
+}
+
+static int ch_import_row(void *ud, const row *given)
 {
     ch_import *ci = ud;
+    row copy;
+    const row *r = given;
+    if (!given->json.p || !given->json.n) {
+        copy = *given;
+        line_of_row(ci, &copy);
+        r = &copy;
+    }
     ch_row_tsv(&ci->batch, r);
     if (ci->batch.failed) {
         cli_error("import", "an event is larger than %zu MB", CH_BATCH_BYTES >> 20);
@@ -133,7 +188,7 @@ static int ch_import_row(void *ud, const row *r)
     return 0;
 }
 
-static int import_clickhouse(const char *url, char **files, size_t nfiles, import_stats *st)
+static int import_clickhouse(const char *url, char **files, size_t nfiles, char **dbs, int ndbs, import_stats *st)
 {
     ch_import ci;
     memset(&ci, 0, sizeof ci);
@@ -145,8 +200,21 @@ static int import_clickhouse(const char *url, char **files, size_t nfiles, impor
     }
     snprintf(ci.insert, sizeof ci.insert, "INSERT INTO %s.events (%s) FORMAT TabSeparated", ci.t.db, ch_columns());
     buf_init(&ci.batch, CH_BATCH_BYTES);
+    buf_init(&ci.line, (size_t)1 << 20);
     ci.st = st;
     int rc = 0;
+    for (int i = 0; i < ndbs && !rc && !ci.failed; i++) {
+        st->files++;
+        source_opts o = {0};
+        o.with_json = 1;
+        int kind = source_kind(dbs[i], err, sizeof err);
+        const char *base = strrchr(dbs[i], '/');
+        base = base ? base + 1 : dbs[i];
+        ci.run_hash = fnv1a(FNV_SEED, base, strlen(base));
+        ci.ordinal = 0;
+        rc = kind < 0 ? -1 : read_sqlite(dbs[i], kind, &o, ch_import_row, &ci, &st->read, err, sizeof err);
+        if (rc && !ci.failed) cli_error("import", "%s", err);
+    }
     for (size_t i = 0; i < nfiles && !rc && !ci.failed; i++) {
         st->files++;
         source_opts o = {0};
@@ -155,6 +223,7 @@ static int import_clickhouse(const char *url, char **files, size_t nfiles, impor
     }
     if (!rc && !ci.failed) ch_flush(&ci);
     buf_free(&ci.batch);
+    buf_free(&ci.line);
     ch_target_free(&ci.t);
     return rc || ci.failed ? 1 : 0;
 }
@@ -162,12 +231,16 @@ static int import_clickhouse(const char *url, char **files, size_t nfiles, impor
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: tally import FILE|DIR... --db DB | --to clickhouse://HOST:PORT/DATABASE\n"
+            "usage: tally import FILE|DIR... --db DB\n"
+            "       tally import FILE|DIR|DB... --to clickhouse://HOST:PORT/DATABASE\n"
             "\n"
             "Loads JSONL events into a tally SQLite database (created when missing), or\n"
-            "into ClickHouse (its database and tables created when missing; the user\n"
-            "and password from TALLY_CLICKHOUSE_USER and TALLY_CLICKHOUSE_PASSWORD or\n"
-            "TALLY_CLICKHOUSE_PASSWORD_FILE, never from the command line).\n"
+            "JSONL events, tally databases and OpenJarvis telemetry databases into\n"
+            "ClickHouse (its database and tables created when missing; the user and\n"
+            "password from TALLY_CLICKHOUSE_USER and TALLY_CLICKHOUSE_PASSWORD or\n"
+            "TALLY_CLICKHOUSE_PASSWORD_FILE, never from the command line).  An OpenJarvis\n"
+            "row's cost in USD is kept as integer nano-USD, as tally keeps costs; its\n"
+            "total_tokens and throughput columns are not kept.\n"
             "Reads tally files, toy/v1 files from other producers (integer t, no\n"
             "schema), and TelemetryLogger tagged lines (ts/tag: step_begin, step_end,\n"
             "epoch_begin, epoch_end, error).  A DIR is searched for *.jsonl files.\n"
@@ -218,26 +291,55 @@ int cmd_import(int argc, char **argv)
         return 2;
     }
     char err[512];
+    /* Databases (tally's, OpenJarvis's): into ClickHouse only. */
+    char **dbs = calloc((size_t)ninputs + 1, sizeof *dbs);
+    int ndbs = 0, nfileargs = 0;
+    for (int i = 0; dbs && i < ninputs; i++) {
+        int kind = source_kind(inputs[i], err, sizeof err);
+        if (kind < 0) {
+            cli_error("import", "%s", err);
+            free(inputs);
+            free(dbs);
+            return 1;
+        }
+        if (kind == READ_SQLITE_TALLY || kind == READ_SQLITE_OPENJARVIS) {
+            if (!ch_is_url(dbpath)) {
+                cli_error("import", "%s is a database: --db reads JSONL files (a database goes into ClickHouse "
+                          "with --to clickhouse://...)", inputs[i]);
+                free(inputs);
+                free(dbs);
+                return 2;
+            }
+            dbs[ndbs++] = inputs[i];
+        } else {
+            inputs[nfileargs++] = inputs[i];
+        }
+    }
     size_t nfiles = 0;
-    char **files = collect_jsonl(inputs, ninputs, &nfiles, err, sizeof err);
+    char **files = nfileargs ? collect_jsonl(inputs, nfileargs, &nfiles, err, sizeof err) : calloc(1, sizeof(char *));
     free(inputs);
-    if (!files) {
-        cli_error("import", "%s", err);
+    if (!dbs || !files) free(dbs);
+    if (!files || !dbs) {
+        cli_error("import", "%s", files ? "out of memory" : err);
+        free_list(files);
         return 1;
     }
     import_stats st;
     memset(&st, 0, sizeof st);
     int rc = 0;
     if (ch_is_url(dbpath)) {
-        rc = import_clickhouse(dbpath, files, nfiles, &st);
+        rc = import_clickhouse(dbpath, files, nfiles, dbs, ndbs, &st);
         free_list(files);
+        free(dbs);
         source_report_more(&st.read);
-        printf("files %llu, lines read %llu, sent %llu, unparseable %llu, torn last lines %llu\n",
-               (unsigned long long)st.files, (unsigned long long)st.read.lines, (unsigned long long)st.imported,
-               (unsigned long long)st.read.bad, (unsigned long long)st.read.torn);
+        printf("files %llu, lines read %llu, database rows read %llu, sent %llu, unparseable %llu, torn last lines "
+               "%llu\n",
+               (unsigned long long)st.files, (unsigned long long)st.read.lines, (unsigned long long)st.read.rows_read,
+               (unsigned long long)st.imported, (unsigned long long)st.read.bad, (unsigned long long)st.read.torn);
         if (st.failed) cli_error("import", "%llu events were not stored", (unsigned long long)st.failed);
         return rc;
     }
+    free(dbs);
     store *db = store_open(dbpath, STORE_CREATE | STORE_CHECKPOINTER, err, sizeof err);
     if (!db) {
         cli_error("import", "%s", err);

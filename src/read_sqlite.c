@@ -68,10 +68,10 @@ static int on_db_row(void *arg, const row *r)
 
 /* Every row, rows with no time first, then in time order (v2 keeps them
  * so; v1 kept them in arrival order, and has an index on ts). */
-static int scan_all(sqlite3 *db, int version, db_reader *d)
+static int scan_all(sqlite3 *db, int version, int with_json, db_reader *d)
 {
     char sel[STORE_SQL_MAX], sql[STORE_SQL_MAX + 64];
-    if (store_select(db, version, "events", 0, sel, sizeof sel)) return -1;
+    if (store_select(db, version, "events", with_json, sel, sizeof sel)) return -1;
     snprintf(sql, sizeof sql, "%s ORDER BY %s", sel, version >= 2 ? "seq" : "ts, seq");
     sqlite3_stmt *q;
     if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) != SQLITE_OK) return -1;
@@ -79,6 +79,8 @@ static int scan_all(sqlite3 *db, int version, db_reader *d)
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
         row r;
         store_row_from_stmt(q, &r);
+        if (with_json)
+            r.json = (sv){(const char *)sqlite3_column_text(q, SELECT_NCOLS), (size_t)sqlite3_column_bytes(q, SELECT_NCOLS)};
         if (on_db_row(d, &r)) break;
     }
     sqlite3_finalize(q);
@@ -154,7 +156,7 @@ static int read_tally_db(sqlite3 *db, const char *path, const source_opts *o, ro
             return rc;
         }
     }
-    rc = ranged ? scan_time(db, lo, hi, 0, &d) : scan_all(db, version, &d);
+    rc = ranged ? scan_time(db, lo, hi, 0, &d) : scan_all(db, version, o->with_json, &d);
     if (rc != 0) snprintf(err, errlen, "cannot read %s: %s", path, sqlite3_errmsg(db));
     return rc;
 }

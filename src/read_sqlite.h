@@ -26,6 +26,8 @@ typedef struct source_opts {
      * group of these keys (`tally stats`'s K_* numbers, cli/stats.h), the
      * --where conditions it can test given as SQL in ch_where (NULL: none). */
     int ch_pushdown;
+    /* Rows of a tally database carry their line (`json`; whole reads only). */
+    int with_json;
     int ch_keys[16];
     int n_ch_keys;
     const char *ch_where;

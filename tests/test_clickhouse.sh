@@ -11,7 +11,7 @@ TALLY=${1:?usage: test_clickhouse.sh tally serve_sim train_sim prices.json}
 SERVE_SIM=$2 TRAIN_SIM=$3 PRICES=$4
 here=$(cd "$(dirname "$0")" && pwd)
 dir=$(mktemp -d)
-trap 'bash "$here/clickhouse.sh" stop "$dir/ch"; rm -rf "$dir"' EXIT
+trap 'bash "$here/clickhouse.sh" stop "$dir/ch"; [ -n "${KEEP:-}" ] || rm -rf "$dir"' EXIT
 pass=0 fail=0
 check() { local name=$1; shift; if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $name"; fi; }
 read -r http tcp < <(python3 -c 'import socket
@@ -62,6 +62,26 @@ check "import again: the same stats" test "$("$TALLY" stats --by model --json "$
 check "import again: each event once (FINAL)" test "$(q 'SELECT count() FROM tally_test.events FINAL')" -eq "$events"
 q "OPTIMIZE TABLE tally_test.events FINAL" >/dev/null
 check "after the merge, one row per event" test "$(q 'SELECT count() FROM tally_test.events')" -eq "$events"
+
+# databases: a tally database and an OpenJarvis telemetry database, imported twice
+"$TALLY" import "$dir/runs" --db "$dir/t.db" >/dev/null
+out=$("$TALLY" import "$dir/t.db" --to "${url}_db" 2>&1); rc=$?
+check "import of a tally database" test "$rc" -eq 0
+"$TALLY" import "$dir/t.db" --to "${url}_db" >/dev/null 2>&1
+check "tally database: each event once" test "$(q 'SELECT count() FROM tally_test_db.events FINAL')" -eq "$events"
+check "tally database: stats = files" test "$("$TALLY" stats --by model,engine --json "${url}_db" | jq -c "$r9")" = "$("$TALLY" stats --by model,engine --json "$dir/runs" | jq -c "$r9")"
+sqlite3 "$dir/oj.db" "CREATE TABLE telemetry(id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp REAL NOT NULL, model_id TEXT NOT NULL, engine TEXT NOT NULL DEFAULT '', prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0, total_tokens INTEGER NOT NULL DEFAULT 0, latency_seconds REAL NOT NULL DEFAULT 0.0, ttft REAL NOT NULL DEFAULT 0.0, cost_usd REAL NOT NULL DEFAULT 0.0, energy_joules REAL NOT NULL DEFAULT 0.0, gpu_utilization_pct REAL NOT NULL DEFAULT 0.0, throughput_tok_per_sec REAL NOT NULL DEFAULT 0.0);
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+INSERT INTO telemetry(timestamp, model_id, engine, prompt_tokens, completion_tokens, total_tokens, latency_seconds, ttft, cost_usd, energy_joules, gpu_utilization_pct)
+SELECT 1760000000 + i * 7.25, CASE i % 3 WHEN 0 THEN 'qwen' WHEN 1 THEN 'llama' ELSE 'mistral' END, CASE i % 2 WHEN 0 THEN 'ollama' ELSE 'vllm' END, 100 + i, 10 + i % 40, 110 + i + i % 40, 0.05 + (i % 97) * 0.013, 0.01 + (i % 13) * 0.002, (100 + i) * 0.0000015, 0.5 + (i % 7), 40 + i % 50 FROM n;"
+"$TALLY" import "$dir/oj.db" --to "${url}_oj" >/dev/null 2>&1
+out=$("$TALLY" import "$dir/oj.db" --to "${url}_oj" 2>&1); rc=$?
+check "import of an OpenJarvis database" test "$rc" -eq 0
+check "OpenJarvis: each row once" test "$(q 'SELECT count() FROM tally_test_oj.events FINAL')" -eq 500
+oj='[.groups[] | [.model, .engine, .requests, .prompt_tokens, .completion_tokens, (.cost_usd * 1e6 | round), (.latency_p50_ms * 1000 | round), (.latency_p99_ms * 1000 | round), (.energy_j * 1000 | round)]]'
+check "OpenJarvis: stats = the database's" test "$("$TALLY" stats --by model,engine --json "${url}_oj" | jq -c "$oj")" = "$("$TALLY" stats --by model,engine --json "$dir/oj.db" | jq -c "$oj")"
+err=$("$TALLY" import "$dir/oj.db" --db "$dir/x.db" 2>&1); rc=$?
+check "a database into a tally database is refused, saying why" test "$rc" -eq 2 -a -n "$(grep -o 'is a database' <<<"$err")"
 
 # credentials: from the environment or a file; refused in the URL; never said
 err=$("$TALLY" stats "clickhouse://tally:secret@127.0.0.1:$http/tally_test" 2>&1); rc=$?
