@@ -340,11 +340,12 @@ out:
  * faster (ClickHouse 18.16 merges FINAL on one thread). */
 static int part_line(void *ud, char *line, size_t len)
 {
-    int *dup = ud;
+    int *seen = ud; /* partitions seen, and whether one may hold duplicates */
     char *tab = memchr(line, '\t', len);
     if (!tab) return 0;
     long parts = strtol(line, NULL, 10), level = strtol(tab + 1, NULL, 10);
-    if (parts != 1 || level < 1) *dup = 1;
+    seen[0]++;
+    if (parts != 1 || level < 1) seen[1] = 1;
     return 0;
 }
 
@@ -355,9 +356,11 @@ const char *ch_final(const ch_target *t)
              "SELECT count(), min(level) FROM system.parts WHERE database = '%s' AND table = 'events' AND active "
              "GROUP BY partition FORMAT TabSeparated",
              t->db);
-    int dup = 0;
-    if (ch_query_lines(t, sql, part_line, &dup, err, sizeof err) != 200) return " FINAL";
-    return dup ? " FINAL" : "";
+    /* No parts here: an empty table, or one whose rows live elsewhere (a
+     * Distributed table over shards) -- FINAL, which the shards apply. */
+    int seen[2] = {0, 0};
+    if (ch_query_lines(t, sql, part_line, seen, err, sizeof err) != 200) return " FINAL";
+    return !seen[0] || seen[1] ? " FINAL" : "";
 }
 
 /* ---- rows ----------------------------------------------------------------------------- */
