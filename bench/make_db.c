@@ -4,7 +4,10 @@
  * is 116 a second for 24 h), which a simulated server cannot produce
  * because its events carry the time they happen.
  *
- *   make_db DB [ROWS] [HOURS]      (defaults: 10000000 24)
+ *   make_db DB [ROWS] [HOURS] [--jsonl FILE]    (defaults: 10000000 24)
+ *
+ * With --jsonl, the same events are also written to FILE as JSON Lines
+ * (each row's line), so that one question can be timed over both.
  *
  * Rows go in through the store's own path (store_insert_rows, the rollup
  * kept in the same transactions), 20,000 per transaction, each with the
@@ -39,12 +42,22 @@ static double rnd(void)
 
 int main(int argc, char **argv)
 {
+    const char *jsonl = NULL;
+    if (argc > 3 && !strcmp(argv[argc - 2], "--jsonl")) {
+        jsonl = argv[argc - 1];
+        argc -= 2;
+    }
     if (argc < 2 || argc > 4 || argv[1][0] == '-') {
-        fprintf(stderr, "usage: make_db DB [ROWS] [HOURS]\n"
+        fprintf(stderr, "usage: make_db DB [ROWS] [HOURS] [--jsonl FILE]\n"
                         "  adds ROWS request events (default 10000000) to the tally database DB\n"
                         "  (created if missing),\n"
-                        "  spread over the HOURS (default 24) before now\n");
+                        "  spread over the HOURS (default 24) before now; with --jsonl, also to FILE\n");
         return argc == 2 && !strcmp(argv[1], "--help") ? 0 : 2;
+    }
+    FILE *out = jsonl ? fopen(jsonl, "w") : NULL;
+    if (jsonl && !out) {
+        fprintf(stderr, "make_db: cannot write %s\n", jsonl);
+        return 1;
     }
     const char *path = argv[1];
     long rows = argc > 2 ? strtol(argv[2], NULL, 10) : 10000000;
@@ -101,15 +114,24 @@ int main(int argc, char **argv)
             r->energy_j = (double)r->completion * (m + 1) * 0.35;
             if (!r->ok) r->error = SV_LIT("upstream timeout");
             else if (rnd() < 0.05) r->degraded = (sv){reasons[k % 3], strlen(reasons[k % 3])};
+            /* the line says what the row says (ttft, error, degraded included) */
+            char ttft[48] = "", why[96] = "";
+            if (r->has & ROW_TTFT) snprintf(ttft, sizeof ttft, ",\"ttft_us\":%.0f", r->ttft_us);
+            if (!r->ok) snprintf(why, sizeof why, ",\"error\":\"upstream timeout\"");
+            else if (r->degraded.p) snprintf(why, sizeof why, ",\"degraded\":\"%.*s\"", (int)r->degraded.n, r->degraded.p);
             int len = snprintf(json[i], 512,
                                "{\"kind\":\"eval\",\"t\":%.6f,\"ts\":%.6f,\"id\":\"%s\",\"phase\":\"serve\","
                                "\"name\":\"request\",\"extra\":{\"model\":\"%s\",\"prompt_tokens\":%lld,"
-                               "\"completion_tokens\":%lld,\"latency_us\":%.0f,\"engine\":\"%s\",\"route\":\"%s\","
-                               "\"request_id\":\"%s\",\"cost_nusd\":%lld,\"energy_j\":%.17g,\"ok\":%s}}",
+                               "\"completion_tokens\":%lld,\"latency_us\":%.0f%s,\"engine\":\"%s\",\"route\":\"%s\","
+                               "\"request_id\":\"%s\",\"cost_nusd\":%lld,\"energy_j\":%.17g,\"ok\":%s%s}}",
                                r->ts - t0, r->ts, ids[i], models[m], (long long)r->prompt, (long long)r->completion,
-                               r->latency_us, engines[e], route, rids[i], (long long)r->cost_nusd, r->energy_j,
-                               r->ok ? "true" : "false");
+                               r->latency_us, ttft, engines[e], route, rids[i], (long long)r->cost_nusd, r->energy_j,
+                               r->ok ? "true" : "false", why);
             r->json = (sv){json[i], (size_t)len};
+            if (out) {
+                fwrite(json[i], 1, (size_t)len, out);
+                fputc('\n', out);
+            }
         }
         if (store_begin(s) || store_insert_rows(s, batch, (size_t)n, 0) || store_commit(s)) {
             fprintf(stderr, "make_db: %s\n", store_errmsg(s));
@@ -118,6 +140,10 @@ int main(int argc, char **argv)
         done += n;
     }
     store_close(s);
+    if (out && fclose(out) != 0) {
+        fprintf(stderr, "make_db: cannot write %s\n", jsonl);
+        return 1;
+    }
     free(batch);
     free(json);
     free(ids);
