@@ -140,6 +140,7 @@
 #define ship_open tally__ship_open
 #define ship_resp_free tally__ship_resp_free
 #define ship_sent tally__ship_sent
+#define ship_spool_dir tally__ship_spool_dir
 #define sink_callback_open tally__sink_callback_open
 #define sink_clickhouse_open tally__sink_clickhouse_open
 #define sink_jsonl_open tally__sink_jsonl_open

@@ -709,6 +709,18 @@ void ship_close(ship *s)
     free(s);
 }
 
+const char *ship_spool_dir(const struct tally *h, const char *env_name, const char *configured, const char *suffix,
+                           char *def, size_t n)
+{
+    const char *spool = getenv(env_name);
+    if (!spool || !*spool) spool = configured;
+    if ((!spool || !*spool) && (h->path || h->db_path)) {
+        snprintf(def, n, "%s%s", h->path ? h->path : h->db_path, suffix);
+        spool = def;
+    }
+    return spool;
+}
+
 ship *ship_open(const ship_conf *c)
 {
     tally__curl_init();

@@ -73,6 +73,12 @@ typedef struct ship_conf {
 } ship_conf;
 
 ship *ship_open(const ship_conf *c);
+/* A sink's spool directory: $env_name, else `configured`, else beside the
+ * handle's JSONL file or database with `suffix` (def holds it); NULL when
+ * none of them (memory only). */
+struct tally;
+const char *ship_spool_dir(const struct tally *h, const char *env_name, const char *configured, const char *suffix,
+                           char *def, size_t n);
 /* A sealed batch of `items` (copied).  -1 when it could be neither queued
  * nor spooled (its items counted as lost). */
 int ship_batch(ship *s, const char *body, size_t len, uint32_t items);

@@ -219,13 +219,9 @@ int sink_clickhouse_open(struct tally *h, sink *s, const tally_config *cfg, cons
     }
     c->insert_url = insert_url(&c->t);
     buf_init(&c->pend, PENDING_BYTES);
-    const char *spool = getenv("TALLY_CLICKHOUSE_SPOOL");
-    if (!spool || !*spool) spool = cfg->clickhouse_spool_dir;
     char def[4200];
-    if ((!spool || !*spool) && (h->path || h->db_path)) {
-        snprintf(def, sizeof def, "%s.clickhouse-spool", h->path ? h->path : h->db_path);
-        spool = def;
-    }
+    const char *spool =
+        ship_spool_dir(h, "TALLY_CLICKHOUSE_SPOOL", cfg->clickhouse_spool_dir, ".clickhouse-spool", def, sizeof def);
     ship_conf sc = {
         .what = "ClickHouse",
         .post = post,

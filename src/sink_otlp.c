@@ -312,13 +312,8 @@ int sink_otlp_open(struct tally *h, sink *s, const tally_config *cfg, const char
 {
     s->ops = &ot_ops;
     s->h = h;
-    const char *spool = getenv("TALLY_OTLP_SPOOL");
-    if (!spool || !*spool) spool = cfg->otlp_spool_dir;
     char def[4200];
-    if ((!spool || !*spool) && (h->path || h->db_path)) {
-        snprintf(def, sizeof def, "%s.otlp-spool", h->path ? h->path : h->db_path);
-        spool = def;
-    }
+    const char *spool = ship_spool_dir(h, "TALLY_OTLP_SPOOL", cfg->otlp_spool_dir, ".otlp-spool", def, sizeof def);
     otlp_conf c = {endpoint, spool, cfg->otlp_spool_max_bytes, cfg->otlp_backoff_ms, cfg->otlp_metrics_interval_ms,
                    mx, h->host, h->run_id, h->log, h->log_ud, &s->lost};
     s->state = otlp_exporter_open(&c);
