@@ -17,6 +17,7 @@
 #include "encode.h"
 #include "agg.h"
 #include "ch_cells.h"
+#include "par.h"
 #include "prices.h"
 #include "stats.h"
 #include "util.h"
@@ -51,6 +52,7 @@ static void usage(FILE *out)
             "  --strict         fail on the first line that does not parse\n"
             "  --scan           read every row of a tally database, even when its\n"
             "                   per-minute rollup could answer (the answer is the same)\n"
+            "  --threads N      read JSONL with N threads (default: every core; 1: one)\n"
             "  -h, --help       this text\n"
             "\n"
             "Table headings carry their unit (p99_ms, cost_usd, j_per_tok: joules per output\n"
@@ -107,6 +109,16 @@ int cmd_stats(int argc, char **argv)
                 goto out;
             }
             columns = val;
+            i++;
+        } else if (!strcmp(s, "--threads")) {
+            char *end;
+            long n = val ? strtol(val, &end, 10) : 0;
+            if (!val || *end || n < 1 || n > 256) {
+                cli_error("stats", "--threads needs a number of threads from 1 to 256");
+                rc = 2;
+                goto out;
+            }
+            o.threads = (int)n;
             i++;
         } else if (!strcmp(s, "--by") || !strcmp(s, "--since") || !strcmp(s, "--until") || !strcmp(s, "--where")) {
             if (!val) {
@@ -167,6 +179,8 @@ int cmd_stats(int argc, char **argv)
      * keys and costs are not recomputed (that needs each request). */
     int cells_ok = !scan && !a.reprice && keys_in_rollup(&a, a.w, a.nw);
     if (cells_ok) o.cells = on_cell;
+    static const par_ops stats_par = {agg_fork, on_row, agg_join};
+    o.par = &stats_par;
     /* ClickHouse answers the same question itself: grouped by these keys. */
     buf chw;
     buf_init(&chw, (size_t)1 << 16);

@@ -10,6 +10,7 @@
 #include "ch_cells.h"
 #include "clickhouse.h"
 #include "idset.h"
+#include "par.h"
 #include "read_sqlite.h"
 #include "util.h"
 
@@ -31,14 +32,21 @@ int source_kind(const char *path, char *err, size_t errlen)
 
 /* ---- JSONL ----------------------------------------------------------------- */
 
-static void report(source_stats *st, const char *path, uint64_t line, const char *why)
+void source_report(source_stats *st, const char *path, uint64_t line, const char *why)
 {
     st->bad++;
     if (st->reported++ < MAX_REPORTED)
         fprintf(stderr, "tally: %s:%llu: skipped: %s\n", path, (unsigned long long)line, why);
 }
 
-static int in_range(const source_opts *o, const row *r)
+void source_why(char *why, size_t n, int toolong, const jv *v, const json_error *je)
+{
+    if (toolong) snprintf(why, n, "line longer than 16 MiB");
+    else if (!v) snprintf(why, n, "%s at byte %zu", je->what, je->offset);
+    else snprintf(why, n, "not an event (no \"kind\" or \"tag\")");
+}
+
+int source_in_range(const source_opts *o, const row *r)
 {
     if (!o->since && !o->until) return 1;
     if (!(r->has & ROW_TS)) return 0;
@@ -78,18 +86,16 @@ int source_read_jsonl(const char *path, const source_opts *o, row_fn fn, void *u
                 continue;
             }
             char why[160];
-            if (toolong) snprintf(why, sizeof why, "line longer than 16 MiB");
-            else if (!v) snprintf(why, sizeof why, "%s at byte %zu", je.what, je.offset);
-            else snprintf(why, sizeof why, "not an event (no \"kind\" or \"tag\")");
+            source_why(why, sizeof why, toolong, v, &je);
             if (o->strict) {
                 snprintf(err, errlen, "%s:%llu: %s", path, (unsigned long long)lr.lineno, why);
                 rc = -1;
                 break;
             }
-            report(st, path, lr.lineno, why);
+            source_report(st, path, lr.lineno, why);
             continue;
         }
-        if (!in_range(o, &e)) continue;
+        if (!source_in_range(o, &e)) continue;
         char idbuf[34];
         if (give_ids) {
             if (!e.id.p) {
@@ -135,10 +141,10 @@ static int ch_line(void *arg, char *line, size_t len)
     snprintf(c->ctx.run_id, sizeof c->ctx.run_id, "%.*s", tab ? (int)(tab - line) : 0, line);
     row e;
     if (!v || v->type != JV_OBJ || !row_from_json(v, &c->ctx, &e)) {
-        report(c->st, c->path, c->st->lines, tab ? "not an event" : "not a row of tally's table");
+        source_report(c->st, c->path, c->st->lines, tab ? "not an event" : "not a row of tally's table");
         return 0;
     }
-    if (!in_range(c->o, &e)) return 0;
+    if (!source_in_range(c->o, &e)) return 0;
     e.json = (sv){tab + 1, len - (size_t)(tab + 1 - line)};
     c->st->events++;
     c->stop = c->fn(c->ud, &e);
@@ -217,6 +223,14 @@ static int read_sources(char **paths, int n, const source_opts *o, row_fn fn, vo
             free_list(files);
             return -1;
         }
+        /* Every core, unless one is asked for, lines must stop the read at
+         * the first bad one, or the input is a stream. */
+        if (o->par && par_threads(o->threads) > 1 && !o->strict && !give_ids && strcmp(paths[i], "-")) {
+            int rc = source_read_par(files, nf, o, o->par, ud, st, err, errlen);
+            free_list(files);
+            if (rc) return -1;
+            continue;
+        }
         for (size_t k = 0; k < nf; k++) {
             if (source_read_jsonl(files[k], o, fn, ud, st, err, errlen, give_ids)) {
                 free_list(files);
@@ -274,6 +288,7 @@ int source_read_all(char **paths, int n, const source_opts *o, row_fn fn, void *
         /* Rollup cells cannot be merged by id: read rows. */
         merged = *o;
         merged.cells = NULL;
+        merged.par = NULL; /* one id set for every source: one thread */
         o = &merged;
         idset_init(&m.ids);
         fn = merge_row;

@@ -36,6 +36,14 @@ int source_read_all(char **paths, int n, const source_opts *o, row_fn fn, void *
  * the line as `json`.  fn returning non-zero stops.  0, or -1 with err. */
 int source_read_jsonl(const char *path, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
                       size_t errlen, int give_ids);
+/* A line skipped: counted, and reported on stderr for the first few. */
+void source_report(source_stats *st, const char *path, uint64_t line, const char *why);
+/* Why a line is not an event (toolong, or the parse's answer v / je). */
+struct jv;
+struct json_error;
+void source_why(char *why, size_t n, int toolong, const struct jv *v, const struct json_error *je);
+/* 1 when the event is within --since / --until. */
+int source_in_range(const source_opts *o, const row *r);
 /* "... N more lines skipped", when more were skipped than reported. */
 void source_report_more(const source_stats *st);
 

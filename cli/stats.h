@@ -77,6 +77,10 @@ int where_parse(where *w, int *nw, const char *val, const char *cmd);
 /* 1 when the event passes every --where. */
 int where_pass(const where *w, int nw, const row *e);
 int on_cell(void *ud, const rollup_key *k, const agg_cell *c);
+/* A thread's own aggregate for the same question, and merging it back
+ * (freeing it): cli/par.h's fork and join. */
+void *agg_fork(void *ud);
+int agg_join(void *ud, void *part);
 
 /* stats_output.c */
 int cmp_group(const void *a, const void *b);

@@ -253,3 +253,40 @@ int by_parse(agg *a, const char *spec, const char *cmd)
     return 0;
 }
 
+
+/* ---- one aggregate per thread (cli/par.h) ---------------------------------------- */
+
+void *agg_fork(void *ud)
+{
+    const agg *a = ud;
+    agg *t = calloc(1, sizeof *t);
+    if (!t) return NULL;
+    memcpy(t->by, a->by, sizeof t->by);
+    t->nby = a->nby;
+    memcpy(t->w, a->w, sizeof t->w);
+    t->nw = a->nw;
+    t->prices = a->prices; /* read only: the question's own, freed with it */
+    t->reprice = a->reprice;
+    return t;
+}
+
+int agg_join(void *ud, void *part)
+{
+    agg *a = ud, *t = part;
+    if (!t) return 0;
+    a->too_many |= t->too_many;
+    a->nomem |= t->nomem;
+    for (size_t i = 0; i < t->ng; i++) {
+        group *g = t->g[i];
+        group *into = a->too_many || a->nomem ? NULL : group_for(a, g->key, g->keylen);
+        if (into) a->nomem |= agg_cell_merge(&into->c, &g->c) != 0;
+        else if (!a->too_many) a->nomem = 1;
+        agg_cell_free(&g->c);
+        free(g->key);
+        free(g);
+    }
+    free(t->g);
+    hindex_free(&t->idx);
+    free(t);
+    return a->nomem;
+}

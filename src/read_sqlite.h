@@ -28,6 +28,10 @@ typedef struct source_opts {
     int ch_pushdown;
     /* Rows of a tally database carry their line (`json`; whole reads only). */
     int with_json;
+    /* JSONL files read by `threads` threads (0: every core, 1: one) when
+     * the question gives `par` (cli/par.h): a consumer per thread. */
+    int threads;
+    const struct par_ops *par;
     int ch_keys[16];
     int n_ch_keys;
     const char *ch_where;

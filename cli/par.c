@@ -1,0 +1,364 @@
+/*
+ * par -- JSONL files read by every core (see par.h).
+ *
+ * Work is cut into units: a file smaller than two chunks is one unit, a
+ * larger one a unit per chunk of bytes.  A chunk owns the lines that
+ * start inside it: its reader starts at the byte before the chunk, skips
+ * the rest of the line that holds it (the previous chunk's last line,
+ * which that chunk reads whole, past its end), and stops before the first
+ * line that starts at or after the chunk's end.  So no line is split,
+ * dropped or read twice, and only the file's last line can be torn.
+ *
+ * What a line means can depend on lines before it (a reader's context,
+ * src/row.h): which run an event belongs to and that run's model come
+ * from the run_start lines before it, and a TelemetryLogger step_end's
+ * wall time from its step_begin.  So, first, every chunk is scanned for
+ * run_start lines (kept, with their offsets) and for tagged lines; then a
+ * chunk's reader starts from the context the run_starts before it make --
+ * exactly the sequential reader's, since nothing else changes it.  A file
+ * with tagged lines (their step_begin pairs may cross chunks) is read by
+ * one thread from its start.
+ *
+ * Each thread aggregates into a consumer of its own (ops->fork), merged at
+ * the end (ops->join): a question whose answer merges exactly (counts,
+ * sums, sketches, first/last by time) comes out as the one-thread answer.
+ * Bad lines are reported with their line numbers, counted across chunks.
+ */
+#include "par.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "json.h"
+#include "source.h"
+#include "util.h"
+
+#define MAX_LINE ((size_t)16 << 20)
+#define MAX_REPORTED 10
+#define MAX_CONTEXT_LINES 4096 /* run_starts per file beyond which the file is read by one thread */
+#define DEFAULT_CHUNK ((uint64_t)8 << 20)
+
+typedef struct ctxline {
+    uint64_t off;
+    char *line;
+    size_t len;
+} ctxline;
+
+typedef struct badline {
+    uint64_t lineno;          /* within the unit */
+    char why[160];
+} badline;
+
+typedef struct unit {
+    int file;
+    uint64_t start, end;      /* end: UINT64_MAX = to the end of the file */
+    int whole;                /* read from the start with a fresh context */
+    int skip;                 /* its file is read whole by another unit */
+    /* the scan */
+    ctxline *ctx;
+    size_t nctx;
+    int tagged, too_many;
+    /* the read */
+    uint64_t lines;
+    source_stats st;
+    badline bad[MAX_REPORTED];
+    int nbad;
+    int failed;               /* could not be read */
+} unit;
+
+typedef struct par {
+    char **files;
+    size_t nfiles;
+    const source_opts *o;
+    const par_ops *ops;
+    unit *u;
+    size_t nu;
+    _Atomic size_t next;
+    _Atomic int stop;
+    int phase;                /* 1 scan, 2 read */
+} par;
+
+uint64_t par_chunk_bytes(void)
+{
+    const char *e = getenv("TALLY_CHUNK_BYTES"); /* the tests cut files into tiny chunks */
+    long long v = e ? strtoll(e, NULL, 10) : 0;
+    return v > 0 ? (uint64_t)v : DEFAULT_CHUNK;
+}
+
+int par_threads(int asked)
+{
+    if (asked > 0) return asked > 256 ? 256 : asked;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 64 ? 64 : (int)n;
+}
+
+/* A line reader positioned at the first line that starts at or after
+ * `start`. */
+static int open_at(line_reader *lr, const char *path, uint64_t start)
+{
+    if (lr_open(lr, path, MAX_LINE) != 0) return -1;
+    if (start == 0) return 0;
+    if (fseeko(lr->f, (off_t)(start - 1), SEEK_SET) != 0) {
+        lr_close(lr);
+        return -1;
+    }
+    lr->next = start - 1;
+    char *line;
+    size_t len;
+    int complete, toolong;
+    /* the rest of the line holding byte start-1: the chunk before reads it */
+    if (lr_next(lr, &line, &len, &complete, &toolong) < 0) {
+        lr_close(lr);
+        return -1;
+    }
+    lr->lineno = 0;
+    return 0;
+}
+
+static void scan_unit(par *p, unit *u)
+{
+    line_reader lr;
+    if (open_at(&lr, p->files[u->file], u->start) != 0) {
+        u->failed = 1;
+        return;
+    }
+    char *line;
+    size_t len;
+    int complete, toolong, r;
+    size_t cap = 0;
+    while (lr.next < u->end && (r = lr_next(&lr, &line, &len, &complete, &toolong)) == 1) {
+        if (toolong || !len) continue;
+        if (memmem(line, len, "\"tag\"", 5)) u->tagged = 1;
+        if (!memmem(line, len, "run_start", 9)) continue;
+        if (u->nctx == MAX_CONTEXT_LINES) {
+            u->too_many = 1;
+            break;
+        }
+        if (u->nctx == cap) {
+            size_t nc = cap ? cap * 2 : 4;
+            ctxline *n = realloc(u->ctx, nc * sizeof *n);
+            if (!n) {
+                u->too_many = 1;
+                break;
+            }
+            u->ctx = n;
+            cap = nc;
+        }
+        char *copy = malloc(len);
+        if (!copy) {
+            u->too_many = 1;
+            break;
+        }
+        memcpy(copy, line, len);
+        u->ctx[u->nctx++] = (ctxline){lr.offset, copy, len};
+    }
+    lr_close(&lr);
+}
+
+/* The context of the sequential reader at u's first line: the file's
+ * run_starts before it, replayed. */
+static void context_at(par *p, unit *u, row_ctx *ctx, json_arena *a)
+{
+    char run_id[256];
+    run_id_from_path(p->files[u->file], run_id, sizeof run_id);
+    row_ctx_init(ctx, run_id);
+    if (u->whole) return;
+    for (unit *w = p->u; w < u; w++) {
+        if (w->file != u->file) continue;
+        for (size_t i = 0; i < w->nctx; i++) {
+            json_error je;
+            json_arena_reset(a);
+            jv *v = json_parse(a, w->ctx[i].line, w->ctx[i].len, &je);
+            row e;
+            if (v && v->type == JV_OBJ) row_from_json(v, ctx, &e);
+        }
+    }
+}
+
+static void read_unit(par *p, unit *u, void *consumer)
+{
+    json_arena a;
+    json_arena_init(&a, (size_t)64 << 20);
+    row_ctx ctx;
+    context_at(p, u, &ctx, &a);
+    line_reader lr;
+    if (open_at(&lr, p->files[u->file], u->whole ? 0 : u->start) != 0) {
+        u->failed = 1;
+        json_arena_free(&a);
+        return;
+    }
+    uint64_t end = u->whole ? UINT64_MAX : u->end;
+    char *line;
+    size_t len;
+    int complete, toolong, r;
+    while (!atomic_load_explicit(&p->stop, memory_order_relaxed) && lr.next < end &&
+           (r = lr_next(&lr, &line, &len, &complete, &toolong)) == 1) {
+        u->st.lines++;
+        if (len == 0) continue;
+        json_error je;
+        json_arena_reset(&a);
+        jv *v = toolong ? NULL : json_parse_inplace(&a, line, len, &je);
+        row e;
+        if (!v || v->type != JV_OBJ || !row_from_json(v, &ctx, &e)) {
+            if (!complete && !toolong) {
+                u->st.torn++;
+                continue;
+            }
+            if (u->nbad < MAX_REPORTED) {
+                badline *b = &u->bad[u->nbad++];
+                b->lineno = lr.lineno;
+                source_why(b->why, sizeof b->why, toolong, v, &je);
+            }
+            u->st.bad++;
+            continue;
+        }
+        if (!source_in_range(p->o, &e)) continue;
+        u->st.events++;
+        if (p->ops->row(consumer, &e)) {
+            atomic_store(&p->stop, 1);
+            break;
+        }
+    }
+    lr_close(&lr);
+    json_arena_free(&a);
+}
+
+typedef struct worker {
+    par *p;
+    void *consumer;
+    pthread_t t;
+} worker;
+
+static void *work(void *arg)
+{
+    worker *w = arg;
+    par *p = w->p;
+    for (;;) {
+        size_t i = atomic_fetch_add(&p->next, 1);
+        if (i >= p->nu) break;
+        unit *u = &p->u[i];
+        if (p->phase == 1) {
+            if (!u->whole) scan_unit(p, u);
+        } else if (!u->skip) {
+            read_unit(p, u, w->consumer);
+        }
+    }
+    return NULL;
+}
+
+static void run_phase(par *p, worker *ws, int n, int phase)
+{
+    p->phase = phase;
+    atomic_store(&p->next, 0);
+    char started[256] = {0};
+    /* the calling thread is the first worker; one that cannot start leaves
+     * its share to the others */
+    for (int i = 1; i < n; i++) started[i] = pthread_create(&ws[i].t, NULL, work, &ws[i]) == 0;
+    work(&ws[0]);
+    for (int i = 1; i < n; i++)
+        if (started[i]) pthread_join(ws[i].t, NULL);
+}
+
+static int make_units(par *p, uint64_t chunk)
+{
+    size_t cap = 0;
+    for (size_t f = 0; f < p->nfiles; f++) {
+        struct stat sb;
+        uint64_t size = stat(p->files[f], &sb) == 0 && S_ISREG(sb.st_mode) ? (uint64_t)sb.st_size : 0;
+        uint64_t n = size >= 2 * chunk ? (size + chunk - 1) / chunk : 1;
+        for (uint64_t k = 0; k < n; k++) {
+            if (p->nu == cap) {
+                size_t nc = cap ? cap * 2 : 64;
+                unit *u = realloc(p->u, nc * sizeof *u);
+                if (!u) return -1;
+                p->u = u;
+                cap = nc;
+            }
+            unit *u = &p->u[p->nu++];
+            memset(u, 0, sizeof *u);
+            u->file = (int)f;
+            u->start = k * chunk;
+            u->end = k + 1 == n ? UINT64_MAX : (k + 1) * chunk;
+            u->whole = n == 1;
+        }
+    }
+    return 0;
+}
+
+int source_read_par(char **files, size_t nfiles, const source_opts *o, const par_ops *ops, void *ud,
+                    source_stats *st, char *err, size_t errlen)
+{
+    par p;
+    memset(&p, 0, sizeof p);
+    p.files = files;
+    p.nfiles = nfiles;
+    p.o = o;
+    p.ops = ops;
+    int nt = par_threads(o->threads), rc = -1;
+    worker *ws = calloc((size_t)nt, sizeof *ws);
+    if (!ws || make_units(&p, par_chunk_bytes())) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < nt; i++) ws[i].p = &p;
+    run_phase(&p, ws, nt, 1);
+    /* A file whose chunks met tagged lines, or too many runs, or could not
+     * be scanned: read by one thread from its start. */
+    for (size_t i = 0; i < p.nu; i++) {
+        unit *u = &p.u[i];
+        if (u->whole || !(u->tagged || u->too_many || u->failed)) continue;
+        for (size_t j = 0; j < p.nu; j++) {
+            if (p.u[j].file != u->file) continue;
+            p.u[j].skip = 1;
+        }
+        unit *first = u;
+        while (first > p.u && first[-1].file == u->file) first--;
+        first->skip = 0;
+        first->whole = 1;
+        first->failed = 0;
+    }
+    for (int i = 0; i < nt; i++) {
+        ws[i].p = &p;
+        ws[i].consumer = ops->fork(ud);
+        if (!ws[i].consumer) {
+            for (int k = 0; k < i; k++) ops->join(ud, ws[k].consumer);
+            snprintf(err, errlen, "out of memory");
+            goto out;
+        }
+    }
+    run_phase(&p, ws, nt, 2);
+    int joined = 0;
+    for (int i = 0; i < nt; i++) joined |= ops->join(ud, ws[i].consumer);
+    /* Counts, and the first bad lines with their numbers in the file. */
+    uint64_t before = 0;
+    for (size_t i = 0; i < p.nu; i++) {
+        unit *u = &p.u[i];
+        if (i == 0 || u->file != p.u[i - 1].file) before = 0;
+        if (u->failed) {
+            snprintf(err, errlen, "cannot read %s", files[u->file]);
+            goto out;
+        }
+        st->lines += u->st.lines;
+        st->events += u->st.events;
+        st->torn += u->st.torn;
+        for (int b = 0; b < u->nbad; b++) source_report(st, files[u->file], before + u->bad[b].lineno, u->bad[b].why);
+        st->reported += (int)(u->st.bad - (uint64_t)u->nbad);
+        st->bad += u->st.bad - (uint64_t)u->nbad;
+        before += u->st.lines;
+    }
+    rc = joined ? -1 : 0;
+    if (joined) snprintf(err, errlen, "out of memory");
+out:
+    for (size_t i = 0; i < p.nu; i++) {
+        for (size_t k = 0; k < p.u[i].nctx; k++) free(p.u[i].ctx[k].line);
+        free(p.u[i].ctx);
+    }
+    free(p.u);
+    free(ws);
+    return rc;
+}

@@ -1,0 +1,34 @@
+/*
+ * par -- JSONL files read by every core: cut at line boundaries into
+ * chunks, each parsed by a thread into a consumer of its own, merged at
+ * the end (par.c says how a chunk's reader gets the context the lines
+ * before it make).
+ */
+#ifndef TALLY_CLI_PAR_H
+#define TALLY_CLI_PAR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "read_sqlite.h"
+
+/* What a question gives the parallel reader: a consumer per thread,
+ * rows into it, and merging it into the question's own (ud) at the end
+ * (join frees the part; non-zero: it failed). */
+typedef struct par_ops {
+    void *(*fork)(void *ud);
+    row_fn row;
+    int (*join)(void *ud, void *part);
+} par_ops;
+
+/* The threads for `asked` (0: the cores available). */
+int par_threads(int asked);
+/* The chunk size: 8 MiB, or TALLY_CHUNK_BYTES (the tests' tiny chunks). */
+uint64_t par_chunk_bytes(void);
+
+/* Reads the JSONL files (regular files; not "-") with o->threads threads.
+ * 0, or -1 with a reason in err. */
+int source_read_par(char **files, size_t nfiles, const source_opts *o, const par_ops *ops, void *ud,
+                    source_stats *st, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# test_par -- `tally stats` reading JSONL with several threads gives the
+# one-thread answer: files cut into chunks so small that lines straddle
+# every boundary (TALLY_CHUNK_BYTES), a file several runs append to (run
+# starts mid-file, training rows taking their run's model from it), toy/v1
+# lines without ts or id (times from the run's start), TelemetryLogger
+# tagged lines (step_begin / step_end pairs), bad lines and a torn last
+# line (reported with the same line numbers), a directory of runs.
+set -u
+TALLY=${1:?usage: test_par.sh tally serve_sim train_sim}
+SERVE_SIM=$2 TRAIN_SIM=$3
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+pass=0 fail=0
+check() { local name=$1; shift; if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $name"; fi; }
+
+"$SERVE_SIM" --runs "$dir/runs" --requests 1500 --seed 3 >/dev/null
+"$TRAIN_SIM" --runs "$dir/runs" >/dev/null
+"$SERVE_SIM" --runs "$dir/runs" --requests 700 --seed 4 >/dev/null
+# several runs appending to one file: the later runs' run_starts are mid-file
+cat "$dir"/runs/*/events.jsonl >"$dir/shared.jsonl"
+python3 - "$dir" <<'PY'
+import json, random, sys
+d = sys.argv[1]
+r = random.Random(7)
+# toy/v1 as Tep::Events writes it: integer t, no ts, no id
+with open(f"{d}/toy.jsonl", "w") as f:
+    for run in range(3):
+        f.write(json.dumps({"kind": "run_start", "schema": "toy/v1", "t": 0,
+                            "started_at": f"2026-0{run + 1}-01T00:00:00Z", "run_id": f"toy{run}",
+                            "host": {"name": "h", "os": "linux", "arch": "x86_64"}, "backend": {"kind": "cpu"},
+                            "model": {"name": f"tm{run}"}, "config": {}}) + "\n")
+        for i in range(400):
+            f.write(json.dumps({"kind": "eval", "t": i, "phase": "serve", "name": "request",
+                                "extra": {"model": f"tm{run}", "prompt_tokens": r.randint(1, 900),
+                                          "completion_tokens": r.randint(1, 300),
+                                          "latency_us": r.randint(100, 90000)}}) + "\n")
+            if i % 10 == 0:
+                f.write(json.dumps({"kind": "step", "t": i, "phase": "train", "step": i, "loss": 3 - i / 200,
+                                    "wall_us": r.randint(100, 5000)}) + "\n")
+# TelemetryLogger tagged lines: a step's wall time pairs step_begin with step_end
+with open(f"{d}/tags.jsonl", "w") as f:
+    t = 1800000000.0
+    for s in range(600):
+        f.write(json.dumps({"ts": t, "tag": "step_begin", "step": s}) + "\n")
+        t += r.random()
+        f.write(json.dumps({"ts": t, "tag": "step_end", "step": s, "context": {"loss": 5 - s / 200}}) + "\n")
+        t += 0.01
+# bad lines here and there, and a torn last line
+lines = open(f"{d}/shared.jsonl").read().splitlines()
+with open(f"{d}/bad.jsonl", "w") as f:
+    for i, l in enumerate(lines[:-1]):
+        f.write(("{not json" if i % 701 == 5 else l) + "\n")
+    f.write(lines[-1][:40])
+PY
+
+r6='def r: if type == "number" then (. * 1e6 | round / 1e6) elif type == "object" then with_entries(.value |= r) elif type == "array" then map(r) else . end; r'
+same() {  # same SOURCE ARGS...: one thread and four give the same answer and the same messages
+    local src=$1; shift
+    local a b ea eb
+    a=$("$TALLY" stats --json --threads 1 "$@" "$src" 2>"$dir/e1" | jq -S -c "$r6")
+    ea=$(cat "$dir/e1")
+    for c in 61 997 65536; do
+        b=$(TALLY_CHUNK_BYTES=$c "$TALLY" stats --json --threads 4 "$@" "$src" 2>"$dir/e4" | jq -S -c "$r6")
+        eb=$(cat "$dir/e4")
+        check "$(basename "$src") $* chunks of $c: the one-thread answer" test -n "$a" -a "$a" = "$b"
+        check "$(basename "$src") $* chunks of $c: the same messages" test "$ea" = "$eb"
+    done
+}
+same "$dir/shared.jsonl" --by model
+same "$dir/shared.jsonl" --by run,engine
+same "$dir/shared.jsonl" --by model --where ok=false
+same "$dir/shared.jsonl" --by day --since 2020-01-01
+same "$dir/toy.jsonl" --by model,run
+same "$dir/toy.jsonl" --by day
+same "$dir/tags.jsonl"
+same "$dir/bad.jsonl" --by model
+same "$dir/runs" --by run
+# the training run's rows in the shared file took its model from a run_start mid-file
+check "training rows keep their run's model" test "$(TALLY_CHUNK_BYTES=61 "$TALLY" stats --json --threads 4 --by model "$dir/shared.jsonl" | jq '[.groups[] | select(.steps > 0) | .model] | length')" -ge 1 -a "$("$TALLY" stats --json --threads 1 --by model "$dir/shared.jsonl" | jq '[.groups[] | select(.steps > 0 and .model != "-")] | length')" -ge 1
+check "--threads 0 refused" bash -c "! '$TALLY' stats --threads 0 '$dir/shared.jsonl' 2>/dev/null"
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
