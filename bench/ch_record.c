@@ -82,7 +82,7 @@ static double run(int port, const char *dir, int n, int to_clickhouse, int k)
     } else {
         cfg.path = path;
     }
-    cfg.queue_bytes = (size_t)n * 192 + ((size_t)64 << 20);
+    cfg.queue_bytes = (size_t)n * 512 + ((size_t)64 << 20);
     cfg.flush_events = 65536;
     tally_t *h = tally_open(&cfg);
     tally_request r = {0};

@@ -10,7 +10,9 @@
 #
 #   bench/stats_bench.sh [BUILD_DIR] [REQUESTS] [DB_ROWS]
 # defaults: build 2000000 10000000.  Needs jq (Debian package).
-# SKIP_JQ=1 leaves jq out (it takes about half a minute per GB).
+# SKIP_JQ=1 leaves jq out (it takes about half a minute per GB).  DuckDB
+# (npm, into the scratch directory) is asked the same question over the
+# JSONL file: ratio_vs_duckdb.
 set -euo pipefail
 build=${1:-build}
 requests=${2:-2000000}
@@ -32,6 +34,37 @@ echo "# file: $bytes bytes, $events events"
 t=$(for i in 1 2 3; do timeit "$tally" stats --by model "$file"; done | median3)
 printf 'case=stats_jsonl bytes=%d seconds=%.2f mb_per_s=%.0f events_per_s=%.0f\n' "$bytes" "$t" \
     "$(echo "$bytes / $t / 1000000" | bc -l)" "$(echo "$events / $t" | bc -l)"
+
+# DuckDB (npm @duckdb/node-api, installed into the scratch directory) asked
+# the same question over the same file with its schema given; SKIP_DUCKDB=1
+# leaves it out.  Peak RSS of both from /usr/bin/time.
+rss_of() { /usr/bin/time -f '%M' "$@" 2>&1 >/dev/null | tail -1; }
+if [ -n "${SKIP_DUCKDB:-}" ]; then
+    echo "case=duckdb skipped (SKIP_DUCKDB)"
+else
+    mkdir -p "$work/duckdb"
+    (cd "$work/duckdb" && npm install --silent --no-audit --no-fund @duckdb/node-api >/dev/null 2>&1) \
+        || { echo "case=duckdb FAILED: npm install @duckdb/node-api" >&2; exit 1; }
+    cp "$(dirname "$0")/duckdb_stats.mjs" "$work/duckdb/"
+    dq=() dw=()
+    for i in 1 2 3; do
+        s=$(date +%s.%N)
+        out=$(cd "$work/duckdb" && node duckdb_stats.mjs "$file") || { echo "case=duckdb FAILED" >&2; exit 1; }
+        e=$(date +%s.%N)
+        dq+=("$(sed -n 's/^seconds=//p' <<<"$out")")
+        dw+=("$(echo "$e - $s" | bc -l)")
+    done
+    # the same answer: requests and token sums per model
+    a=$(head -1 <<<"$out" | jq -c '[.[] | [.model, (.requests | tonumber), (.prompt_tokens | tonumber), (.completion_tokens | tonumber)]]')
+    b=$("$tally" stats --by model --json "$file" | jq -c '[.groups[] | select(.requests > 0) | [.model, .requests, .prompt_tokens, .completion_tokens]]')
+    [ "$a" = "$b" ] || { echo "case=duckdb FAILED: answers differ: duckdb $a tally $b" >&2; exit 1; }
+    q=$(printf '%s\n' "${dq[@]}" | median3) w=$(printf '%s\n' "${dw[@]}" | median3)
+    rt=$(rss_of "$tally" stats --by model "$file")
+    rd=$(cd "$work/duckdb" && rss_of node duckdb_stats.mjs "$file")
+    printf 'case=duckdb_same_question query_seconds=%.2f process_seconds=%.2f peak_rss_kb=%s\n' "$q" "$w" "$rd"
+    printf 'case=tally_vs_duckdb tally_seconds=%.2f tally_peak_rss_kb=%s ratio_vs_duckdb=%.2f ratio_vs_duckdb_process=%.2f (above 1: tally faster)\n' \
+        "$t" "$rt" "$(echo "$q / $t" | bc -l)" "$(echo "$w / $t" | bc -l)"
+fi
 
 # tally report over the same file, in the same run: time against stats
 # (the target: at most 1.3x) and the page's size.
