@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -120,64 +121,140 @@ static int open_at(line_reader *lr, const char *path, uint64_t start)
     return 0;
 }
 
+/* Keeps the whole line that starts at `off` (a run_start). */
+static int keep_line(par *p, unit *u, uint64_t off, size_t *cap)
+{
+    if (u->nctx && u->ctx[u->nctx - 1].off == off) return 0; /* the same line, met again */
+    if (u->nctx == MAX_CONTEXT_LINES) return -1;
+    if (u->nctx == *cap) {
+        size_t nc = *cap ? *cap * 2 : 4;
+        ctxline *n = realloc(u->ctx, nc * sizeof *n);
+        if (!n) return -1;
+        u->ctx = n;
+        *cap = nc;
+    }
+    line_reader lr;
+    if (open_at(&lr, p->files[u->file], off) != 0) return -1;
+    lr.next = off;
+    char *line;
+    size_t len;
+    int complete, toolong, rc = -1;
+    /* open_at(off) skipped to the line after the one holding off-1: that
+     * is the line starting at off, since byte off-1 ends a line */
+    if (lr_next(&lr, &line, &len, &complete, &toolong) == 1 && !toolong) {
+        char *copy = malloc(len ? len : 1);
+        if (copy) {
+            memcpy(copy, line, len);
+            u->ctx[u->nctx++] = (ctxline){off, copy, len};
+            rc = 0;
+        }
+    }
+    lr_close(&lr);
+    return rc;
+}
+
+/* The start of the line holding byte `at`: after the '\n' before it. */
+static int64_t line_start(int fd, uint64_t at)
+{
+    char b[65536];
+    uint64_t end = at;
+    while (end > 0) {
+        uint64_t from = end > sizeof b ? end - sizeof b : 0;
+        ssize_t n = pread(fd, b, (size_t)(end - from), (off_t)from);
+        if (n != (ssize_t)(end - from)) return -1;
+        char *nl = memrchr(b, '\n', (size_t)n);
+        if (nl) return (int64_t)(from + (uint64_t)(nl - b) + 1);
+        end = from;
+        if (at - end > MAX_LINE) return -1;
+    }
+    return 0;
+}
+
+/* The scan: the raw bytes of the chunk searched for run_start (each such
+ * line kept whole, wherever it starts) and for tagged lines.  A needle
+ * that straddles the chunk's end is found by this chunk: it reads a few
+ * bytes past it. */
 static void scan_unit(par *p, unit *u)
 {
-    line_reader lr;
-    if (open_at(&lr, p->files[u->file], u->start) != 0) {
+    int fd = open(p->files[u->file], O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
         u->failed = 1;
         return;
     }
-    char *line;
-    size_t len;
-    int complete, toolong, r;
+    enum { BLOCK = 1 << 20, OVER = 16 };
+    char *b = malloc(BLOCK + OVER);
     size_t cap = 0;
-    while (lr.next < u->end && (r = lr_next(&lr, &line, &len, &complete, &toolong)) == 1) {
-        if (toolong || !len) continue;
-        if (memmem(line, len, "\"tag\"", 5)) u->tagged = 1;
-        if (!memmem(line, len, "run_start", 9)) continue;
-        if (u->nctx == MAX_CONTEXT_LINES) {
-            u->too_many = 1;
+    for (uint64_t pos = u->start; b && pos < u->end && !u->too_many;) {
+        uint64_t want = BLOCK + OVER;
+        if (u->end != UINT64_MAX && u->end + OVER - pos < want) want = u->end + OVER - pos;
+        ssize_t n = pread(fd, b, (size_t)want, (off_t)pos);
+        if (n < 0) {
+            u->failed = 1;
             break;
         }
-        if (u->nctx == cap) {
-            size_t nc = cap ? cap * 2 : 4;
-            ctxline *n = realloc(u->ctx, nc * sizeof *n);
-            if (!n) {
+        if (n == 0) break;
+        /* hits that start in [pos, pos + BLOCK) and before the chunk's end */
+        uint64_t lim = pos + BLOCK < u->end ? pos + BLOCK : u->end;
+        if (!u->tagged) {
+            char *t = memmem(b, (size_t)n, "\"tag\"", 5);
+            if (t && pos + (uint64_t)(t - b) < lim) u->tagged = 1;
+        }
+        for (char *h = b; (h = memmem(h, (size_t)(b + n - h), "run_start", 9)); h++) {
+            uint64_t at = pos + (uint64_t)(h - b);
+            if (at >= lim) break;
+            char *nl = memrchr(b, '\n', (size_t)(h - b));
+            int64_t ls = nl ? (int64_t)(pos + (uint64_t)(nl - b) + 1) : line_start(fd, at);
+            if (ls < 0 || keep_line(p, u, (uint64_t)ls, &cap) != 0) {
                 u->too_many = 1;
                 break;
             }
-            u->ctx = n;
-            cap = nc;
         }
-        char *copy = malloc(len);
-        if (!copy) {
-            u->too_many = 1;
-            break;
-        }
-        memcpy(copy, line, len);
-        u->ctx[u->nctx++] = (ctxline){lr.offset, copy, len};
+        if ((size_t)n < want) break;
+        pos += BLOCK;
     }
-    lr_close(&lr);
+    if (!b) u->too_many = 1;
+    free(b);
+    close(fd);
+}
+
+static int by_offset(const void *a, const void *b)
+{
+    const ctxline *x = *(const ctxline *const *)a, *y = *(const ctxline *const *)b;
+    return (x->off > y->off) - (x->off < y->off);
 }
 
 /* The context of the sequential reader at u's first line: the file's
- * run_starts before it, replayed. */
+ * run_starts before it, replayed in the file's order. */
 static void context_at(par *p, unit *u, row_ctx *ctx, json_arena *a)
 {
     char run_id[256];
     run_id_from_path(p->files[u->file], run_id, sizeof run_id);
     row_ctx_init(ctx, run_id);
     if (u->whole) return;
-    for (unit *w = p->u; w < u; w++) {
-        if (w->file != u->file) continue;
-        for (size_t i = 0; i < w->nctx; i++) {
-            json_error je;
-            json_arena_reset(a);
-            jv *v = json_parse(a, w->ctx[i].line, w->ctx[i].len, &je);
-            row e;
-            if (v && v->type == JV_OBJ) row_from_json(v, ctx, &e);
-        }
+    size_t n = 0;
+    for (size_t i = 0; i < p->nu; i++)
+        if (p->u[i].file == u->file) n += p->u[i].nctx;
+    const ctxline **v = n ? malloc(n * sizeof *v) : NULL;
+    if (n && !v) {
+        u->failed = 1;
+        return;
     }
+    size_t k = 0;
+    for (size_t i = 0; i < p->nu; i++) {
+        if (p->u[i].file != u->file) continue;
+        for (size_t j = 0; j < p->u[i].nctx; j++)
+            if (p->u[i].ctx[j].off < u->start) v[k++] = &p->u[i].ctx[j];
+    }
+    qsort(v, k, sizeof *v, by_offset);
+    for (size_t i = 0; i < k; i++) {
+        if (i && v[i]->off == v[i - 1]->off) continue;
+        json_error je;
+        json_arena_reset(a);
+        jv *j = json_parse(a, v[i]->line, v[i]->len, &je);
+        row e;
+        if (j && j->type == JV_OBJ) row_from_json(j, ctx, &e);
+    }
+    free(v);
 }
 
 static void read_unit(par *p, unit *u, void *consumer)
@@ -187,7 +264,7 @@ static void read_unit(par *p, unit *u, void *consumer)
     row_ctx ctx;
     context_at(p, u, &ctx, &a);
     line_reader lr;
-    if (open_at(&lr, p->files[u->file], u->whole ? 0 : u->start) != 0) {
+    if (u->failed || open_at(&lr, p->files[u->file], u->whole ? 0 : u->start) != 0) {
         u->failed = 1;
         json_arena_free(&a);
         return;
