@@ -82,6 +82,8 @@ typedef struct par {
     _Atomic size_t next;
     _Atomic int stop;
     int phase;                /* 1 scan, 2 read */
+    const ctxline ***fctx;    /* per file: its run_start lines in file order, each once */
+    size_t *fnctx;
 } par;
 
 uint64_t par_chunk_bytes(void)
@@ -174,15 +176,15 @@ static int64_t line_start(int fd, uint64_t at)
  * line kept whole, wherever it starts) and for tagged lines.  A needle
  * that straddles the chunk's end is found by this chunk: it reads a few
  * bytes past it. */
-static void scan_unit(par *p, unit *u)
+enum { BLOCK = 1 << 20, OVER = 16 };
+
+static void scan_unit(par *p, unit *u, char *b)
 {
     int fd = open(p->files[u->file], O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         u->failed = 1;
         return;
     }
-    enum { BLOCK = 1 << 20, OVER = 16 };
-    char *b = malloc(BLOCK + OVER);
     size_t cap = 0;
     for (uint64_t pos = u->start; b && pos < u->end && !u->too_many;) {
         uint64_t want = BLOCK + OVER;
@@ -213,7 +215,6 @@ static void scan_unit(par *p, unit *u)
         pos += BLOCK;
     }
     if (!b) u->too_many = 1;
-    free(b);
     close(fd);
 }
 
@@ -223,38 +224,50 @@ static int by_offset(const void *a, const void *b)
     return (x->off > y->off) - (x->off < y->off);
 }
 
+/* Per file, after the scan: its run_start lines in the file's order,
+ * each once (a line may be met by two chunks). */
+static int sort_context(par *p)
+{
+    p->fctx = calloc(p->nfiles, sizeof *p->fctx);
+    p->fnctx = calloc(p->nfiles, sizeof *p->fnctx);
+    if (!p->fctx || !p->fnctx) return -1;
+    for (size_t i = 0; i < p->nu; i++) p->fnctx[p->u[i].file] += p->u[i].nctx;
+    for (size_t f = 0; f < p->nfiles; f++) {
+        if (!p->fnctx[f]) continue;
+        p->fctx[f] = malloc(p->fnctx[f] * sizeof **p->fctx);
+        if (!p->fctx[f]) return -1;
+        p->fnctx[f] = 0;
+    }
+    for (size_t i = 0; i < p->nu; i++)
+        for (size_t j = 0; j < p->u[i].nctx; j++) p->fctx[p->u[i].file][p->fnctx[p->u[i].file]++] = &p->u[i].ctx[j];
+    for (size_t f = 0; f < p->nfiles; f++) {
+        const ctxline **v = p->fctx[f];
+        size_t n = p->fnctx[f], k = 0;
+        if (!n) continue;
+        qsort(v, n, sizeof *v, by_offset);
+        for (size_t i = 0; i < n; i++)
+            if (!k || v[i]->off != v[k - 1]->off) v[k++] = v[i];
+        p->fnctx[f] = k;
+    }
+    return 0;
+}
+
 /* The context of the sequential reader at u's first line: the file's
- * run_starts before it, replayed in the file's order. */
+ * run_starts before it, replayed in order. */
 static void context_at(par *p, unit *u, row_ctx *ctx, json_arena *a)
 {
     char run_id[256];
     run_id_from_path(p->files[u->file], run_id, sizeof run_id);
     row_ctx_init(ctx, run_id);
     if (u->whole) return;
-    size_t n = 0;
-    for (size_t i = 0; i < p->nu; i++)
-        if (p->u[i].file == u->file) n += p->u[i].nctx;
-    const ctxline **v = n ? malloc(n * sizeof *v) : NULL;
-    if (n && !v) {
-        u->failed = 1;
-        return;
-    }
-    size_t k = 0;
-    for (size_t i = 0; i < p->nu; i++) {
-        if (p->u[i].file != u->file) continue;
-        for (size_t j = 0; j < p->u[i].nctx; j++)
-            if (p->u[i].ctx[j].off < u->start) v[k++] = &p->u[i].ctx[j];
-    }
-    qsort(v, k, sizeof *v, by_offset);
-    for (size_t i = 0; i < k; i++) {
-        if (i && v[i]->off == v[i - 1]->off) continue;
+    const ctxline **v = p->fctx[u->file];
+    for (size_t i = 0; i < p->fnctx[u->file] && v[i]->off < u->start; i++) {
         json_error je;
         json_arena_reset(a);
         jv *j = json_parse(a, v[i]->line, v[i]->len, &je);
         row e;
         if (j && j->type == JV_OBJ) row_from_json(j, ctx, &e);
     }
-    free(v);
 }
 
 static void read_unit(par *p, unit *u, void *consumer)
@@ -315,16 +328,18 @@ static void *work(void *arg)
 {
     worker *w = arg;
     par *p = w->p;
+    char *block = p->phase == 1 ? malloc(BLOCK + OVER) : NULL;
     for (;;) {
         size_t i = atomic_fetch_add(&p->next, 1);
         if (i >= p->nu) break;
         unit *u = &p->u[i];
         if (p->phase == 1) {
-            if (!u->whole) scan_unit(p, u);
+            if (!u->whole) scan_unit(p, u, block);
         } else if (!u->skip) {
             read_unit(p, u, w->consumer);
         }
     }
+    free(block);
     return NULL;
 }
 
@@ -399,6 +414,10 @@ int source_read_par(char **files, size_t nfiles, const source_opts *o, const par
         first->whole = 1;
         first->failed = 0;
     }
+    if (sort_context(&p)) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
     for (int i = 0; i < nt; i++) {
         ws[i].p = &p;
         ws[i].consumer = ops->fork(ud);
@@ -435,6 +454,9 @@ out:
         for (size_t k = 0; k < p.u[i].nctx; k++) free(p.u[i].ctx[k].line);
         free(p.u[i].ctx);
     }
+    for (size_t f = 0; p.fctx && f < nfiles; f++) free(p.fctx[f]);
+    free(p.fctx);
+    free(p.fnctx);
     free(p.u);
     free(ws);
     return rc;

@@ -6,6 +6,7 @@
 # lines without ts or id (times from the run's start), TelemetryLogger
 # tagged lines (step_begin / step_end pairs), bad lines and a torn last
 # line (reported with the same line numbers), a directory of runs.
+# Chunks of 61 and 997 bytes on a small file, 4093 and 65536 on the rest.
 set -u
 TALLY=${1:?usage: test_par.sh tally serve_sim train_sim}
 SERVE_SIM=$2 TRAIN_SIM=$3
@@ -19,6 +20,8 @@ check() { local name=$1; shift; if "$@"; then pass=$((pass + 1)); else fail=$((f
 "$SERVE_SIM" --runs "$dir/runs" --requests 700 --seed 4 >/dev/null
 # several runs appending to one file: the later runs' run_starts are mid-file
 cat "$dir"/runs/*/events.jsonl >"$dir/shared.jsonl"
+# a small one for chunks of a few dozen bytes (three runs, two starting mid-file)
+for f in "$dir"/runs/*/events.jsonl; do head -150 "$f"; done >"$dir/small.jsonl"
 python3 - "$dir" <<'PY'
 import json, random, sys
 d = sys.argv[1]
@@ -60,13 +63,15 @@ same() {  # same SOURCE ARGS...: one thread and four give the same answer and th
     local a b ea eb
     a=$("$TALLY" stats --json --threads 1 "$@" "$src" 2>"$dir/e1" | jq -S -c "$r6")
     ea=$(cat "$dir/e1")
-    for c in 61 997 65536; do
+    for c in ${CHUNKS:-4093 65536}; do
         b=$(TALLY_CHUNK_BYTES=$c "$TALLY" stats --json --threads 4 "$@" "$src" 2>"$dir/e4" | jq -S -c "$r6")
         eb=$(cat "$dir/e4")
         check "$(basename "$src") $* chunks of $c: the one-thread answer" test -n "$a" -a "$a" = "$b"
         check "$(basename "$src") $* chunks of $c: the same messages" test "$ea" = "$eb"
     done
 }
+CHUNKS="61 997" same "$dir/small.jsonl" --by model,run
+CHUNKS="61 997" same "$dir/small.jsonl" --by model --where ok=false
 same "$dir/shared.jsonl" --by model
 same "$dir/shared.jsonl" --by run,engine
 same "$dir/shared.jsonl" --by model --where ok=false
@@ -77,7 +82,7 @@ same "$dir/tags.jsonl"
 same "$dir/bad.jsonl" --by model
 same "$dir/runs" --by run
 # the training run's rows in the shared file took its model from a run_start mid-file
-check "training rows keep their run's model" test "$(TALLY_CHUNK_BYTES=61 "$TALLY" stats --json --threads 4 --by model "$dir/shared.jsonl" | jq '[.groups[] | select(.steps > 0) | .model] | length')" -ge 1 -a "$("$TALLY" stats --json --threads 1 --by model "$dir/shared.jsonl" | jq '[.groups[] | select(.steps > 0 and .model != "-")] | length')" -ge 1
+check "training rows keep their run's model" test "$(TALLY_CHUNK_BYTES=997 "$TALLY" stats --json --threads 4 --by model "$dir/shared.jsonl" | jq '[.groups[] | select(.steps > 0) | .model] | length')" -ge 1 -a "$("$TALLY" stats --json --threads 1 --by model "$dir/shared.jsonl" | jq '[.groups[] | select(.steps > 0 and .model != "-")] | length')" -ge 1
 check "--threads 0 refused" bash -c "! '$TALLY' stats --threads 0 '$dir/shared.jsonl' 2>/dev/null"
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
