@@ -199,19 +199,26 @@ static void assert_rows(const server *s, int n)
     assert_true(p == end);
 }
 
+/* The server (s->fail_first / refuse_bad already set) started, and a
+ * shipper sending to it with a spool of its own. */
+static ship *start_both(server *s, target *t, char *spool, size_t n, const char *tag, _Atomic uint64_t *lost)
+{
+    server_start(s, 0);
+    snprintf(t->url, sizeof t->url, "http://127.0.0.1:%d/", s->port);
+    snprintf(spool, n, "%s/spool", th_tmpdir(tag));
+    return open_ship(t, spool, lost);
+}
+
 static void test_retried_until_accepted_in_order(void **st)
 {
     (void)st;
     server s;
     server_init(&s);
     s.fail_first = 5;
-    server_start(&s, 0);
     target t;
-    snprintf(t.url, sizeof t.url, "http://127.0.0.1:%d/", s.port);
     char spool[600];
-    snprintf(spool, sizeof spool, "%s/spool", th_tmpdir("ship-spool"));
     _Atomic uint64_t lost = 0;
-    ship *sh = open_ship(&t, spool, &lost);
+    ship *sh = start_both(&s, &t, spool, sizeof spool, "ship-spool", &lost);
     feeder f = {sh, 0, 200000};
     pthread_t th;
     pthread_create(&th, NULL, feed, &f);
@@ -266,13 +273,10 @@ static void test_refused_batch_set_aside(void **st)
     server s;
     server_init(&s);
     s.refuse_bad = 1;
-    server_start(&s, 0);
     target t;
-    snprintf(t.url, sizeof t.url, "http://127.0.0.1:%d/", s.port);
     char spool[600];
-    snprintf(spool, sizeof spool, "%s/spool", th_tmpdir("ship-spool3"));
     _Atomic uint64_t lost = 0;
-    ship *sh = open_ship(&t, spool, &lost);
+    ship *sh = start_both(&s, &t, spool, sizeof spool, "ship-spool3", &lost);
     ship_append(sh, "good 1\ngood 2\n", 14, 2, 1);
     assert_int_equal(ship_drain(sh, 10000), 0);
     ship_append(sh, "BAD 1\nBAD 2\nBAD 3\n", 18, 3, 1);
