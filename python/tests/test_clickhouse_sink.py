@@ -29,12 +29,17 @@ class Server:
         self.start()
         self.password = (d / "password").read_text()
 
+    # Programs that are not ours are not to be sanitised: under the ASan run
+    # the interpreter has libasan preloaded, which clickhouse-server, curl
+    # and ps must not inherit (they hang with it).
+    ENV = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
+
     def start(self):
         subprocess.run(["bash", SCRIPT, "start", str(self.dir), str(self.http), str(self.tcp)], check=True,
-                       timeout=120)
+                       timeout=120, env=self.ENV)
 
     def stop(self):
-        subprocess.run(["bash", SCRIPT, "stop", str(self.dir)], check=True, timeout=60)
+        subprocess.run(["bash", SCRIPT, "stop", str(self.dir)], check=True, timeout=60, env=self.ENV)
 
     def url(self, db):
         return f"clickhouse://127.0.0.1:{self.http}/{db}"
@@ -256,7 +261,7 @@ t.close()
     p = subprocess.Popen([__import__("sys").executable, "-c", code], cwd=tmp, env=env, stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, env=Server.ENV, timeout=60).stdout
     cmdline = open(f"/proc/{p.pid}/cmdline", "rb").read().decode(errors="replace")
     p.stdin.write("\n")
     p.stdin.flush()
