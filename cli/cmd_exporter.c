@@ -27,9 +27,9 @@
 #include "metrics.h"
 #include "otlp.h"
 #include "row.h"
+#include "source.h"
 #include "util.h"
 
-#define MAX_LINE ((size_t)16 << 20)
 #define MAX_FILES 4096
 
 static volatile sig_atomic_t stop_flag;
@@ -164,7 +164,7 @@ static void add_file(exporter *x, const char *path, const state_entry *st, size_
     watched *w = &x->files[x->n];
     memset(w, 0, sizeof *w);
     w->path = strdup(path);
-    if (!w->path || follow_open(&w->fw, path, 0, MAX_LINE) != 0) {
+    if (!w->path || follow_open(&w->fw, path, 0, SOURCE_MAX_LINE) != 0) {
         free(w->path);
         return;
     }

@@ -294,7 +294,7 @@ static void check_event(vstate *s, uint64_t line, const jv *v)
 static int validate_file(const char *path, uint64_t *total)
 {
     line_reader lr;
-    if (lr_open(&lr, path, (size_t)16 << 20) != 0) {
+    if (lr_open(&lr, path, SOURCE_MAX_LINE) != 0) {
         cli_error("validate", "cannot read %s", path);
         return -1;
     }

@@ -39,8 +39,6 @@
 #include "source.h"
 #include "util.h"
 
-#define MAX_LINE ((size_t)16 << 20)
-#define MAX_REPORTED 10
 #define MAX_CONTEXT_LINES 4096 /* run_starts per file beyond which the file is read by one thread */
 #define DEFAULT_CHUNK ((uint64_t)8 << 20)
 
@@ -65,9 +63,8 @@ typedef struct unit {
     size_t nctx;
     int tagged, too_many;
     /* the read */
-    uint64_t lines;
     source_stats st;
-    badline bad[MAX_REPORTED];
+    badline bad[SOURCE_MAX_REPORTED];
     int nbad;
     int failed;               /* could not be read */
 } unit;
@@ -104,7 +101,7 @@ int par_threads(int asked)
  * `start`. */
 static int open_at(line_reader *lr, const char *path, uint64_t start)
 {
-    if (lr_open(lr, path, MAX_LINE) != 0) return -1;
+    if (lr_open(lr, path, SOURCE_MAX_LINE) != 0) return -1;
     if (start == 0) return 0;
     if (fseeko(lr->f, (off_t)(start - 1), SEEK_SET) != 0) {
         lr_close(lr);
@@ -137,7 +134,6 @@ static int keep_line(par *p, unit *u, uint64_t off, size_t *cap)
     }
     line_reader lr;
     if (open_at(&lr, p->files[u->file], off) != 0) return -1;
-    lr.next = off;
     char *line;
     size_t len;
     int complete, toolong, rc = -1;
@@ -167,7 +163,7 @@ static int64_t line_start(int fd, uint64_t at)
         char *nl = memrchr(b, '\n', (size_t)n);
         if (nl) return (int64_t)(from + (uint64_t)(nl - b) + 1);
         end = from;
-        if (at - end > MAX_LINE) return -1;
+        if (at - end > SOURCE_MAX_LINE) return -1;
     }
     return 0;
 }
@@ -299,7 +295,7 @@ static void read_unit(par *p, unit *u, void *consumer)
                 u->st.torn++;
                 continue;
             }
-            if (u->nbad < MAX_REPORTED) {
+            if (u->nbad < SOURCE_MAX_REPORTED) {
                 badline *b = &u->bad[u->nbad++];
                 b->lineno = lr.lineno;
                 source_why(b->why, sizeof b->why, toolong, v, &je);
@@ -392,6 +388,7 @@ int source_read_par(char **files, size_t nfiles, const source_opts *o, const par
     p.o = o;
     p.ops = ops;
     int nt = par_threads(o->threads), rc = -1;
+    char *whole = NULL; /* per file: read by one unit */
     worker *ws = calloc((size_t)nt, sizeof *ws);
     if (!ws || make_units(&p, par_chunk_bytes())) {
         snprintf(err, errlen, "out of memory");
@@ -400,19 +397,20 @@ int source_read_par(char **files, size_t nfiles, const source_opts *o, const par
     for (int i = 0; i < nt; i++) ws[i].p = &p;
     run_phase(&p, ws, nt, 1);
     /* A file whose chunks met tagged lines, or too many runs, or could not
-     * be scanned: read by one thread from its start. */
+     * be scanned: read by its first unit, from its start, alone. */
+    whole = calloc(nfiles ? nfiles : 1, 1);
+    if (!whole) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < p.nu; i++)
+        if (!p.u[i].whole && (p.u[i].tagged || p.u[i].too_many || p.u[i].failed)) whole[p.u[i].file] = 1;
     for (size_t i = 0; i < p.nu; i++) {
         unit *u = &p.u[i];
-        if (u->whole || !(u->tagged || u->too_many || u->failed)) continue;
-        for (size_t j = 0; j < p.nu; j++) {
-            if (p.u[j].file != u->file) continue;
-            p.u[j].skip = 1;
-        }
-        unit *first = u;
-        while (first > p.u && first[-1].file == u->file) first--;
-        first->skip = 0;
-        first->whole = 1;
-        first->failed = 0;
+        if (!whole[u->file]) continue;
+        u->whole = u->start == 0;
+        u->skip = !u->whole;
+        u->failed = 0;
     }
     if (sort_context(&p)) {
         snprintf(err, errlen, "out of memory");
@@ -459,5 +457,6 @@ out:
     free(p.fnctx);
     free(p.u);
     free(ws);
+    free(whole);
     return rc;
 }

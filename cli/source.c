@@ -14,8 +14,6 @@
 #include "read_sqlite.h"
 #include "util.h"
 
-#define MAX_LINE ((size_t)16 << 20)
-#define MAX_REPORTED 10
 
 int source_kind(const char *path, char *err, size_t errlen)
 {
@@ -35,7 +33,7 @@ int source_kind(const char *path, char *err, size_t errlen)
 void source_report(source_stats *st, const char *path, uint64_t line, const char *why)
 {
     st->bad++;
-    if (st->reported++ < MAX_REPORTED)
+    if (st->reported++ < SOURCE_MAX_REPORTED)
         fprintf(stderr, "tally: %s:%llu: skipped: %s\n", path, (unsigned long long)line, why);
 }
 
@@ -59,7 +57,7 @@ int source_read_jsonl(const char *path, const source_opts *o, row_fn fn, void *u
                       size_t errlen, int give_ids)
 {
     line_reader lr;
-    if (lr_open(&lr, path, MAX_LINE) != 0) {
+    if (lr_open(&lr, path, SOURCE_MAX_LINE) != 0) {
         snprintf(err, errlen, "cannot read %s", path);
         return -1;
     }
@@ -245,8 +243,8 @@ static int read_sources(char **paths, int n, const source_opts *o, row_fn fn, vo
 
 void source_report_more(const source_stats *st)
 {
-    if (st->reported > MAX_REPORTED)
-        fprintf(stderr, "tally: ... %d more lines skipped\n", st->reported - MAX_REPORTED);
+    if (st->reported > SOURCE_MAX_REPORTED)
+        fprintf(stderr, "tally: ... %d more lines skipped\n", st->reported - SOURCE_MAX_REPORTED);
 }
 
 /* Merging by id: passes each event on the first time its id is met. */

@@ -20,6 +20,11 @@
 
 #include "read_sqlite.h"
 
+/* The longest line a reader keeps (longer ones are skipped, said so), and
+ * how many skipped lines are reported one by one before a count. */
+#define SOURCE_MAX_LINE ((size_t)16 << 20)
+#define SOURCE_MAX_REPORTED 10
+
 /* Reads every source in `paths` (FILE, DIR, DB or "-").  With more than
  * one, events are merged by id: the same event from a run directory and
  * from the database imported from it counts once (databases are then read
