@@ -136,7 +136,6 @@
 #define ship_drain tally__ship_drain
 #define ship_http tally__ship_http
 #define ship_log tally__ship_log
-#define ship_lost tally__ship_lost
 #define ship_open tally__ship_open
 #define ship_resp_free tally__ship_resp_free
 #define ship_sent tally__ship_sent

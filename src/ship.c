@@ -668,7 +668,6 @@ int ship_drain(ship *s, uint32_t ms)
     return rc;
 }
 
-uint64_t ship_lost(const ship *s) { return atomic_load(s->lost); }
 uint64_t ship_sent(const ship *s) { return atomic_load((_Atomic uint64_t *)&s->sent); }
 
 void ship_after_fork(ship *s)

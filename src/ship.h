@@ -87,7 +87,6 @@ int ship_append(ship *s, const char *body, size_t len, uint32_t items, int sync)
 /* Seals the open batch and waits (up to `ms`) until the queue in memory
  * is empty: delivered, spooled or lost.  0 when it is. */
 int ship_drain(ship *s, uint32_t ms);
-uint64_t ship_lost(const ship *s);
 uint64_t ship_sent(const ship *s);
 /* In a forked child: the parent's queue and thread stay with the parent. */
 void ship_after_fork(ship *s);

@@ -34,8 +34,6 @@
 
 struct otlp_exporter {
     ship *ship;
-    tally_log_fn log;
-    void *log_ud;
     char *traces_url, *metrics_url;
     struct curl_slist *headers;  /* the user's, and Content-Type */
     metrics *mx;
@@ -233,8 +231,6 @@ osink *otlp_exporter_open(const otlp_conf *c)
 {
     osink *o = calloc(1, sizeof *o);
     if (!o) return NULL;
-    o->log = c->log;
-    o->log_ud = c->log_ud;
     o->lost = c->lost ? c->lost : &o->own_lost;
     o->traces_url = join_url(c->endpoint, "/v1/traces");
     o->metrics_url = join_url(c->endpoint, "/v1/metrics");
