@@ -188,7 +188,14 @@ static int ch_import_row(void *ud, const row *given)
     return 0;
 }
 
-static int import_clickhouse(const char *url, char **files, size_t nfiles, char **dbs, int ndbs, import_stats *st)
+/* A database to import, and what kind (READ_SQLITE_*). */
+typedef struct dbin {
+    const char *path;
+    int kind;
+} dbin;
+
+static int import_clickhouse(const char *url, char **files, size_t nfiles, const dbin *dbs, int ndbs,
+                             import_stats *st)
 {
     ch_import ci;
     memset(&ci, 0, sizeof ci);
@@ -207,12 +214,11 @@ static int import_clickhouse(const char *url, char **files, size_t nfiles, char 
         st->files++;
         source_opts o = {0};
         o.with_json = 1;
-        int kind = source_kind(dbs[i], err, sizeof err);
-        const char *base = strrchr(dbs[i], '/');
-        base = base ? base + 1 : dbs[i];
+        const char *base = strrchr(dbs[i].path, '/');
+        base = base ? base + 1 : dbs[i].path;
         ci.run_hash = fnv1a(FNV_SEED, base, strlen(base));
         ci.ordinal = 0;
-        rc = kind < 0 ? -1 : read_sqlite(dbs[i], kind, &o, ch_import_row, &ci, &st->read, err, sizeof err);
+        rc = read_sqlite(dbs[i].path, dbs[i].kind, &o, ch_import_row, &ci, &st->read, err, sizeof err);
         if (rc && !ci.failed) cli_error("import", "%s", err);
     }
     for (size_t i = 0; i < nfiles && !rc && !ci.failed; i++) {
@@ -292,9 +298,14 @@ int cmd_import(int argc, char **argv)
     }
     char err[512];
     /* Databases (tally's, OpenJarvis's): into ClickHouse only. */
-    char **dbs = calloc((size_t)ninputs + 1, sizeof *dbs);
+    dbin *dbs = calloc((size_t)ninputs + 1, sizeof *dbs);
+    if (!dbs) {
+        cli_error("import", "out of memory");
+        free(inputs);
+        return 1;
+    }
     int ndbs = 0, nfileargs = 0;
-    for (int i = 0; dbs && i < ninputs; i++) {
+    for (int i = 0; i < ninputs; i++) {
         int kind = source_kind(inputs[i], err, sizeof err);
         if (kind < 0) {
             cli_error("import", "%s", err);
@@ -310,7 +321,7 @@ int cmd_import(int argc, char **argv)
                 free(dbs);
                 return 2;
             }
-            dbs[ndbs++] = inputs[i];
+            dbs[ndbs++] = (dbin){inputs[i], kind};
         } else {
             inputs[nfileargs++] = inputs[i];
         }
@@ -318,10 +329,9 @@ int cmd_import(int argc, char **argv)
     size_t nfiles = 0;
     char **files = nfileargs ? collect_jsonl(inputs, nfileargs, &nfiles, err, sizeof err) : calloc(1, sizeof(char *));
     free(inputs);
-    if (!dbs || !files) free(dbs);
-    if (!files || !dbs) {
-        cli_error("import", "%s", files ? "out of memory" : err);
-        free_list(files);
+    if (!files) {
+        cli_error("import", "%s", nfileargs ? err : "out of memory");
+        free(dbs);
         return 1;
     }
     import_stats st;
