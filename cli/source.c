@@ -158,9 +158,10 @@ static int read_clickhouse(const char *url, const source_opts *o, row_fn fn, voi
     ch_target t;
     if (ch_target_init(&t, url, err, errlen)) return -1;
     char time_sql[256] = "";
-    if (o->since && o->until) snprintf(time_sql, sizeof time_sql, " AND ts >= %.6f AND ts < %.6f", o->since, o->until);
+    /* the same range as source_in_range: since and until both included */
+    if (o->since && o->until) snprintf(time_sql, sizeof time_sql, " AND ts >= %.6f AND ts <= %.6f", o->since, o->until);
     else if (o->since) snprintf(time_sql, sizeof time_sql, " AND ts >= %.6f", o->since);
-    else if (o->until) snprintf(time_sql, sizeof time_sql, " AND ts < %.6f", o->until);
+    else if (o->until) snprintf(time_sql, sizeof time_sql, " AND ts <= %.6f", o->until);
     /* `tally stats`: the requests are answered by the server as cells, the
      * other events (few) read as rows. */
     int pushdown = o->cells && o->ch_pushdown;
