@@ -174,6 +174,44 @@ static int64_t line_start(int fd, uint64_t at)
  * bytes past it. */
 enum { BLOCK = 1 << 20, OVER = 16 };
 
+/* The marks the scan looks for: "run_start" and "\"tag\"". */
+static int mark_at(const char *b, size_t n, size_t i)
+{
+    return (n - i >= 9 && memcmp(b + i, "run_start", 9) == 0) || (n - i >= 5 && memcmp(b + i, "\"tag\"", 5) == 0);
+}
+
+/* The first mark at or after `from` in b[0..n), or n.  Sixteen positions
+ * at a time, with the compiler's portable vectors: a position can hold a
+ * mark only if 'r' is there and 't' eight bytes on, or 't', 'g' and '"'
+ * one, three and four bytes on; those few are checked whole.  The scan
+ * reads every byte once, where searching for each mark on its own read
+ * the data twice at a fraction of the speed. */
+typedef unsigned char v16 __attribute__((vector_size(16)));
+static inline v16 load16(const char *p)
+{
+    v16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static size_t next_mark(const char *b, size_t n, size_t from)
+{
+    size_t i = from;
+    for (; n >= 24 && i <= n - 24; i += 16) {
+        v16 m = (v16)((load16(b + i) == 'r') & (load16(b + i + 8) == 't')) |
+                (v16)((load16(b + i + 1) == 't') & (load16(b + i + 3) == 'g') & (load16(b + i + 4) == '"'));
+        uint64_t lo, hi;
+        memcpy(&lo, &m, 8);
+        memcpy(&hi, (const char *)&m + 8, 8);
+        if (!(lo | hi)) continue;
+        for (size_t k = 0; k < 16; k++)
+            if (m[k] && mark_at(b, n, i + k)) return i + k;
+    }
+    for (; i < n; i++)
+        if (mark_at(b, n, i)) return i;
+    return n;
+}
+
 static void scan_unit(par *p, unit *u, char *b)
 {
     int fd = open(p->files[u->file], O_RDONLY | O_CLOEXEC);
@@ -193,15 +231,15 @@ static void scan_unit(par *p, unit *u, char *b)
         if (n == 0) break;
         /* hits that start in [pos, pos + BLOCK) and before the chunk's end */
         uint64_t lim = pos + BLOCK < u->end ? pos + BLOCK : u->end;
-        if (!u->tagged) {
-            char *t = memmem(b, (size_t)n, "\"tag\"", 5);
-            if (t && pos + (uint64_t)(t - b) < lim) u->tagged = 1;
-        }
-        for (char *h = b; (h = memmem(h, (size_t)(b + n - h), "run_start", 9)); h++) {
-            uint64_t at = pos + (uint64_t)(h - b);
-            if (at >= lim) break;
-            char *nl = memrchr(b, '\n', (size_t)(h - b));
-            int64_t ls = nl ? (int64_t)(pos + (uint64_t)(nl - b) + 1) : line_start(fd, at);
+        for (size_t at = 0; (at = next_mark(b, (size_t)n, at)) < (size_t)n; at++) {
+            uint64_t off = pos + at;
+            if (off >= lim) break;
+            if (b[at] == '"') {
+                u->tagged = 1;
+                continue;
+            }
+            char *nl = memrchr(b, '\n', at);
+            int64_t ls = nl ? (int64_t)(pos + (uint64_t)(nl - b) + 1) : line_start(fd, off);
             if (ls < 0 || keep_line(p, u, (uint64_t)ls, &cap) != 0) {
                 u->too_many = 1;
                 break;
@@ -288,9 +326,9 @@ static void read_unit(par *p, unit *u, void *consumer)
         if (len == 0) continue;
         json_error je;
         json_arena_reset(&a);
-        jv *v = toolong ? NULL : json_parse_inplace(&a, line, len, &je);
+        const jv *v = NULL;
         row e;
-        if (!v || v->type != JV_OBJ || !row_from_json(v, &ctx, &e)) {
+        if (toolong || !row_from_line(&a, line, len, &ctx, &e, &v, &je)) {
             if (!complete && !toolong) {
                 u->st.torn++;
                 continue;

@@ -76,9 +76,13 @@ int source_read_jsonl(const char *path, const source_opts *o, row_fn fn, void *u
         json_error je;
         json_arena_reset(&a);
         /* Ids for lines without one need the line as it was: parsed by copy. */
-        jv *v = toolong ? NULL : give_ids ? json_parse(&a, line, len, &je) : json_parse_inplace(&a, line, len, &je);
+        const jv *v = NULL;
         row e;
-        if (!v || v->type != JV_OBJ || !row_from_json(v, &ctx, &e)) {
+        int is_event;
+        if (toolong) is_event = 0;
+        else if (give_ids) is_event = (v = json_parse(&a, line, len, &je)) && row_from_json(v, &ctx, &e);
+        else is_event = row_from_line(&a, line, len, &ctx, &e, &v, &je); /* only the members rows use */
+        if (!is_event) {
             if (!complete && !toolong) {
                 st->torn++;
                 continue;

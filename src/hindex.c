@@ -3,9 +3,8 @@
 
 #include <stdlib.h>
 
-int hindex_fit(hindex *x, size_t n, uint64_t (*hash_of)(const void *ud, size_t i), const void *ud)
+int hindex_grow(hindex *x, size_t n, uint64_t (*hash_of)(const void *ud, size_t i), const void *ud)
 {
-    if ((n + 1) * 2 <= x->nslot) return 0;
     size_t ns = x->nslot ? x->nslot * 2 : 64;
     size_t *sl = malloc(ns * sizeof *sl);
     if (!sl) return -1;

@@ -28,7 +28,11 @@ typedef struct hindex {
 /* Makes room for entry number n (entries 0..n-1 exist; hash_of(ud, i) is
  * entry i's hash), doubling and re-placing them when half full.  0, or -1
  * when memory ran out (the index is unchanged). */
-int hindex_fit(hindex *x, size_t n, uint64_t (*hash_of)(const void *ud, size_t i), const void *ud);
+int hindex_grow(hindex *x, size_t n, uint64_t (*hash_of)(const void *ud, size_t i), const void *ud);
+static inline int hindex_fit(hindex *x, size_t n, uint64_t (*hash_of)(const void *ud, size_t i), const void *ud)
+{
+    return (n + 1) * 2 <= x->nslot ? 0 : hindex_grow(x, n, hash_of, ud); /* once per row: the check inline */
+}
 void hindex_clear(hindex *x);   /* every slot free, memory kept */
 void hindex_free(hindex *x);
 

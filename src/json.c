@@ -86,6 +86,10 @@ typedef struct parser {
     json_error *err;
     int depth;
     unsigned char *inplace;   /* json_parse_inplace: the writable input */
+    const json_keep *keep;    /* json_parse_keep: which members to build */
+    int skip;                 /* > 0: inside a member not built (checked only) */
+    int slot;                 /* the slot of the kept member we are in */
+    jv scratch;               /* what a value not built "is" */
 } parser;
 
 static jv *fail(parser *ps, const char *what)
@@ -188,6 +192,12 @@ static const char *parse_string(parser *ps, size_t *outlen)
     }
     if (q >= ps->end) { fail(ps, "unterminated string"); return NULL; }
     size_t rawlen = (size_t)(q - p);
+    if (simple && ps->skip) {
+        /* Checked, not kept: nothing to copy or terminate. */
+        *outlen = rawlen;
+        ps->p = q + 1;
+        return (const char *)p;
+    }
     if (simple && ps->inplace) {
         /* No escapes: the string is its own bytes; the closing quote
          * becomes its terminator. */
@@ -248,6 +258,7 @@ static const char *parse_string(parser *ps, size_t *outlen)
 
 static jv *new_value(parser *ps, jv_type t)
 {
+    if (ps->skip) return &ps->scratch;
     jv *v = arena_alloc(ps->a, sizeof *v);
     if (!v) return fail(ps, "document too large");
     *v = (jv){.type = (uint8_t)t};
@@ -358,13 +369,27 @@ static jv *parse_container(parser *ps, int obj)
             if (ps->p >= ps->end || *ps->p != ':') return fail(ps, "expected ':'");
             ps->p++;
         }
+        /* json_parse_keep: a member is built only when asked for. */
+        int slot = 0, outer = ps->slot, filtered = obj && ps->keep && !ps->skip;
+        if (filtered) {
+            slot = ps->keep->want(ps->keep->ud, ps->depth, ps->slot, key, keylen);
+            if (slot) ps->slot = slot;
+            else ps->skip++;
+        }
         jv *e = parse_value(ps);
+        if (filtered) {
+            if (!slot) ps->skip--;
+            ps->slot = outer;
+        }
         if (!e) return NULL;
+        if (ps->skip || (filtered && !slot)) goto next;
         e->key = key;
         e->keylen = (uint32_t)keylen;
         *tail = e;
         tail = &e->next;
         v->count++;
+        if (slot) ps->keep->got(ps->keep->ud, slot, e);
+    next:
         skip_ws(ps);
         if (ps->p >= ps->end) return fail(ps, "unterminated container");
         if (*ps->p == ',') { ps->p++; continue; }
@@ -408,30 +433,39 @@ static jv *parse_value(parser *ps)
     }
 }
 
+static jv *parse_document(parser *ps)
+{
+    if (ps->err) {
+        ps->err->offset = 0;
+        ps->err->what = NULL;
+    }
+    if (!ps->s) return fail(ps, "no input");
+    jv *v = parse_value(ps);
+    if (!v) return NULL;
+    skip_ws(ps);
+    if (ps->p != ps->end) return fail(ps, "trailing characters");
+    return v;
+}
+
 jv *json_parse_inplace(json_arena *a, char *s, size_t n, json_error *err)
 {
-    parser ps = {(const unsigned char *)s, (const unsigned char *)s, (const unsigned char *)s + n, a, err, 0,
-                 (unsigned char *)s};
-    if (err) { err->offset = 0; err->what = NULL; }
-    if (!s) return fail(&ps, "no input");
-    jv *v = parse_value(&ps);
-    if (!v) return NULL;
-    skip_ws(&ps);
-    if (ps.p != ps.end) return fail(&ps, "trailing characters");
-    return v;
+    const unsigned char *u = (const unsigned char *)s;
+    parser ps = {.s = u, .p = u, .end = u + n, .a = a, .err = err, .inplace = (unsigned char *)s};
+    return parse_document(&ps);
+}
+
+jv *json_parse_keep(json_arena *a, char *s, size_t n, const json_keep *keep, json_error *err)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    parser ps = {.s = u, .p = u, .end = u + n, .a = a, .err = err, .inplace = (unsigned char *)s, .keep = keep};
+    return parse_document(&ps);
 }
 
 jv *json_parse(json_arena *a, const char *s, size_t n, json_error *err)
 {
-    parser ps = {(const unsigned char *)s, (const unsigned char *)s,
-                 (const unsigned char *)s + n, a, err, 0, NULL};
-    if (err) { err->offset = 0; err->what = NULL; }
-    if (!s) return fail(&ps, "no input");
-    jv *v = parse_value(&ps);
-    if (!v) return NULL;
-    skip_ws(&ps);
-    if (ps.p != ps.end) return fail(&ps, "trailing characters");
-    return v;
+    const unsigned char *u = (const unsigned char *)s;
+    parser ps = {.s = u, .p = u, .end = u + n, .a = a, .err = err};
+    return parse_document(&ps);
 }
 
 const jv *jv_getn(const jv *obj, const char *key, size_t kl)

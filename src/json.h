@@ -64,6 +64,25 @@ jv *json_parse(json_arena *a, const char *s, size_t n, json_error *err);
  * the values. */
 jv *json_parse_inplace(json_arena *a, char *s, size_t n, json_error *err);
 
+/* Which members json_parse_keep builds.  want() is asked about each
+ * member of an object at `depth` (1: the document's own object) that is
+ * inside kept members only; `pslot` is the slot of the nearest kept member
+ * around it (0 at depth 1).  It returns a slot (> 0) to build the member,
+ * 0 to only check it; got() is then given each built member, its value
+ * complete.  Elements of a kept array are all built. */
+typedef struct json_keep {
+    int (*want)(void *ud, int depth, int pslot, const char *key, size_t keylen);
+    void (*got)(void *ud, int slot, const jv *v);
+    void *ud;
+} json_keep;
+
+/* json_parse_inplace that builds only the members keep wants: the rest
+ * are checked as strictly (the same documents accepted, the same errors)
+ * but cost no memory -- so, unlike a whole tree, a huge member that is
+ * not kept never makes a document "too large".  For readers that need a
+ * few keys of each line. */
+jv *json_parse_keep(json_arena *a, char *s, size_t n, const json_keep *keep, json_error *err);
+
 /* Member of an object by key, or NULL. */
 const jv *jv_get(const jv *obj, const char *key);
 const jv *jv_getn(const jv *obj, const char *key, size_t keylen);

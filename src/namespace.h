@@ -57,8 +57,8 @@
 #define get_f64 tally__get_f64
 #define get_uvarint tally__get_uvarint
 #define hindex_clear tally__hindex_clear
-#define hindex_fit tally__hindex_fit
 #define hindex_free tally__hindex_free
+#define hindex_grow tally__hindex_grow
 #define idset_add tally__idset_add
 #define idset_free tally__idset_free
 #define idset_init tally__idset_init
@@ -68,6 +68,7 @@
 #define json_arena_reset tally__json_arena_reset
 #define json_parse tally__json_parse
 #define json_parse_inplace tally__json_parse_inplace
+#define json_parse_keep tally__json_parse_keep
 #define jv_get tally__jv_get
 #define jv_getn tally__jv_getn
 #define jv_int tally__jv_int
@@ -127,6 +128,7 @@
 #define row_clear tally__row_clear
 #define row_ctx_init tally__row_ctx_init
 #define row_from_json tally__row_from_json
+#define row_from_line tally__row_from_line
 #define row_strings tally__row_strings
 #define row_take_run_model tally__row_take_run_model
 #define ship_after_fork tally__ship_after_fork

@@ -46,85 +46,103 @@ void row_take_run_model(row *r, const char *run_model, const char *run_phase)
     if (training) r->model = (sv){run_model, strlen(run_model)};
 }
 
-/* The members a top-level line may have that rows use. */
-typedef struct top {
-    const jv *kind, *tag, *ts, *t, *id, *phase, *name, *run_id, *started_at, *model, *reason, *extra;
-    const jv *step, *loss, *lr, *wall_us, *tokens, *unfinished, *type, *message, *request_id, *context;
-} top;
+/* The members of a line that rows use, each by a slot: those of the line's
+ * object, of its `model` and `context` objects, and of a request's
+ * `extra` (the named fields and numbers of fields.h by their index).
+ * The same slots serve a parsed tree (scan_tree) and a parse that builds
+ * only these members (row_from_line), so both read a line alike. */
+enum {
+    S_NONE, S_KIND, S_TAG, S_TS, S_T, S_ID, S_PHASE, S_NAME, S_RUN_ID, S_STARTED_AT, S_MODEL, S_REASON, S_EXTRA,
+    S_STEP, S_LOSS, S_LR, S_WALL_US, S_TOKENS, S_UNFINISHED, S_TYPE, S_MESSAGE, S_REQUEST_ID, S_CONTEXT,
+    S_MODEL_NAME, S_CONTEXT_LOSS,                   /* model.name, context.loss */
+    S_X_OK, S_X_TEXT, S_X_ERROR, S_X_DEGRADED,      /* in extra */
+    S_X_FIELD,                                      /* + request_key_index() */
+    S_COUNT = S_X_FIELD + N_REQUEST_LABELS + N_REQUEST_NUMBERS
+};
 
-/* The members of a request's `extra` that rows use. */
-typedef struct xtra {
-    const jv *label[RQ_NLABELS];   /* the named fields (fields.h), by slot */
-    const jv *number[N_REQUEST_NUMBERS];  /* the numbers (fields.h), in their order */
-    const jv *error, *degraded, *text, *ok;
-} xtra;
+typedef struct parts {
+    const jv *m[S_COUNT];  /* the first member of each slot (duplicate keys: the first wins, as with jv_get) */
+} parts;
 
-/* The first of duplicate keys wins, as with jv_get(). */
-#define TAKE(slot) do { if (!(slot)) (slot) = e; } while (0)
-#define KEY(e, lit) ((e)->keylen == sizeof(lit) - 1 && memcmp((e)->key, lit, sizeof(lit) - 1) == 0)
+#define KEY(k, n, lit) ((n) == sizeof(lit) - 1 && memcmp((k), lit, sizeof(lit) - 1) == 0)
 
-static void scan_top(const jv *obj, top *o)
+static int top_slot(const char *k, size_t n)
 {
-    memset(o, 0, sizeof *o);
-    for (const jv *e = obj->child; e; e = e->next) {
-        switch (e->keylen) {
-        case 1: if (e->key[0] == 't') TAKE(o->t); break;
-        case 2:
-            if (KEY(e, "ts")) TAKE(o->ts);
-            else if (KEY(e, "id")) TAKE(o->id);
-            else if (KEY(e, "lr")) TAKE(o->lr);
-            break;
-        case 3: if (KEY(e, "tag")) TAKE(o->tag); break;
-        case 4:
-            if (KEY(e, "kind")) TAKE(o->kind);
-            else if (KEY(e, "name")) TAKE(o->name);
-            else if (KEY(e, "step")) TAKE(o->step);
-            else if (KEY(e, "loss")) TAKE(o->loss);
-            else if (KEY(e, "type")) TAKE(o->type);
-            break;
-        case 5:
-            if (KEY(e, "phase")) TAKE(o->phase);
-            else if (KEY(e, "model")) TAKE(o->model);
-            else if (KEY(e, "extra")) TAKE(o->extra);
-            break;
-        case 6:
-            if (KEY(e, "run_id")) TAKE(o->run_id);
-            else if (KEY(e, "reason")) TAKE(o->reason);
-            else if (KEY(e, "tokens")) TAKE(o->tokens);
-            break;
-        case 7:
-            if (KEY(e, "wall_us")) TAKE(o->wall_us);
-            else if (KEY(e, "message")) TAKE(o->message);
-            else if (KEY(e, "context")) TAKE(o->context);
-            break;
-        case 10:
-            if (KEY(e, "started_at")) TAKE(o->started_at);
-            else if (KEY(e, "request_id")) TAKE(o->request_id);
-            else if (KEY(e, "unfinished")) TAKE(o->unfinished);
-            break;
-        default: break;
-        }
+    switch (n) {
+    case 1: return k[0] == 't' ? S_T : 0;
+    case 2: return KEY(k, n, "ts") ? S_TS : KEY(k, n, "id") ? S_ID : KEY(k, n, "lr") ? S_LR : 0;
+    case 3: return KEY(k, n, "tag") ? S_TAG : 0;
+    case 4:
+        return KEY(k, n, "kind") ? S_KIND : KEY(k, n, "name") ? S_NAME : KEY(k, n, "step") ? S_STEP
+             : KEY(k, n, "loss") ? S_LOSS : KEY(k, n, "type") ? S_TYPE : 0;
+    case 5: return KEY(k, n, "phase") ? S_PHASE : KEY(k, n, "model") ? S_MODEL : KEY(k, n, "extra") ? S_EXTRA : 0;
+    case 6: return KEY(k, n, "run_id") ? S_RUN_ID : KEY(k, n, "reason") ? S_REASON : KEY(k, n, "tokens") ? S_TOKENS : 0;
+    case 7:
+        return KEY(k, n, "wall_us") ? S_WALL_US : KEY(k, n, "message") ? S_MESSAGE
+             : KEY(k, n, "context") ? S_CONTEXT : 0;
+    case 10:
+        return KEY(k, n, "started_at") ? S_STARTED_AT : KEY(k, n, "request_id") ? S_REQUEST_ID
+             : KEY(k, n, "unfinished") ? S_UNFINISHED : 0;
+    default: return 0;
     }
 }
 
-static void scan_extra(const jv *obj, xtra *x)
+static int extra_slot(const char *k, size_t n)
 {
-    memset(x, 0, sizeof *x);
+    switch (n) {
+    case 2: if (KEY(k, n, "ok")) return S_X_OK; break;
+    case 4: if (KEY(k, n, "text")) return S_X_TEXT; break;
+    case 5: if (KEY(k, n, "error")) return S_X_ERROR; break;
+    case 8: if (KEY(k, n, "degraded")) return S_X_DEGRADED; break;
+    default: break;
+    }
+    int idx = request_key_index(k, n);
+    return idx < 0 ? 0 : S_X_FIELD + idx;
+}
+
+/* The slot of member `k` of an object at `depth` inside slot `pslot`. */
+static int slot_of(int depth, int pslot, const char *k, size_t n)
+{
+    if (depth == 1) return top_slot(k, n);
+    if (depth != 2) return 0;
+    if (pslot == S_EXTRA) return extra_slot(k, n);
+    if (pslot == S_MODEL) return KEY(k, n, "name") ? S_MODEL_NAME : 0;
+    if (pslot == S_CONTEXT) return KEY(k, n, "loss") ? S_CONTEXT_LOSS : 0;
+    return 0;
+}
+
+static void take(parts *t, int slot, const jv *v)
+{
+    if (!t->m[slot]) t->m[slot] = v;
+}
+
+static void scan_object(parts *t, const jv *obj, int depth, int pslot)
+{
     for (const jv *e = obj->child; e; e = e->next) {
-        switch (e->keylen) {
-        case 2: if (KEY(e, "ok")) { TAKE(x->ok); continue; } break;
-        case 4: if (KEY(e, "text")) { TAKE(x->text); continue; } break;
-        case 5: if (KEY(e, "error")) { TAKE(x->error); continue; } break;
-        case 8: if (KEY(e, "degraded")) { TAKE(x->degraded); continue; } break;
-        default: break;
-        }
-        /* The named fields and numbers (fields.h). */
-        int idx = request_key_index(e->key, e->keylen);
-        if (idx < 0) continue;
-        if (idx < N_REQUEST_LABELS) TAKE(x->label[tally_request_labels[idx].slot]);
-        else TAKE(x->number[idx - N_REQUEST_LABELS]);
+        int s = slot_of(depth, pslot, e->key, e->keylen);
+        if (s) take(t, s, e);
     }
 }
+
+/* A whole tree's members into their slots. */
+static void scan_tree(const jv *obj, parts *t)
+{
+    memset(t, 0, sizeof *t);
+    scan_object(t, obj, 1, 0);
+    if (t->m[S_EXTRA] && t->m[S_EXTRA]->type == JV_OBJ) scan_object(t, t->m[S_EXTRA], 2, S_EXTRA);
+    if (t->m[S_MODEL] && t->m[S_MODEL]->type == JV_OBJ) scan_object(t, t->m[S_MODEL], 2, S_MODEL);
+    if (t->m[S_CONTEXT] && t->m[S_CONTEXT]->type == JV_OBJ) scan_object(t, t->m[S_CONTEXT], 2, S_CONTEXT);
+}
+
+/* json_parse_keep's questions: a slot not yet taken is built. */
+static int want(void *ud, int depth, int pslot, const char *k, size_t n)
+{
+    parts *t = ud;
+    int s = slot_of(depth, pslot, k, n);
+    return s && !t->m[s] ? s : 0;
+}
+
+static void got(void *ud, int slot, const jv *v) { take(ud, slot, v); }
 
 static sv str(const jv *v)
 {
@@ -154,39 +172,39 @@ static void set_ts(row *r, double ts)
     }
 }
 
-static void request_fields(const jv *extra, row *r)
+static void request_fields(const parts *t, row *r)
 {
-    xtra x;
-    scan_extra(extra, &x);
-    for (int i = 0; i < N_REQUEST_LABELS; i++)
-        *FIELD_SV(r, &tally_request_labels[i]) = str(x.label[tally_request_labels[i].slot]);
-    r->error = str(x.error);
-    r->degraded = str(x.degraded);
-    r->text = str(x.text);
+    const jv *const *f = &t->m[S_X_FIELD];
+    for (int i = 0; i < N_REQUEST_LABELS; i++) *FIELD_SV(r, &tally_request_labels[i]) = str(f[i]);
+    r->error = str(t->m[S_X_ERROR]);
+    r->degraded = str(t->m[S_X_DEGRADED]);
+    r->text = str(t->m[S_X_TEXT]);
     for (int i = 0; i < N_REQUEST_NUMBERS; i++) {
-        const number_def *f = &tally_request_numbers[i];
-        void *m = (char *)r + f->row_off;
-        int got = f->row_type == FLD_I64 ? inum(x.number[i], m) : num(x.number[i], m);
-        if (got) r->has |= f->rowbit;
+        const number_def *d = &tally_request_numbers[i];
+        void *m = (char *)r + d->row_off;
+        const jv *x = f[N_REQUEST_LABELS + i];
+        int has = d->row_type == FLD_I64 ? inum(x, m) : num(x, m);
+        if (has) r->has |= d->rowbit;
     }
     /* toy/v1 producers before `ok` existed: a request with an error failed. */
-    if (x.ok && (x.ok->type == JV_TRUE || x.ok->type == JV_FALSE)) r->ok = x.ok->type == JV_TRUE;
+    const jv *ok = t->m[S_X_OK];
+    if (ok && (ok->type == JV_TRUE || ok->type == JV_FALSE)) r->ok = ok->type == JV_TRUE;
     else r->ok = r->error.p == NULL;
     r->has |= ROW_OK;
 }
 
 /* TelemetryLogger: {"ts":..,"tag":"step_end","step":N,"context":{..}} */
-static int from_tag(const top *o, row_ctx *c, row *r)
+static int from_tag(const parts *t, row_ctx *c, row *r)
 {
-    sv tag = str(o->tag);
+    sv tag = str(t->m[S_TAG]);
     if (SV_IS(tag, "step_end")) r->kind = SV_LIT("step");
     else if (SV_IS(tag, "epoch_end")) r->kind = SV_LIT("epoch");
     else r->kind = tag; /* step_begin, epoch_begin, error, and anything else as is */
     if ((tag.n >= 4 && !memcmp(tag.p, "step", 4)) || (tag.n >= 5 && !memcmp(tag.p, "epoch", 5)))
         r->phase = SV_LIT("train");
-    if (inum(o->step, &r->step)) r->has |= ROW_STEP;
+    if (inum(t->m[S_STEP], &r->step)) r->has |= ROW_STEP;
     double loss;
-    if (o->context && num(jv_getn(o->context, "loss", 4), &loss)) {
+    if (num(t->m[S_CONTEXT_LOSS], &loss)) {
         r->loss = loss;
         r->has |= ROW_LOSS;
     }
@@ -202,8 +220,8 @@ static int from_tag(const top *o, row_ctx *c, row *r)
         }
         c->have_begin = 0;
     } else if (SV_IS(tag, "error")) {
-        r->name = str(o->type);
-        r->error = str(o->message);
+        r->name = str(t->m[S_TYPE]);
+        r->error = str(t->m[S_MESSAGE]);
     }
     return 1;
 }
@@ -230,30 +248,27 @@ static row_run *run_add(row_ctx *c, sv id)
     return x;
 }
 
-int row_from_json(const jv *v, row_ctx *c, row *r)
+/* One line's members, by slot, into r. */
+static int from_parts(const parts *t, row_ctx *c, row *r)
 {
-    row_clear(r);
-    if (!v || v->type != JV_OBJ) return 0;
-    top o;
-    scan_top(v, &o);
     double x;
-    if (num(o.ts, &x)) set_ts(r, x);
+    if (num(t->m[S_TS], &x)) set_ts(r, x);
     r->run_id = (sv){c->run_id, strlen(c->run_id)};
-    sv kind = str(o.kind);
+    sv kind = str(t->m[S_KIND]);
     if (!kind.p) {
-        if (!str(o.tag).p) return 0;
-        return from_tag(&o, c, r);
+        if (!str(t->m[S_TAG]).p) return 0;
+        return from_tag(t, c, r);
     }
     r->kind = kind;
-    r->phase = str(o.phase);
-    r->name = str(o.name);
-    r->id = str(o.id);
+    r->phase = str(t->m[S_PHASE]);
+    r->name = str(t->m[S_NAME]);
+    r->id = str(t->m[S_ID]);
     row_run *run = SV_IS(kind, "run_start") ? NULL : run_of(c, r->id);
     if (run) r->run_id = (sv){run->run_id, strlen(run->run_id)};
-    if (inum(o.step, &r->step)) r->has |= ROW_STEP;
-    if (num(o.loss, &r->loss)) r->has |= ROW_LOSS;
+    if (inum(t->m[S_STEP], &r->step)) r->has |= ROW_STEP;
+    if (num(t->m[S_LOSS], &r->loss)) r->has |= ROW_LOSS;
     if (SV_IS(kind, "run_start")) {
-        sv rid = str(o.run_id);
+        sv rid = str(t->m[S_RUN_ID]);
         if (rid.p) {
             snprintf(c->run_id, sizeof c->run_id, "%.*s", (int)rid.n, rid.p);
             r->run_id = (sv){c->run_id, strlen(c->run_id)};
@@ -261,7 +276,7 @@ int row_from_json(const jv *v, row_ctx *c, row *r)
         if (r->has & ROW_TS) {
             c->started = r->ts;
             c->have_started = 1;
-        } else if (o.started_at && o.started_at->type == JV_STR && iso8601_parse(o.started_at->s, &x) == 0) {
+        } else if (t->m[S_STARTED_AT] && t->m[S_STARTED_AT]->type == JV_STR && iso8601_parse(t->m[S_STARTED_AT]->s, &x) == 0) {
             c->started = x;
             c->have_started = 1;
         } else {
@@ -273,7 +288,7 @@ int row_from_json(const jv *v, row_ctx *c, row *r)
             nr->started = c->started;
             nr->have_started = c->have_started;
         }
-        r->run_model = o.model && o.model->type == JV_OBJ ? str(jv_getn(o.model, "name", 4)) : str(o.model);
+        r->run_model = t->m[S_MODEL] && t->m[S_MODEL]->type == JV_OBJ ? str(t->m[S_MODEL_NAME]) : str(t->m[S_MODEL]);
         snprintf(c->model, sizeof c->model, "%.*s", r->run_model.n < sizeof c->model ? (int)r->run_model.n : 0,
                  r->run_model.p ? r->run_model.p : "");
         snprintf(c->phase, sizeof c->phase, "%.*s", r->phase.n < sizeof c->phase ? (int)r->phase.n : 0,
@@ -283,29 +298,50 @@ int row_from_json(const jv *v, row_ctx *c, row *r)
             memcpy(nr->phase, c->phase, sizeof nr->phase);
         }
     } else if (SV_IS(kind, "run_end")) {
-        r->reason = str(o.reason);
+        r->reason = str(t->m[S_REASON]);
     }
     /* toy/v1 without ts: the run's start plus t (an integer for tep). */
-    if (!(r->has & ROW_TS) && num(o.t, &x)) {
+    if (!(r->has & ROW_TS) && num(t->m[S_T], &x)) {
         if (run && run->have_started) set_ts(r, run->started + x);
         else if (!run && c->have_started) set_ts(r, c->started + x);
     }
-    if (SV_IS(kind, "eval") && SV_IS(r->name, "request") && o.extra && o.extra->type == JV_OBJ) {
-        request_fields(o.extra, r);
+    if (SV_IS(kind, "eval") && SV_IS(r->name, "request") && t->m[S_EXTRA] && t->m[S_EXTRA]->type == JV_OBJ) {
+        request_fields(t, r);
     } else if (SV_IS(kind, "step") || SV_IS(kind, "epoch")) {
         /* An unfinished span's wall time is only how long it had run. */
-        if (!o.unfinished && num(o.wall_us, &r->wall_us)) r->has |= ROW_WALL;
-        if (SV_IS(kind, "step") && inum(o.tokens, &r->step_tokens)) r->has |= ROW_STEP_TOKENS;
-        if (SV_IS(kind, "step") && num(o.lr, &r->lr)) r->has |= ROW_LR;
+        if (!t->m[S_UNFINISHED] && num(t->m[S_WALL_US], &r->wall_us)) r->has |= ROW_WALL;
+        if (SV_IS(kind, "step") && inum(t->m[S_TOKENS], &r->step_tokens)) r->has |= ROW_STEP_TOKENS;
+        if (SV_IS(kind, "step") && num(t->m[S_LR], &r->lr)) r->has |= ROW_LR;
         /* tally writes a NaN or infinite loss as null: a diverged step. */
-        if (SV_IS(kind, "step") && o.loss && o.loss->type == JV_NULL) r->has |= ROW_LOSS_NONFINITE;
+        if (SV_IS(kind, "step") && t->m[S_LOSS] && t->m[S_LOSS]->type == JV_NULL) r->has |= ROW_LOSS_NONFINITE;
     } else if (SV_IS(kind, "error")) {
-        r->name = str(o.type);
-        r->error = str(o.message);
-        r->request_id = str(o.request_id);
+        r->name = str(t->m[S_TYPE]);
+        r->error = str(t->m[S_MESSAGE]);
+        r->request_id = str(t->m[S_REQUEST_ID]);
     }
     if (SV_IS(kind, "run_start")) return 1;
     if (run) row_take_run_model(r, run->model, run->phase);
     else row_take_run_model(r, c->model, c->phase);
     return 1;
+}
+
+int row_from_json(const jv *v, row_ctx *c, row *r)
+{
+    row_clear(r);
+    if (!v || v->type != JV_OBJ) return 0;
+    parts t;
+    scan_tree(v, &t);
+    return from_parts(&t, c, r);
+}
+
+int row_from_line(json_arena *a, char *line, size_t len, row_ctx *c, row *r, const jv **root, json_error *err)
+{
+    row_clear(r);
+    parts t;
+    memset(&t, 0, sizeof t);
+    json_keep k = {want, got, &t};
+    const jv *v = json_parse_keep(a, line, len, &k, err);
+    *root = v;
+    if (!v || v->type != JV_OBJ) return 0;
+    return from_parts(&t, c, r);
 }
