@@ -29,6 +29,7 @@
 typedef struct import_stats {
     uint64_t files, imported, duplicates, failed;
     source_stats read;        /* lines, unparseable (bad), torn: from the reader */
+    int threads;              /* --threads: parse each JSONL file with these (one writer) */
 } import_stats;
 
 typedef struct importer {
@@ -72,8 +73,9 @@ static int import_file(store *db, const char *path, import_stats *st)
     }
     importer im = {db, st, 0};
     source_opts o = {0};
+    o.threads = st->threads;
     char err[512] = "";
-    int rc = source_read_jsonl(path, &o, import_row, &im, &st->read, err, sizeof err, 1);
+    int rc = source_read_file(path, &o, import_row, &im, &st->read, err, sizeof err, 1);
     if (rc != 0) cli_error("import", "%s", err);
     if (im.failed) rc = -1;
     if (rc == 0 && store_commit(db) != 0) {
@@ -224,7 +226,8 @@ static int import_clickhouse(const char *url, char **files, size_t nfiles, const
     for (size_t i = 0; i < nfiles && !rc && !ci.failed; i++) {
         st->files++;
         source_opts o = {0};
-        rc = source_read_jsonl(files[i], &o, ch_import_row, &ci, &st->read, err, sizeof err, 1);
+        o.threads = st->threads;
+        rc = source_read_file(files[i], &o, ch_import_row, &ci, &st->read, err, sizeof err, 1);
         if (rc && !ci.failed) cli_error("import", "%s", err);
     }
     if (!rc && !ci.failed) ch_flush(&ci);
@@ -254,12 +257,15 @@ static void usage(FILE *out)
             "\n"
             "  --db DB      the SQLite database\n"
             "  --to URL     a ClickHouse database (clickhouses:// for TLS), or a SQLite path\n"
+            "  --threads N  parse JSONL with N threads (default: every core; 1: one); one\n"
+            "               writes, in the files' order\n"
             "  -h, --help   this text\n");
 }
 
 int cmd_import(int argc, char **argv)
 {
     const char *dbpath = NULL;
+    int threads = 0;
     char **inputs = calloc((size_t)argc + 1, sizeof *inputs);
     int ninputs = 0;
     for (int i = 1; i < argc; i++) {
@@ -274,6 +280,12 @@ int cmd_import(int argc, char **argv)
                 return 2;
             }
             dbpath = argv[++i];
+        } else if (!strcmp(argv[i], "--threads")) {
+            if (cli_threads("import", i + 1 < argc ? argv[i + 1] : NULL, &threads)) {
+                free(inputs);
+                return 2;
+            }
+            i++;
         } else if (!strncmp(argv[i], "--db=", 5)) {
             dbpath = argv[i] + 5;
         } else if (!strcmp(argv[i], "--to")) {
@@ -336,6 +348,7 @@ int cmd_import(int argc, char **argv)
     }
     import_stats st;
     memset(&st, 0, sizeof st);
+    st.threads = threads;
     int rc = 0;
     if (ch_is_url(dbpath)) {
         rc = import_clickhouse(dbpath, files, nfiles, dbs, ndbs, &st);

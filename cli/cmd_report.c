@@ -648,6 +648,7 @@ static void usage(FILE *out)
             "  --until WHEN     the same\n"
             "  --where K=V      keep events whose KEY is V (K!=V: is not); repeatable\n"
             "  --strict         fail on the first line that does not parse\n"
+            THREADS_HELP
             "  -h, --help       this text\n");
 }
 
@@ -707,6 +708,12 @@ int cmd_report(int argc, char **argv)
             goto out;
         } else if (!strcmp(s, "--strict")) {
             o.strict = 1;
+        } else if (!strcmp(s, "--threads")) {
+            if (cli_threads("report", val, &o.threads)) {
+                rc = 2;
+                goto out;
+            }
+            i++;
         } else if (!strcmp(s, "-o") || !strcmp(s, "--by") || !strcmp(s, "--since") || !strcmp(s, "--until") ||
                    !strcmp(s, "--where")) {
             if (!val) {

@@ -190,6 +190,7 @@ static void usage(FILE *out)
             "                   ttft (the largest N, largest first)\n"
             "  -n N             how many (default 20; 0 = every one, at most %d)\n"
             "  --json, --csv    machine-readable output\n"
+            THREADS_HELP
             "  -h, --help       this text\n",
             MAX_N);
 }
@@ -200,7 +201,7 @@ int cmd_requests(int argc, char **argv)
     memset(&l, 0, sizeof l);
     const char *since = NULL, *until = NULL;
     long n = 20;
-    int fmt = 0, ns = 0, rc = 0;
+    int fmt = 0, ns = 0, rc = 0, threads = 0;
     char **srcs = calloc((size_t)argc + 1, sizeof *srcs);
     if (!srcs) return 1;
     for (int i = 1; i < argc; i++) {
@@ -210,6 +211,12 @@ int cmd_requests(int argc, char **argv)
             goto out;
         } else if (!strcmp(s, "--json") || !strcmp(s, "--csv")) {
             fmt = s[2] == 'j' ? 1 : 2;
+        } else if (!strcmp(s, "--threads")) {
+            if (cli_threads("requests", val, &threads)) {
+                rc = 2;
+                goto out;
+            }
+            i++;
         } else if (!strcmp(s, "--where") || !strcmp(s, "--since") || !strcmp(s, "--until") || !strcmp(s, "--sort") ||
                    !strcmp(s, "-n")) {
             if (!val) {
@@ -259,6 +266,7 @@ int cmd_requests(int argc, char **argv)
         goto out;
     }
     source_opts o = {0};
+    o.threads = threads;
     double now = (double)time(NULL);
     if ((since && parse_when(since, now, &o.since)) || (until && parse_when(until, now, &o.until))) {
         cli_error("requests", "--since / --until: a duration (30m, 24h, 7d) or an ISO-8601 time");

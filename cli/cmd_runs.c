@@ -203,13 +203,14 @@ static void usage(FILE *out)
             "  --desc          largest first\n"
             "  --json, --csv   machine-readable output: run, kind, model, started,\n"
             "                  duration_s, requests, steps, final_loss, reason, errors\n"
-            "                  (absent values are null / empty)\n");
+            "                  (absent values are null / empty)\n"
+            "  --threads N     read JSONL with N threads (default: every core; 1: one)\n");
 }
 
 int cmd_runs(int argc, char **argv)
 {
     char **srcs = calloc((size_t)argc + 1, sizeof *srcs);
-    int ns = 0, desc = 0, rc = 0, fmt = 0; /* 0 table, 1 json, 2 csv */
+    int ns = 0, desc = 0, rc = 0, fmt = 0, threads = 0; /* fmt: 0 table, 1 json, 2 csv */
     sort_by = 3;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
@@ -227,6 +228,12 @@ int cmd_runs(int argc, char **argv)
                 return 2;
             }
             sort_by = k;
+            i++;
+        } else if (!strcmp(argv[i], "--threads")) {
+            if (cli_threads("runs", i + 1 < argc ? argv[i + 1] : NULL, &threads)) {
+                free(srcs);
+                return 2;
+            }
             i++;
         } else if (!strcmp(argv[i], "--desc")) {
             desc = 1;
@@ -247,6 +254,7 @@ int cmd_runs(int argc, char **argv)
     }
     runs rs = {0};
     source_opts o = {0};
+    o.threads = threads;
     source_stats st = {0};
     char err[600];
     if (source_read_all(srcs, ns, &o, on_event, &rs, &st, err, sizeof err)) {

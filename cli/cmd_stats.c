@@ -52,7 +52,7 @@ static void usage(FILE *out)
             "  --strict         fail on the first line that does not parse\n"
             "  --scan           read every row of a tally database, even when its\n"
             "                   per-minute rollup could answer (the answer is the same)\n"
-            "  --threads N      read JSONL with N threads (default: every core; 1: one)\n"
+            THREADS_HELP
             "  -h, --help       this text\n"
             "\n"
             "Table headings carry their unit (p99_ms, cost_usd, j_per_tok: joules per output\n"
@@ -111,14 +111,10 @@ int cmd_stats(int argc, char **argv)
             columns = val;
             i++;
         } else if (!strcmp(s, "--threads")) {
-            char *end;
-            long n = val ? strtol(val, &end, 10) : 0;
-            if (!val || *end || n < 1 || n > 256) {
-                cli_error("stats", "--threads needs a number of threads from 1 to 256");
+            if (cli_threads("stats", val, &o.threads)) {
                 rc = 2;
                 goto out;
             }
-            o.threads = (int)n;
             i++;
         } else if (!strcmp(s, "--by") || !strcmp(s, "--since") || !strcmp(s, "--until") || !strcmp(s, "--where")) {
             if (!val) {

@@ -41,6 +41,12 @@
 
 #define MAX_CONTEXT_LINES 4096 /* run_starts per file beyond which the file is read by one thread */
 #define DEFAULT_CHUNK ((uint64_t)8 << 20)
+/* In file order a chunk's rows wait in memory (about 2.5 times its bytes)
+ * until handed on: smaller chunks keep that to a few MB per thread. */
+#define ORDERED_CHUNK ((uint64_t)1 << 20)
+/* The strings of one unit's rows: its lines, and each row's run name from
+ * the context (a cap far above what a chunk of real lines needs). */
+#define ROWS_MAX_BYTES ((size_t)256 << 20)
 
 typedef struct ctxline {
     uint64_t off;
@@ -67,6 +73,11 @@ typedef struct unit {
     badline bad[SOURCE_MAX_REPORTED];
     int nbad;
     int failed;               /* could not be read */
+    /* in file order (par.ordered) */
+    row_batch rb;             /* its events, until the reading thread takes them */
+    int nomem;
+    int seq;                  /* a big file read whole: by the reading thread itself */
+    int done;                 /* under par.mu */
 } unit;
 
 typedef struct par {
@@ -81,13 +92,20 @@ typedef struct par {
     int phase;                /* 1 scan, 2 read */
     const ctxline ***fctx;    /* per file: its run_start lines in file order, each once */
     size_t *fnctx;
+    /* In file order: the workers fill units' batches at most `window`
+     * units ahead of the one the reading thread hands on. */
+    int ordered, give_ids;
+    size_t window, taken;     /* taken: units handed on (under mu) */
+    int self;                 /* no worker started: the reading thread reads too */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
 } par;
 
-uint64_t par_chunk_bytes(void)
+uint64_t par_chunk_bytes(int ordered)
 {
     const char *e = getenv("TALLY_CHUNK_BYTES"); /* the tests cut files into tiny chunks */
     long long v = e ? strtoll(e, NULL, 10) : 0;
-    return v > 0 ? (uint64_t)v : DEFAULT_CHUNK;
+    return v > 0 ? (uint64_t)v : ordered ? ORDERED_CHUNK : DEFAULT_CHUNK;
 }
 
 int par_threads(int asked)
@@ -319,35 +337,34 @@ static void read_unit(par *p, unit *u, void *consumer)
     uint64_t end = u->whole ? UINT64_MAX : u->end;
     char *line;
     size_t len;
-    int complete, toolong, r;
+    line_info li = {.give_ids = p->give_ids};
+    int r = 0;
     while (!atomic_load_explicit(&p->stop, memory_order_relaxed) && lr.next < end &&
-           (r = lr_next(&lr, &line, &len, &complete, &toolong)) == 1) {
+           (r = lr_next(&lr, &line, &len, &li.complete, &li.toolong)) == 1) {
         u->st.lines++;
-        if (len == 0) continue;
-        json_error je;
-        json_arena_reset(&a);
-        const jv *v = NULL;
+        li.offset = lr.offset;
         row e;
-        if (toolong || !row_from_line(&a, line, len, &ctx, &e, &v, &je)) {
-            if (!complete && !toolong) {
-                u->st.torn++;
-                continue;
-            }
+        char idbuf[SOURCE_ID_LEN], why[160];
+        int got = source_line(&a, &ctx, line, len, &li, p->o, &e, idbuf, why, sizeof why);
+        if (got == LINE_TORN) u->st.torn++;
+        if (got == LINE_BAD) {
             if (u->nbad < SOURCE_MAX_REPORTED) {
                 badline *b = &u->bad[u->nbad++];
                 b->lineno = lr.lineno;
-                source_why(b->why, sizeof b->why, toolong, v, &je);
+                snprintf(b->why, sizeof b->why, "%s", why);
             }
             u->st.bad++;
-            continue;
         }
-        if (!source_in_range(p->o, &e)) continue;
+        if (got != LINE_EVENT) continue;
         u->st.events++;
-        if (p->ops->row(consumer, &e)) {
+        /* In file order: kept for the reading thread; else to this thread's own consumer. */
+        int stop = p->ordered ? (u->nomem = row_batch_add(&u->rb, &e) != 0) : p->ops->row(consumer, &e);
+        if (stop) {
             atomic_store(&p->stop, 1);
             break;
         }
     }
+    if (r < 0) u->failed = 1;
     lr_close(&lr);
     json_arena_free(&a);
 }
@@ -357,6 +374,15 @@ typedef struct worker {
     void *consumer;
     pthread_t t;
 } worker;
+
+/* In file order, unit i waits until the reading thread is near it. */
+static int wait_turn(par *p, size_t i)
+{
+    pthread_mutex_lock(&p->mu);
+    while (i >= p->taken + p->window && !atomic_load(&p->stop)) pthread_cond_wait(&p->cv, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+    return !atomic_load(&p->stop);
+}
 
 static void *work(void *arg)
 {
@@ -369,25 +395,45 @@ static void *work(void *arg)
         unit *u = &p->u[i];
         if (p->phase == 1) {
             if (!u->whole) scan_unit(p, u, block);
-        } else if (!u->skip) {
-            read_unit(p, u, w->consumer);
+            continue;
+        }
+        if (p->ordered && !wait_turn(p, i)) break;
+        if (!u->skip && !u->seq) read_unit(p, u, w->consumer);
+        if (p->ordered) {
+            pthread_mutex_lock(&p->mu);
+            u->done = 1;
+            pthread_cond_broadcast(&p->cv);
+            pthread_mutex_unlock(&p->mu);
         }
     }
     free(block);
     return NULL;
 }
 
-static void run_phase(par *p, worker *ws, int n, int phase)
+/* Phase 1 or 2 with n threads.  In file order the calling thread only
+ * hands rows on (hand_on), the n others read; else it is a worker too. */
+static int hand_on(par *p, row_fn fn, void *ud, source_stats *st, char *err, size_t errlen);
+
+static int run_phase(par *p, worker *ws, int n, int phase, row_fn fn, void *ud, source_stats *st, char *err,
+                     size_t errlen)
 {
     p->phase = phase;
     atomic_store(&p->next, 0);
-    char started[256] = {0};
-    /* the calling thread is the first worker; one that cannot start leaves
-     * its share to the others */
-    for (int i = 1; i < n; i++) started[i] = pthread_create(&ws[i].t, NULL, work, &ws[i]) == 0;
-    work(&ws[0]);
-    for (int i = 1; i < n; i++)
+    int ordered = phase == 2 && p->ordered, rc = 0;
+    char started[257] = {0};
+    /* one that cannot start leaves its share to the others */
+    for (int i = ordered ? 0 : 1; i < n; i++) started[i] = pthread_create(&ws[i].t, NULL, work, &ws[i]) == 0;
+    if (ordered) {
+        int any = 0;
+        for (int i = 0; i < n; i++) any |= started[i];
+        p->self = !any; /* no thread at all: each unit read here, then handed on */
+        rc = hand_on(p, fn, ud, st, err, errlen);
+    } else {
+        work(&ws[0]);
+    }
+    for (int i = 0; i < n; i++)
         if (started[i]) pthread_join(ws[i].t, NULL);
+    return rc;
 }
 
 static int make_units(par *p, uint64_t chunk)
@@ -407,6 +453,7 @@ static int make_units(par *p, uint64_t chunk)
             }
             unit *u = &p->u[p->nu++];
             memset(u, 0, sizeof *u);
+            buf_init(&u->rb.bytes, ROWS_MAX_BYTES);
             u->file = (int)f;
             u->start = k * chunk;
             u->end = k + 1 == n ? UINT64_MAX : (k + 1) * chunk;
@@ -416,8 +463,53 @@ static int make_units(par *p, uint64_t chunk)
     return 0;
 }
 
-int source_read_par(char **files, size_t nfiles, const source_opts *o, const par_ops *ops, void *ud,
-                    source_stats *st, char *err, size_t errlen)
+/* A unit's counts and first bad lines (numbered in its file: `before`
+ * is the lines of the file's units before it) into st. */
+static void unit_report(par *p, unit *u, source_stats *st, uint64_t *before)
+{
+    if (u == p->u || u->file != u[-1].file) *before = 0;
+    st->lines += u->st.lines;
+    st->events += u->st.events;
+    st->torn += u->st.torn;
+    for (int b = 0; b < u->nbad; b++) source_report(st, p->files[u->file], *before + u->bad[b].lineno, u->bad[b].why);
+    st->reported += (int)(u->st.bad - (uint64_t)u->nbad);
+    st->bad += u->st.bad - (uint64_t)u->nbad;
+    *before += u->st.lines;
+}
+
+static int hand_on(par *p, row_fn fn, void *ud, source_stats *st, char *err, size_t errlen)
+{
+    uint64_t before = 0;
+    int rc = 0;
+    for (size_t i = 0; i < p->nu && !rc; i++) {
+        unit *u = &p->u[i];
+        if (p->self && !u->skip && !u->seq) read_unit(p, u, NULL);
+        pthread_mutex_lock(&p->mu);
+        while (!p->self && !u->done) pthread_cond_wait(&p->cv, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+        if (u->seq) {
+            /* A big file read whole: here, line by line, not into memory. */
+            rc = source_read_jsonl(p->files[u->file], p->o, fn, ud, st, err, errlen, p->give_ids);
+        } else if (u->failed || u->nomem) {
+            snprintf(err, errlen, u->nomem ? "out of memory" : "cannot read %s", p->files[u->file]);
+            rc = -1;
+        } else if (!u->skip) {
+            unit_report(p, u, st, &before);
+            row_batch_fix(&u->rb);
+            for (size_t k = 0; k < u->rb.n && !rc; k++) rc = fn(ud, &u->rb.rows[k]) ? 1 : 0;
+        }
+        row_batch_free(&u->rb);
+        pthread_mutex_lock(&p->mu);
+        p->taken = i + 1;
+        if (rc) atomic_store(&p->stop, 1);
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+    return rc < 0 ? -1 : 0; /* a consumer's stop is not an error */
+}
+
+int source_read_par(char **files, size_t nfiles, const source_opts *o, const par_ops *ops, row_fn fn, void *ud,
+                    int give_ids, source_stats *st, char *err, size_t errlen)
 {
     par p;
     memset(&p, 0, sizeof p);
@@ -425,17 +517,23 @@ int source_read_par(char **files, size_t nfiles, const source_opts *o, const par
     p.nfiles = nfiles;
     p.o = o;
     p.ops = ops;
+    p.ordered = ops == NULL;
+    p.give_ids = give_ids;
     int nt = par_threads(o->threads), rc = -1;
+    p.window = 2 * (size_t)nt;
+    pthread_mutex_init(&p.mu, NULL);
+    pthread_cond_init(&p.cv, NULL);
     char *whole = NULL; /* per file: read by one unit */
     worker *ws = calloc((size_t)nt, sizeof *ws);
-    if (!ws || make_units(&p, par_chunk_bytes())) {
+    if (!ws || make_units(&p, par_chunk_bytes(p.ordered))) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
     for (int i = 0; i < nt; i++) ws[i].p = &p;
-    run_phase(&p, ws, nt, 1);
+    run_phase(&p, ws, nt, 1, NULL, NULL, NULL, NULL, 0);
     /* A file whose chunks met tagged lines, or too many runs, or could not
-     * be scanned: read by its first unit, from its start, alone. */
+     * be scanned: read by its first unit, from its start, alone (in file
+     * order, by the reading thread: a big file is not kept in memory). */
     whole = calloc(nfiles ? nfiles : 1, 1);
     if (!whole) {
         snprintf(err, errlen, "out of memory");
@@ -448,14 +546,18 @@ int source_read_par(char **files, size_t nfiles, const source_opts *o, const par
         if (!whole[u->file]) continue;
         u->whole = u->start == 0;
         u->skip = !u->whole;
+        u->seq = u->whole && p.ordered;
         u->failed = 0;
     }
     if (sort_context(&p)) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
+    if (p.ordered) {
+        rc = run_phase(&p, ws, nt, 2, fn, ud, st, err, errlen);
+        goto out;
+    }
     for (int i = 0; i < nt; i++) {
-        ws[i].p = &p;
         ws[i].consumer = ops->fork(ud);
         if (!ws[i].consumer) {
             for (int k = 0; k < i; k++) ops->join(ud, ws[k].consumer);
@@ -463,25 +565,16 @@ int source_read_par(char **files, size_t nfiles, const source_opts *o, const par
             goto out;
         }
     }
-    run_phase(&p, ws, nt, 2);
+    run_phase(&p, ws, nt, 2, NULL, NULL, NULL, NULL, 0);
     int joined = 0;
     for (int i = 0; i < nt; i++) joined |= ops->join(ud, ws[i].consumer);
-    /* Counts, and the first bad lines with their numbers in the file. */
     uint64_t before = 0;
     for (size_t i = 0; i < p.nu; i++) {
-        unit *u = &p.u[i];
-        if (i == 0 || u->file != p.u[i - 1].file) before = 0;
-        if (u->failed) {
-            snprintf(err, errlen, "cannot read %s", files[u->file]);
+        if (p.u[i].failed) {
+            snprintf(err, errlen, "cannot read %s", files[p.u[i].file]);
             goto out;
         }
-        st->lines += u->st.lines;
-        st->events += u->st.events;
-        st->torn += u->st.torn;
-        for (int b = 0; b < u->nbad; b++) source_report(st, files[u->file], before + u->bad[b].lineno, u->bad[b].why);
-        st->reported += (int)(u->st.bad - (uint64_t)u->nbad);
-        st->bad += u->st.bad - (uint64_t)u->nbad;
-        before += u->st.lines;
+        unit_report(&p, &p.u[i], st, &before);
     }
     rc = joined ? -1 : 0;
     if (joined) snprintf(err, errlen, "out of memory");
@@ -489,6 +582,7 @@ out:
     for (size_t i = 0; i < p.nu; i++) {
         for (size_t k = 0; k < p.u[i].nctx; k++) free(p.u[i].ctx[k].line);
         free(p.u[i].ctx);
+        row_batch_free(&p.u[i].rb);
     }
     for (size_t f = 0; p.fctx && f < nfiles; f++) free(p.fctx[f]);
     free(p.fctx);
@@ -496,5 +590,7 @@ out:
     free(p.u);
     free(ws);
     free(whole);
+    pthread_cond_destroy(&p.cv);
+    pthread_mutex_destroy(&p.mu);
     return rc;
 }

@@ -23,12 +23,18 @@ typedef struct par_ops {
 
 /* The threads for `asked` (0: the cores available). */
 int par_threads(int asked);
-/* The chunk size: 8 MiB, or TALLY_CHUNK_BYTES (the tests' tiny chunks). */
-uint64_t par_chunk_bytes(void);
+/* The chunk size: 8 MiB (1 MiB in file order), or TALLY_CHUNK_BYTES (the
+ * tests' tiny chunks). */
+uint64_t par_chunk_bytes(int ordered);
 
 /* Reads the JSONL files (regular files; not "-") with o->threads threads.
- * 0, or -1 with a reason in err. */
-int source_read_par(char **files, size_t nfiles, const source_opts *o, const par_ops *ops, void *ud,
-                    source_stats *st, char *err, size_t errlen);
+ * With ops, each thread's rows go to its own consumer (ops->fork), merged
+ * into ud at the end.  Without, the threads parse and fn(ud, row) is
+ * called on the calling thread with every event in file order, exactly as
+ * the one-thread reader would (give_ids as for source_read_jsonl): for
+ * questions whose answer depends on the order.  0, or -1 with a reason in
+ * err. */
+int source_read_par(char **files, size_t nfiles, const source_opts *o, const par_ops *ops, row_fn fn, void *ud,
+                    int give_ids, source_stats *st, char *err, size_t errlen);
 
 #endif

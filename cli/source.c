@@ -53,6 +53,34 @@ int source_in_range(const source_opts *o, const row *r)
     return 1;
 }
 
+int source_line(json_arena *a, row_ctx *ctx, char *line, size_t len, const line_info *li, const source_opts *o,
+                row *e, char idbuf[SOURCE_ID_LEN], char *why, size_t whylen)
+{
+    if (len == 0) return LINE_SKIP;
+    json_error je;
+    json_arena_reset(a);
+    const jv *v = NULL;
+    int is_event;
+    if (li->toolong) is_event = 0;
+    /* Ids for lines without one need the line as it was: parsed by copy. */
+    else if (li->give_ids) is_event = (v = json_parse(a, line, len, &je)) && row_from_json(v, ctx, e);
+    else is_event = row_from_line(a, line, len, ctx, e, &v, &je); /* only the members rows use */
+    if (!is_event) {
+        if (!li->complete && !li->toolong) return LINE_TORN;
+        source_why(why, whylen, li->toolong, v, &je);
+        return LINE_BAD;
+    }
+    if (!source_in_range(o, e)) return LINE_SKIP;
+    if (li->give_ids) {
+        if (!e->id.p) {
+            hash_id(ctx->run_id, strlen(ctx->run_id), li->offset, line, len, idbuf);
+            e->id = (sv){idbuf, strlen(idbuf)};
+        }
+        e->json = (sv){line, len}; /* parsed by copy: the line is as read */
+    }
+    return LINE_EVENT;
+}
+
 int source_read_jsonl(const char *path, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
                       size_t errlen, int give_ids)
 {
@@ -69,43 +97,22 @@ int source_read_jsonl(const char *path, const source_opts *o, row_fn fn, void *u
     json_arena_init(&a, (size_t)64 << 20);
     char *line;
     size_t len;
-    int complete, toolong, r, rc = 0;
-    while ((r = lr_next(&lr, &line, &len, &complete, &toolong)) == 1) {
+    line_info li = {.give_ids = give_ids};
+    int r, rc = 0;
+    while ((r = lr_next(&lr, &line, &len, &li.complete, &li.toolong)) == 1) {
         st->lines++;
-        if (len == 0) continue;
-        json_error je;
-        json_arena_reset(&a);
-        /* Ids for lines without one need the line as it was: parsed by copy. */
-        const jv *v = NULL;
+        li.offset = lr.offset;
         row e;
-        int is_event;
-        if (toolong) is_event = 0;
-        else if (give_ids) is_event = (v = json_parse(&a, line, len, &je)) && row_from_json(v, &ctx, &e);
-        else is_event = row_from_line(&a, line, len, &ctx, &e, &v, &je); /* only the members rows use */
-        if (!is_event) {
-            if (!complete && !toolong) {
-                st->torn++;
-                continue;
-            }
-            char why[160];
-            source_why(why, sizeof why, toolong, v, &je);
-            if (o->strict) {
-                snprintf(err, errlen, "%s:%llu: %s", path, (unsigned long long)lr.lineno, why);
-                rc = -1;
-                break;
-            }
-            source_report(st, path, lr.lineno, why);
-            continue;
+        char idbuf[SOURCE_ID_LEN], why[160];
+        int got = source_line(&a, &ctx, line, len, &li, o, &e, idbuf, why, sizeof why);
+        if (got == LINE_TORN) st->torn++;
+        if (got == LINE_BAD && o->strict) {
+            snprintf(err, errlen, "%s:%llu: %s", path, (unsigned long long)lr.lineno, why);
+            rc = -1;
+            break;
         }
-        if (!source_in_range(o, &e)) continue;
-        char idbuf[34];
-        if (give_ids) {
-            if (!e.id.p) {
-                hash_id(ctx.run_id, strlen(ctx.run_id), lr.offset, line, len, idbuf);
-                e.id = (sv){idbuf, strlen(idbuf)};
-            }
-            e.json = (sv){line, len}; /* parsed by copy: the line is as read */
-        }
+        if (got == LINE_BAD) source_report(st, path, lr.lineno, why);
+        if (got != LINE_EVENT) continue;
         st->events++;
         if (fn(ud, &e)) break;
     }
@@ -203,6 +210,17 @@ static int read_clickhouse(const char *url, const source_opts *o, row_fn fn, voi
     return status == 200 ? 0 : -1;
 }
 
+int source_read_file(const char *path, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
+                     size_t errlen, int give_ids)
+{
+    struct stat sb;
+    if (par_threads(o->threads) > 1 && !o->strict && strcmp(path, "-") && stat(path, &sb) == 0 && S_ISREG(sb.st_mode)) {
+        char *files[1] = {(char *)path};
+        return source_read_par(files, 1, o, NULL, fn, ud, give_ids, st, err, errlen);
+    }
+    return source_read_jsonl(path, o, fn, ud, st, err, errlen, give_ids);
+}
+
 static int read_sources(char **paths, int n, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
                         size_t errlen, int give_ids)
 {
@@ -228,8 +246,8 @@ static int read_sources(char **paths, int n, const source_opts *o, row_fn fn, vo
         }
         /* Every core, unless one is asked for, lines must stop the read at
          * the first bad one, or the input is a stream. */
-        if (o->par && par_threads(o->threads) > 1 && !o->strict && !give_ids && strcmp(paths[i], "-")) {
-            int rc = source_read_par(files, nf, o, o->par, ud, st, err, errlen);
+        if (par_threads(o->threads) > 1 && !o->strict && strcmp(paths[i], "-")) {
+            int rc = source_read_par(files, nf, o, give_ids ? NULL : o->par, fn, ud, give_ids, st, err, errlen);
             free_list(files);
             if (rc) return -1;
             continue;

@@ -41,6 +41,28 @@ int source_read_all(char **paths, int n, const source_opts *o, row_fn fn, void *
  * the line as `json`.  fn returning non-zero stops.  0, or -1 with err. */
 int source_read_jsonl(const char *path, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
                       size_t errlen, int give_ids);
+/* One line of a JSONL file as every reader of them takes it: what it is
+ * (LINE_EVENT: e filled; LINE_BAD: why says why; LINE_TORN: a torn last
+ * line; LINE_SKIP: empty, or outside --since/--until).  With give_ids, a
+ * line without an id gets the one `tally import` stores (from the run,
+ * the line's byte offset and its content, in idbuf) and e->json is the
+ * line; otherwise the line is changed (parsed in place). */
+enum { LINE_SKIP, LINE_EVENT, LINE_TORN, LINE_BAD };
+#define SOURCE_ID_LEN 34
+typedef struct line_info {
+    int complete, toolong;    /* from lr_next */
+    uint64_t offset;          /* the line's byte offset in its file */
+    int give_ids;
+} line_info;
+struct json_arena;
+struct row_ctx;
+struct row;
+int source_line(struct json_arena *a, struct row_ctx *ctx, char *line, size_t len, const line_info *li,
+                const source_opts *o, struct row *e, char idbuf[SOURCE_ID_LEN], char *why, size_t whylen);
+/* One JSONL file as source_read_jsonl reads it, with o->threads threads
+ * (in file order) when it is a regular file and not --strict. */
+int source_read_file(const char *path, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
+                     size_t errlen, int give_ids);
 /* A line skipped: counted, and reported on stderr for the first few. */
 void source_report(source_stats *st, const char *path, uint64_t line, const char *why);
 /* Why a line is not an event (toolong, or the parse's answer v / je). */

@@ -380,3 +380,15 @@ void cli_fmt_usd(double v, int plus, char *out, size_t n)
     while (v > 0 && digits < 12 && v < 0.1 * pow(10.0, -(digits - 2))) digits++;
     snprintf(out, n, "%.*f%s", digits, v, plus ? "+" : "");
 }
+
+int cli_threads(const char *cmd, const char *val, int *threads)
+{
+    char *end;
+    long n = val ? strtol(val, &end, 10) : 0;
+    if (!val || *end || n < 1 || n > 256) {
+        cli_error(cmd, "--threads needs a number of threads from 1 to 256");
+        return -1;
+    }
+    *threads = (int)n;
+    return 0;
+}

@@ -61,6 +61,11 @@ FILE *cli_safe_stdout(void);
 /* Prints "tally CMD: message" to stderr. */
 void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* --threads N for the commands that read JSONL: N into *threads, or -1
+ * with the error said.  THREADS_HELP is its line in their --help. */
+int cli_threads(const char *cmd, const char *val, int *threads);
+#define THREADS_HELP "  --threads N      read JSONL with N threads (default: every core; 1: one)\n"
+
 /* One CSV field: quoted when it holds a comma, a quote or a newline. */
 void cli_csv_field(FILE *out, const char *s);
 /* A cost in USD for people: 2 decimals from $100, else 4, and more while

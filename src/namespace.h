@@ -127,6 +127,10 @@
 #define rollup_new tally__rollup_new
 #define row_clear tally__row_clear
 #define row_ctx_init tally__row_ctx_init
+#define row_batch_add tally__row_batch_add
+#define row_batch_clear tally__row_batch_clear
+#define row_batch_fix tally__row_batch_fix
+#define row_batch_free tally__row_batch_free
 #define row_from_json tally__row_from_json
 #define row_from_line tally__row_from_line
 #define row_strings tally__row_strings

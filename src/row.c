@@ -8,6 +8,7 @@
 #include "row.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "encode.h"
@@ -28,7 +29,62 @@ size_t row_strings(row *r, sv *out[ROW_MAX_STRINGS])
     out[n++] = &r->degraded;
     out[n++] = &r->text;
     out[n++] = &r->json;
+    out[n++] = &r->reason;
+    out[n++] = &r->run_model;
     return n;
+}
+
+int row_batch_add(row_batch *b, const row *r)
+{
+    if (b->n == b->cap) {
+        size_t nc = b->cap ? b->cap * 2 : 1024;
+        row *nr = realloc(b->rows, nc * sizeof *nr);
+        if (!nr) return -1;
+        b->rows = nr;
+        b->cap = nc;
+    }
+    sv *fields[ROW_MAX_STRINGS];
+    b->rows[b->n] = *r;
+    size_t nf = row_strings(&b->rows[b->n], fields), need = 0;
+    for (size_t i = 0; i < nf; i++)
+        if (fields[i]->p) need += fields[i]->n;
+    if (buf_reserve(&b->bytes, need)) {
+        b->bytes.failed = 0;
+        return -1;
+    }
+    /* Offsets now (+1, so that 0 stays "absent"), pointers in row_batch_fix. */
+    for (size_t i = 0; i < nf; i++) {
+        if (!fields[i]->p) continue;
+        memcpy(b->bytes.p + b->bytes.len, fields[i]->p, fields[i]->n);
+        fields[i]->p = (const char *)(uintptr_t)(b->bytes.len + 1);
+        b->bytes.len += fields[i]->n;
+    }
+    b->n++;
+    return 0;
+}
+
+void row_batch_fix(row_batch *b)
+{
+    for (size_t k = 0; k < b->n; k++) {
+        sv *fields[ROW_MAX_STRINGS];
+        size_t nf = row_strings(&b->rows[k], fields);
+        for (size_t i = 0; i < nf; i++)
+            if (fields[i]->p) fields[i]->p = b->bytes.p + ((uintptr_t)fields[i]->p - 1);
+    }
+}
+
+void row_batch_clear(row_batch *b)
+{
+    b->n = 0;
+    buf_reset(&b->bytes);
+}
+
+void row_batch_free(row_batch *b)
+{
+    free(b->rows);
+    b->rows = NULL;
+    b->n = b->cap = 0;
+    buf_free(&b->bytes);
 }
 
 void row_ctx_init(row_ctx *c, const char *run_id)

@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "buf.h"
 #include "event_id.h"
 #include "fields.h"
 #include "json.h"
@@ -86,11 +87,25 @@ typedef struct row {
 
 void row_clear(row *r);
 
-/* Pointers to the row's event strings (id, run, kind, phase, name, the
- * named fields, error, degraded, text, json): what a copy of a row must
- * carry.  Returns how many (at most ROW_MAX_STRINGS). */
+/* Pointers to the row's strings (id, run, kind, phase, name, the named
+ * fields, error, degraded, text, json, reason, run model): what a copy of
+ * a row must carry.  Returns how many (at most ROW_MAX_STRINGS). */
 #define ROW_MAX_STRINGS 32
 size_t row_strings(row *r, sv *out[ROW_MAX_STRINGS]);
+
+/* Rows copied with their strings, to outlive what they were read from:
+ * add while filling (strings kept as offsets, the buffer may move), fix
+ * once filled (offsets become pointers), then read rows[0..n). */
+typedef struct row_batch {
+    row *rows;
+    size_t n, cap;
+    buf bytes;                /* every string of the rows (capped: buf_init) */
+} row_batch;
+
+int row_batch_add(row_batch *b, const row *r);   /* 0, or -1: no memory / over the cap */
+void row_batch_fix(row_batch *b);
+void row_batch_clear(row_batch *b);              /* empty, memory kept */
+void row_batch_free(row_batch *b);
 
 /* A request: kind "eval" with name "request". */
 static inline int row_is_request(const row *r)

@@ -58,9 +58,7 @@
 #define COMMIT_WAIT_MS 1000      /* a commit waits this long for a busy database thread, at most */
 
 typedef struct batch {
-    row *rows;
-    size_t n, cap;
-    buf bytes;                /* every string of the rows */
+    row_batch rb;             /* the rows, with their strings */
     rollup *cells;            /* the rows' rollup, counted by the writer thread */
     int full;                 /* cells reached their cap: hand over before the next row */
     int deferred;             /* a commit already left this batch to grow */
@@ -82,57 +80,21 @@ typedef struct sqlsink {
     _Atomic uint64_t lost;
 } sqlsink;
 
-/* Copies every string of r into the batch; the row then points there.
- * The rollup is counted here, on the writer thread, which has time to
- * spare, not on the database thread, which has none. */
+/* Copies r with its strings into the batch.  The rollup is counted here,
+ * on the writer thread, which has time to spare, not on the database
+ * thread, which has none. */
 static int batch_add(batch *b, const row *r)
 {
-    if (b->n == b->cap) {
-        size_t nc = b->cap ? b->cap * 2 : 1024;
-        row *nr = realloc(b->rows, nc * sizeof *nr);
-        if (!nr) return -1;
-        b->rows = nr;
-        b->cap = nc;
-    }
-    sv *fields[ROW_MAX_STRINGS];
-    b->rows[b->n] = *r;
-    size_t nf = row_strings(&b->rows[b->n], fields), need = 0;
-    for (size_t i = 0; i < nf; i++)
-        if (fields[i]->p) need += fields[i]->n;
-    if (buf_reserve(&b->bytes, need)) {
-        b->bytes.failed = 0;
-        return -1;
-    }
-    /* Offsets now (the buffer may have moved), pointers when committed. */
-    for (size_t i = 0; i < nf; i++) {
-        if (!fields[i]->p) continue;
-        memcpy(b->bytes.p + b->bytes.len, fields[i]->p, fields[i]->n);
-        fields[i]->p = (const char *)(uintptr_t)(b->bytes.len + 1);
-        b->bytes.len += fields[i]->n;
-    }
+    if (row_batch_add(&b->rb, r)) return -1;
     int full = rollup_add(b->cells, r);
     if (full < 0) return -1;
     b->full = full;
-    b->n++;
     return 0;
-}
-
-/* Turns the offsets batch_add stored (+1, so that 0 stays "absent") into
- * pointers, once the buffer will no longer move. */
-static void batch_fix(batch *b)
-{
-    for (size_t k = 0; k < b->n; k++) {
-        sv *fields[ROW_MAX_STRINGS];
-        size_t nf = row_strings(&b->rows[k], fields);
-        for (size_t i = 0; i < nf; i++)
-            if (fields[i]->p) fields[i]->p = b->bytes.p + ((uintptr_t)fields[i]->p - 1);
-    }
 }
 
 static void batch_clear(batch *b)
 {
-    b->n = 0;
-    buf_reset(&b->bytes);
+    row_batch_clear(&b->rb);
     rollup_clear(b->cells);
     b->full = b->deferred = 0;
 }
@@ -167,13 +129,13 @@ static int try_batch(sqlsink *q, batch *b, const char **what)
 {
     *what = "write";
     if (store_begin(q->st) != 0) goto fail;
-    for (size_t i = 0; i < b->n; i++) {
-        row *r = &b->rows[i];
+    for (size_t i = 0; i < b->rb.n; i++) {
+        row *r = &b->rb.rows[i];
         if ((SV_IS(r->kind, "run_start") || SV_IS(r->kind, "run_end")) &&
             store_run_line(q->st, r->run_id, SV_IS(r->kind, "run_end"), r->json) != 0)
             goto fail;
     }
-    if (store_insert_rows(q->st, b->rows, b->n, STORE_COUNTED) != 0) goto fail;
+    if (store_insert_rows(q->st, b->rb.rows, b->rb.n, STORE_COUNTED) != 0) goto fail;
     if (store_add_cells(q->st, b->cells) != 0) goto fail;
     *what = "commit to";
     if (store_commit(q->st) != 0) goto fail;
@@ -190,10 +152,10 @@ fail:
  * fills the other batch. */
 static uint64_t commit_batch(sqlsink *q, batch *b)
 {
-    if (!b->n) return 0;
+    if (!b->rb.n) return 0;
     if (!q->st) try_open(q);
-    if (!q->st) return b->n;
-    batch_fix(b);
+    if (!q->st) return b->rb.n;
+    row_batch_fix(&b->rb);
     const char *what;
     int64_t give_up = tally__mono_ns() + (int64_t)BUSY_RETRY_MS * 1000000;
     for (;;) {
@@ -205,7 +167,7 @@ static uint64_t commit_batch(sqlsink *q, batch *b)
     }
     tally__warn_once(q->h, &q->warned_write, "cannot %s %s: %s (events are counted as lost)", what, q->path,
                      store_errmsg(q->st));
-    return b->n;
+    return b->rb.n;
 }
 
 static void *db_main(void *arg)
@@ -295,7 +257,7 @@ static int sql_write(sink *s, const wev *ev, const row *r, const char *line, siz
     (void)len;
     sqlsink *q = s->state;
     if (!r) return -1;
-    if (q->fill->n >= BATCH_MAX_ROWS || q->fill->bytes.len >= BATCH_MAX_BYTES || q->fill->full) {
+    if (q->fill->rb.n >= BATCH_MAX_ROWS || q->fill->rb.bytes.len >= BATCH_MAX_BYTES || q->fill->full) {
         /* Full: hand it over once the database thread is free.  The writer
          * may wait for it only while that costs nobody an event: at most
          * BACKPRESSURE_MS, and never once a recording queue is 3/4 full.
@@ -328,19 +290,19 @@ static uint64_t sql_commit(sink *s, int sync)
          * waits a bounded time, then leaves the batch to a later commit. */
         int64_t deadline = sync ? tally__mono_ns() + (int64_t)SYNC_WAIT_MS * 1000000 : 0;
         if (sync) wait_idle(q, deadline);
-        else if (q->busy && q->fill->n && q->fill->deferred && !q->stalled)
+        else if (q->busy && q->fill->rb.n && q->fill->deferred && !q->stalled)
             q->stalled = !wait_harmless(q, COMMIT_WAIT_MS); /* still busy: do not wait again until it is not */
-        if (q->fill->n && !q->busy) {
+        if (q->fill->rb.n && !q->busy) {
             hand_over(q);
             q->stalled = 0;
-        } else if (q->fill->n) {
+        } else if (q->fill->rb.n) {
             q->fill->deferred = 1;
         }
         if (sync) wait_idle(q, deadline);
     }
     pthread_mutex_unlock(&q->mu);
-    if (!q->running && q->fill->n) {
-        atomic_fetch_add(&q->lost, q->fill->n);
+    if (!q->running && q->fill->rb.n) {
+        atomic_fetch_add(&q->lost, q->fill->rb.n);
         batch_clear(q->fill);
     }
     return atomic_exchange(&q->lost, 0);
@@ -370,7 +332,7 @@ static void sql_close(sink *s)
         /* The last events: bounded by BUSY_RETRY_MS. */
         pthread_mutex_lock(&q->mu);
         wait_idle(q, 0);
-        if (q->fill->n) hand_over(q);
+        if (q->fill->rb.n) hand_over(q);
         wait_idle(q, 0);
         q->stop = 1;
         pthread_cond_signal(&q->work_cv);
@@ -383,8 +345,7 @@ static void sql_close(sink *s)
                    q->path);
     store_close(q->st);
     for (int i = 0; i < 2; i++) {
-        free(q->b[i].rows);
-        buf_free(&q->b[i].bytes);
+        row_batch_free(&q->b[i].rb);
         rollup_free(q->b[i].cells);
     }
     pthread_mutex_destroy(&q->mu);
@@ -410,7 +371,7 @@ int sink_sqlite_open(struct tally *h, sink *s, const char *path)
     pthread_cond_init(&q->idle_cv, NULL);
     q->path = strdup(path);
     for (int i = 0; i < 2; i++) {
-        buf_init(&q->b[i].bytes, BATCH_MAX_BYTES + ((size_t)16 << 20));
+        buf_init(&q->b[i].rb.bytes, BATCH_MAX_BYTES + ((size_t)16 << 20));
         q->b[i].cells = rollup_new(BATCH_MAX_CELLS);
         if (!q->b[i].cells) return -1;
     }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# test_par -- `tally stats` reading JSONL with several threads gives the
-# one-thread answer: files cut into chunks so small that lines straddle
+# test_par -- `tally stats`, `requests`, `runs`, `report` and `import`
+# reading JSONL with several threads give the one-thread answer: files cut into chunks so small that lines straddle
 # every boundary (TALLY_CHUNK_BYTES), a file several runs append to (run
 # starts mid-file, training rows taking their run's model from it), toy/v1
 # lines without ts or id (times from the run's start), TelemetryLogger
@@ -58,29 +58,54 @@ with open(f"{d}/bad.jsonl", "w") as f:
 PY
 
 r6='def r: if type == "number" then (. * 1e6 | round / 1e6) elif type == "object" then with_entries(.value |= r) elif type == "array" then map(r) else . end; r'
-same() {  # same SOURCE ARGS...: one thread and four give the same answer and the same messages
-    local src=$1; shift
+# One question's answer, as text to compare: ask THREADS CMD SOURCE ARGS...
+ask() {
+    local t=$1 cmd=$2 src=$3; shift 3
+    case $cmd in
+    stats) "$TALLY" stats --json --threads "$t" "$@" "$src" | jq -S -c "$r6" ;;
+    requests) "$TALLY" requests --json -n 0 --threads "$t" "$@" "$src" ;;
+    runs) "$TALLY" runs --json --threads "$t" "$@" "$src" ;;
+    report) "$TALLY" report -o - --threads "$t" "$@" "$src" | sed 's/"generated":[0-9.e+]*//' | md5sum ;;
+    import)  # the database's rows, in the order they were written
+        rm -f "$dir/imp.db"
+        "$TALLY" import --db "$dir/imp.db" --threads "$t" "$@" "$src" &&
+            python3 -c 'import sqlite3, sys
+for r in sqlite3.connect(sys.argv[1]).execute("select * from events order by rowid"): print(r)' "$dir/imp.db" | md5sum ;;
+    esac
+}
+same() {  # same CMD SOURCE ARGS...: one thread and four give the same answer and the same messages
+    local cmd=$1 src=$2; shift 2
     local a b ea eb
-    a=$("$TALLY" stats --json --threads 1 "$@" "$src" 2>"$dir/e1" | jq -S -c "$r6")
+    a=$(ask 1 "$cmd" "$src" "$@" 2>"$dir/e1")
     ea=$(cat "$dir/e1")
     for c in ${CHUNKS:-4093 65536}; do
-        b=$(TALLY_CHUNK_BYTES=$c "$TALLY" stats --json --threads 4 "$@" "$src" 2>"$dir/e4" | jq -S -c "$r6")
+        b=$(TALLY_CHUNK_BYTES=$c ask 4 "$cmd" "$src" "$@" 2>"$dir/e4")
         eb=$(cat "$dir/e4")
-        check "$(basename "$src") $* chunks of $c: the one-thread answer" test -n "$a" -a "$a" = "$b"
-        check "$(basename "$src") $* chunks of $c: the same messages" test "$ea" = "$eb"
+        check "$cmd $(basename "$src") $* chunks of $c: the one-thread answer" test -n "$a" -a "$a" = "$b"
+        check "$cmd $(basename "$src") $* chunks of $c: the same messages" test "$ea" = "$eb"
     done
 }
-CHUNKS="61 997" same "$dir/small.jsonl" --by model,run
-CHUNKS="61 997" same "$dir/small.jsonl" --by model --where ok=false
-same "$dir/shared.jsonl" --by model
-same "$dir/shared.jsonl" --by run,engine
-same "$dir/shared.jsonl" --by model --where ok=false
-same "$dir/shared.jsonl" --by day --since 2020-01-01
-same "$dir/toy.jsonl" --by model,run
-same "$dir/toy.jsonl" --by day
-same "$dir/tags.jsonl"
-same "$dir/bad.jsonl" --by model
-same "$dir/runs" --by run
+CHUNKS="61 997" same stats "$dir/small.jsonl" --by model,run
+CHUNKS="61 997" same stats "$dir/small.jsonl" --by model --where ok=false
+same stats "$dir/shared.jsonl" --by model
+same stats "$dir/shared.jsonl" --by run,engine
+same stats "$dir/shared.jsonl" --by model --where ok=false
+same stats "$dir/shared.jsonl" --by day --since 2020-01-01
+same stats "$dir/toy.jsonl" --by model,run
+same stats "$dir/toy.jsonl" --by day
+same stats "$dir/tags.jsonl"
+same stats "$dir/bad.jsonl" --by model
+same stats "$dir/runs" --by run
+# the questions whose answers depend on the order of the lines: read in
+# parallel, handed on in the file's order
+for cmd in requests runs report import; do
+    CHUNKS="61 997" same $cmd "$dir/small.jsonl"
+    for f in shared toy tags bad; do same $cmd "$dir/$f.jsonl"; done
+    same $cmd "$dir/runs"
+done
+same requests "$dir/shared.jsonl" --sort latency -n 50 --where ok=false
+same requests "$dir/bad.jsonl" --sort ts -n 7
+same report "$dir/shared.jsonl" --by engine
 # the training run's rows in the shared file took its model from a run_start mid-file
 check "training rows keep their run's model" test "$(TALLY_CHUNK_BYTES=997 "$TALLY" stats --json --threads 4 --by model "$dir/shared.jsonl" | jq '[.groups[] | select(.steps > 0) | .model] | length')" -ge 1 -a "$("$TALLY" stats --json --threads 1 --by model "$dir/shared.jsonl" | jq '[.groups[] | select(.steps > 0 and .model != "-")] | length')" -ge 1
 check "--threads 0 refused" bash -c "! '$TALLY' stats --threads 0 '$dir/shared.jsonl' 2>/dev/null"
