@@ -61,6 +61,7 @@
     " final_step INTEGER, final_loss REAL, start_ts REAL, end_ts REAL)"
 
 static const char near_sql[] = "SELECT seq, id FROM events WHERE seq >= ?1 ORDER BY seq";
+static const char at_sql[] = "SELECT id FROM events WHERE seq = ?1";
 
 /* The runs table from a run_start / run_end line (?2), read by SQLite's
  * JSON functions: the sink hands over the line the writer made and never
@@ -278,14 +279,14 @@ static int prepare_all(store *s)
         sql[n] = 0;
         if (prepare(s->db, sql, &s->ins_many)) return -1;
     }
-    return prepare(s->db, store_sql_insert, &s->ins) || prepare(s->db, near_sql, &s->near) ||
+    return prepare(s->db, store_sql_insert, &s->ins) || prepare(s->db, near_sql, &s->near) || prepare(s->db, at_sql, &s->at) ||
            prepare(s->db, store_sql_upsert, &s->upsert) || prepare(s->db, run_start_sql, &s->run_start) ||
            prepare(s->db, run_end_sql, &s->run_end);
 }
 
 static void finalize_all(store *s)
 {
-    sqlite3_stmt **sts[] = {&s->ins, &s->ins_many, &s->near, &s->upsert, &s->run_start, &s->run_end};
+    sqlite3_stmt **sts[] = {&s->ins, &s->ins_many, &s->near, &s->at, &s->upsert, &s->run_start, &s->run_end};
     for (size_t i = 0; i < sizeof sts / sizeof sts[0]; i++) {
         sqlite3_finalize(*sts[i]);
         *sts[i] = NULL;
@@ -471,11 +472,33 @@ int store_busy(store *s)
 
 /* ---- transactions ------------------------------------------------------------- */
 
+/* The first slot past every stored row, for STORE_DEDUP's fresh rows. */
+static void fresh_begin(store *s)
+{
+    sqlite3_stmt *st = NULL;
+    s->fresh_ok = 0;
+    if (sqlite3_prepare_v2(s->db, "SELECT max(seq) FROM events", -1, &st, NULL) != SQLITE_OK) return;
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        s->fresh_from = sqlite3_column_type(st, 0) == SQLITE_NULL ? INT64_MIN : sqlite3_column_int64(st, 0) + 1;
+        s->fresh_ok = s->fresh_from != INT64_MAX;
+        s->txn_max = s->fresh_from == INT64_MIN ? INT64_MIN : s->fresh_from - 1;
+        idset_init(&s->fresh_ids);
+    }
+    sqlite3_finalize(st);
+}
+
+static void fresh_end(store *s)
+{
+    if (s->fresh_ok) idset_free(&s->fresh_ids);
+    s->fresh_ok = 0;
+}
+
 int store_begin(store *s)
 {
     if (s->in_txn) return 0;
     if (exec(s->db, "BEGIN IMMEDIATE")) return -1;
     s->in_txn = 1;
+    fresh_begin(s);
     return 0;
 }
 
@@ -487,6 +510,7 @@ int store_commit(store *s)
         return -1;
     }
     s->in_txn = 0;
+    fresh_end(s);
     store_ckpt_bound(s);
     return 0;
 }
@@ -498,6 +522,7 @@ void store_rollback(store *s)
      * in sqlite3_errmsg() with "no transaction is active". */
     if (s->in_txn && !sqlite3_get_autocommit(s->db)) exec(s->db, "ROLLBACK");
     s->in_txn = 0;
+    fresh_end(s);
     rollup_clear(s->cells);
     s->have_last = 0; /* the slots it took are free again */
 }

@@ -20,8 +20,26 @@ int64_t store_seq_base(const row *r)
  * *slot) and, with `id`, whether that id is among them.  Returns 1 found,
  * 0 not, -1 error.  The run ends at the first gap past the base's own
  * STORE_SLOTS slots. */
+/* 1 when the row at seq has this id. */
+static int id_at(store *s, int64_t seq, sv id)
+{
+    sqlite3_stmt *st = s->at;
+    sqlite3_bind_int64(st, 1, seq);
+    int same = sqlite3_step(st) == SQLITE_ROW && (size_t)sqlite3_column_bytes(st, 0) == id.n &&
+               memcmp(sqlite3_column_text(st, 0), id.p, id.n) == 0;
+    sqlite3_reset(st);
+    return same;
+}
+
 static int find_slot(store *s, int64_t base, sv id, int64_t *slot)
 {
+    /* Importing again what is stored: the next event is most often in the
+     * slot after the last one found (one look, not a search of a burst of
+     * events that share a microsecond). */
+    if (id.p && s->have_found && base >= s->found_base && base <= s->found_seq + 1 && id_at(s, s->found_seq + 1, id)) {
+        s->found_seq++;
+        return 1;
+    }
     sqlite3_stmt *st = s->near;
     sqlite3_bind_int64(st, 1, base);
     int64_t expect = base, prev = base - 1;
@@ -37,6 +55,9 @@ static int find_slot(store *s, int64_t base, sv id, int64_t *slot)
         if (id.p && (size_t)sqlite3_column_bytes(st, 1) == id.n &&
             memcmp(sqlite3_column_text(st, 1), id.p, id.n) == 0) {
             found = 1;
+            s->found_seq = seq;
+            s->found_base = base;
+            s->have_found = 1;
             break;
         }
         if (have_free && !id.p) break;
@@ -167,10 +188,33 @@ int store_add_cells(store *s, rollup *cells)
 
 static int64_t next_slot(store *s, int64_t base);
 
+/* This connection took slot seq (of time base). */
+static void took(store *s, int64_t seq, int64_t base)
+{
+    s->last_seq = seq;
+    s->last_base = base;
+    s->have_last = 1;
+    if (seq > s->txn_max) s->txn_max = seq;
+}
+
 int store_insert(store *s, const row *r, int flags)
 {
     int dedup = flags & STORE_DEDUP;
     int64_t base = store_seq_base(r), seq;
+    if (dedup && s->in_txn && s->fresh_ok && base >= s->fresh_from && r->id.p) {
+        /* Past every row stored before: only rows of this transaction can
+         * have this id, and their ids' hashes are kept.  An id not among
+         * them is new (no search); one that is, is searched for (the same
+         * event again, or another whose id has the same hash).  When the
+         * set is full, the rows so far count as stored before. */
+        int added = s->fresh_ids.n < FRESH_MAX ? idset_add(&s->fresh_ids, r->id.p, r->id.n) : -1;
+        if (added < 0) {
+            idset_free(&s->fresh_ids);
+            idset_init(&s->fresh_ids);
+            s->fresh_from = s->txn_max + 1;
+        }
+        dedup = added != 1;
+    }
     if (dedup) {
         int f = find_slot(s, base, r->id, &seq);
         if (f != 0) return f > 0 ? 0 : -1;
@@ -185,16 +229,14 @@ int store_insert(store *s, const row *r, int flags)
     bind_row(st, 1, seq, r);
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
-    if (rc == SQLITE_CONSTRAINT && !dedup) {
+    if (rc == SQLITE_CONSTRAINT && !dedup) { /* another writer's slot: the next free one */
         if (find_slot(s, base, (sv){NULL, 0}, &seq) < 0) return -1;
         sqlite3_bind_int64(st, 1, seq);
         rc = sqlite3_step(st);
         sqlite3_reset(st);
     }
     if (rc != SQLITE_DONE) return -1;
-    s->last_seq = seq;
-    s->last_base = base;
-    s->have_last = 1;
+    took(s, seq, base);
     if (flags & STORE_COUNTED) return 1;
     int full = rollup_add(s->cells, r);
     if (full < 0) return -1;
@@ -207,7 +249,12 @@ int store_insert(store *s, const row *r, int flags)
  * the microsecond's first. */
 static int64_t next_slot(store *s, int64_t base)
 {
-    return s->have_last && s->last_base == base ? s->last_seq + 1 : base;
+    /* After this writer's last row of the same time, or past the slots a
+     * burst of its rows spilled into (more than STORE_SLOTS events in a
+     * microsecond): without it, each row of a long burst would search
+     * the whole burst for a free slot. */
+    if (s->have_last && base >= s->last_base && base <= s->last_seq) return s->last_seq + 1;
+    return base;
 }
 
 int store_insert_rows(store *s, const row *rows, size_t n, int flags)
@@ -220,9 +267,7 @@ int store_insert_rows(store *s, const row *rows, size_t n, int flags)
         for (int k = 0; k < INSERT_MANY; k++) {
             base[k] = store_seq_base(&rows[i + (size_t)k]);
             seq[k] = next_slot(s, base[k]);
-            s->last_seq = seq[k];
-            s->last_base = base[k];
-            s->have_last = 1;
+            took(s, seq[k], base[k]);
             bind_row(st, 1 + k * INSERT_COLS, seq[k], &rows[i + (size_t)k]);
         }
         int rc = sqlite3_step(st);

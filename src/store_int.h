@@ -25,6 +25,7 @@
 #include "agg.h"
 #include "buf.h"
 #include "fields.h"
+#include "idset.h"
 #include "rollup.h"
 #include "store.h"
 #include "util.h"
@@ -48,10 +49,18 @@ typedef struct ckpt {
 
 struct store {
     sqlite3 *db;
-    sqlite3_stmt *ins, *ins_many, *near, *upsert, *run_start, *run_end;
+    sqlite3_stmt *ins, *ins_many, *near, *at, *upsert, *run_start, *run_end;
     int in_txn;
     int64_t last_seq, last_base; /* this connection's last insert and its first slot */
     int have_last;
+    /* STORE_DEDUP in a transaction: rows at or past `fresh_from` (beyond
+     * every row there was when it began) can only repeat this
+     * transaction's own, whose ids are kept here (fresh_ok: usable). */
+    int64_t fresh_from, txn_max; /* txn_max: the largest slot this transaction took */
+    int64_t found_seq, found_base; /* STORE_DEDUP: where the last repeated id was found */
+    int have_found;
+    idset fresh_ids;
+    int fresh_ok;
     rollup *cells;            /* the open transaction's rollup */
     buf cellbuf;
     ckpt *ck;
@@ -64,6 +73,7 @@ struct store {
 #define STORE_HEAD_COLS 7
 #define STORE_TAIL_COLS 9
 #define INSERT_COLS (STORE_HEAD_COLS + N_REQUEST_LABELS + N_REQUEST_NUMBERS + STORE_TAIL_COLS)
+#define FRESH_MAX ((size_t)1 << 19) /* ids kept for STORE_DEDUP's fresh rows (8 MiB of hashes) */
 #define INSERT_MANY 32            /* rows per statement for batches (25% faster than one) */
 /* SELECT: every column but json, then run_end's reason and run_start's
  * model; with_json adds json as column SELECT_NCOLS. */

@@ -105,6 +105,21 @@ check "trim --dry-run keeps rows" test "$(sqlite3 "$db" 'SELECT count(*) FROM ev
 out=$("$TALLY" trim "$db" --max-rows 1)
 check "trim deletes" test "$out" = "deleted 2 rows" -a "$(sqlite3 "$db" 'SELECT count(*) FROM events')" -eq 1
 
+# a burst of 3000 events in one microsecond (past the 1024 slots a
+# microsecond has) and the same lines again: each event stored once, and
+# importing the file again adds nothing; the stored rows are the file's
+python3 -c '
+for i in range(3000):
+    print("{\"kind\":\"eval\",\"ts\":1800000000.5,\"id\":\"burst-%d\",\"name\":\"request\",\"extra\":{\"model\":\"b\",\"prompt_tokens\":%d,\"completion_tokens\":1,\"latency_us\":5}}" % (i, i))
+print("{\"kind\":\"eval\",\"ts\":1800000000.500001,\"id\":\"after\",\"name\":\"request\",\"extra\":{\"model\":\"b\",\"prompt_tokens\":1,\"completion_tokens\":1,\"latency_us\":5}}")
+' >"$dir/burst1.jsonl"
+cat "$dir/burst1.jsonl" "$dir/burst1.jsonl" >"$dir/burst.jsonl"
+out=$("$TALLY" import "$dir/burst.jsonl" --db "$dir/burst.db")
+check "a burst is stored once" grep -q 'imported 3001, duplicates skipped 3001' <<<"$out"
+out=$("$TALLY" import "$dir/burst1.jsonl" --db "$dir/burst.db")
+check "a burst imported again adds nothing" grep -q 'imported 0, duplicates skipped 3001' <<<"$out"
+check "a burst's rows are the file's" test "$(sqlite3 "$dir/burst.db" 'SELECT count(DISTINCT id), sum(prompt_tokens) FROM events')" = "3001|4498501"
+
 # tail -n: numbers past the limit are refused, not a crash
 "$TALLY" tail -n 4294967296 "$dir/good.jsonl" >/dev/null 2>&1; rc=$?
 check "tail -n too large" test "$rc" -eq 2
