@@ -34,6 +34,9 @@ echo "# file: $bytes bytes, $events events"
 t=$(for i in 1 2 3; do timeit "$tally" stats --by model "$file"; done | median3)
 printf 'case=stats_jsonl bytes=%d seconds=%.2f mb_per_s=%.0f events_per_s=%.0f\n' "$bytes" "$t" \
     "$(echo "$bytes / $t / 1000000" | bc -l)" "$(echo "$events / $t" | bc -l)"
+t1=$(for i in 1 2 3; do timeit "$tally" stats --threads 1 --by model "$file"; done | median3)
+printf 'case=stats_jsonl_one_thread seconds=%.2f mb_per_s=%.0f every_core_speedup=%.2f\n' "$t1" \
+    "$(echo "$bytes / $t1 / 1000000" | bc -l)" "$(echo "$t1 / $t" | bc -l)"
 
 # DuckDB (npm @duckdb/node-api, installed into the scratch directory) asked
 # the same question over the same file with its schema given; SKIP_DUCKDB=1
@@ -72,6 +75,26 @@ tr=$(for i in 1 2 3; do timeit "$tally" report "$file" -o "$work/report.html"; d
 rbytes=$(stat -c %s "$work/report.html")
 [ "$rbytes" -gt 0 ] || { echo "case=report_jsonl FAILED: no report written" >&2; exit 1; }
 printf 'case=report_jsonl seconds=%.2f ratio_vs_stats=%.2f report_bytes=%d\n' "$tr" "$(echo "$tr / $t" | bc -l)" "$rbytes"
+
+# tally requests (the 20 slowest) over the same file: read by every core,
+# handed on in file order
+tq=$(for i in 1 2 3; do timeit "$tally" requests --sort latency "$file"; done | median3)
+printf 'case=requests_jsonl seconds=%.2f ratio_vs_stats=%.2f\n' "$tq" "$(echo "$tq / $t" | bc -l)"
+
+# tally import of the same file into a new database: parsing on every
+# core, one writer (the target: 150 MB/s)
+for threads in 0 1; do
+    rm -f "$work"/imp.db*
+    s=$(date +%s.%N)
+    rss=$(rss_of "$tally" import --threads "${threads/#0/$(nproc)}" --db "$work/imp.db" "$file")
+    e=$(date +%s.%N)
+    n=$(sqlite3 "$work/imp.db" 'SELECT count(*) FROM events')
+    [ "$n" -eq "$events" ] || { echo "case=import_jsonl FAILED: $n of $events events stored" >&2; exit 1; }
+    ti=$(echo "$e - $s" | bc -l)
+    printf 'case=import_jsonl threads=%s seconds=%.2f mb_per_s=%.0f events_per_s=%.0f peak_rss_kb=%s\n' \
+        "${threads/#0/every-core}" "$ti" "$(echo "$bytes / $ti / 1000000" | bc -l)" "$(echo "$events / $ti" | bc -l)" "$rss"
+done
+rm -f "$work"/imp.db*
 
 jq_prog='reduce (inputs | select(.kind == "eval" and .name == "request") | .extra) as $e ({};
   .[$e.model] |= {n: ((.n // 0) + 1), prompt: ((.prompt // 0) + $e.prompt_tokens),
