@@ -27,6 +27,7 @@
 
 #define MAX_WRITERS 1024
 #define MAX_RUNS 1024
+#define VTEXT_MAX 8192     /* one line's problems, as text */
 
 typedef struct vrun {
     char key[TALLY_ID_RUN + 1];   /* "" for lines whose id names no run */
@@ -56,32 +57,41 @@ static vrun *run_state(vstate *s, const char *key, int create)
     return r;
 }
 
-__attribute__((format(printf, 3, 4))) static void problem(vstate *s, uint64_t line, const char *fmt, ...)
+/* What one line's checks found: each problem a line of text, printed by
+ * say() with the file and line number.  The checks of a line alone fill
+ * it; those of the order of lines (order()) print around it. */
+typedef struct vcheck {
+    char text[VTEXT_MAX];
+    size_t len;
+} vcheck;
+
+__attribute__((format(printf, 2, 3))) static void problem(vcheck *c, const char *fmt, ...)
 {
-    s->problems++;
-    printf("%s:%llu: ", s->path, (unsigned long long)line);
+    if (c->len >= sizeof c->text - 1) return;
     va_list ap;
     va_start(ap, fmt);
-    vprintf(fmt, ap);
+    int n = vsnprintf(c->text + c->len, sizeof c->text - 1 - c->len, fmt, ap);
     va_end(ap);
-    printf("\n");
+    if (n < 0) return;
+    c->len += (size_t)n < sizeof c->text - 1 - c->len ? (size_t)n : sizeof c->text - 2 - c->len;
+    c->text[c->len++] = '\n';
 }
 
 /* Each object's keys once: the first of duplicates is what tally reads,
  * the last what most JSON libraries read. */
-static void check_duplicates(vstate *s, uint64_t line, const jv *obj, const char *where, int depth)
+static void check_duplicates(vcheck *s, const jv *obj, const char *where, int depth)
 {
     if (!obj || obj->type != JV_OBJ || depth > 4) return;
     for (const jv *a = obj->child; a; a = a->next) {
         for (const jv *b = obj->child; b != a; b = b->next)
             if (b->keylen == a->keylen && !memcmp(a->key, b->key, a->keylen)) {
-                problem(s, line, "duplicate key %s%.*s", where, (int)(a->keylen > 64 ? 64 : a->keylen), a->key);
+                problem(s, "duplicate key %s%.*s", where, (int)(a->keylen > 64 ? 64 : a->keylen), a->key);
                 break;
             }
         if (a->type == JV_OBJ) {
             char sub[160];
             snprintf(sub, sizeof sub, "%s%.*s.", where, (int)(a->keylen > 64 ? 64 : a->keylen), a->key);
-            check_duplicates(s, line, a, sub, depth + 1);
+            check_duplicates(s, a, sub, depth + 1);
         }
     }
 }
@@ -93,13 +103,13 @@ static int is_num_or_null(const jv *v) { return v && (v->type == JV_NUM || v->ty
 /* Required keys: name, and the type they must have. */
 typedef enum { T_STR, T_INT, T_NUM, T_OBJ, T_NUMNULL } vtype;
 
-static void need(vstate *s, uint64_t line, const jv *obj, const char *where, const char *key, vtype t)
+static void need(vcheck *s, const jv *obj, const char *where, const char *key, vtype t)
 {
     const jv *v = jv_get(obj, key);
     char what[160];
     if (!v) {
         snprintf(what, sizeof what, "%s%s is missing", where, key);
-        problem(s, line, "%s", what);
+        problem(s, "%s", what);
         return;
     }
     int ok = t == T_STR   ? v->type == JV_STR
@@ -110,18 +120,18 @@ static void need(vstate *s, uint64_t line, const jv *obj, const char *where, con
     if (!ok) {
         static const char *const names[] = {"a string", "an integer", "a number", "an object", "a number or null"};
         snprintf(what, sizeof what, "%s%s must be %s", where, key, names[t]);
-        problem(s, line, "%s", what);
+        problem(s, "%s", what);
     }
 }
 
-static void maybe(vstate *s, uint64_t line, const jv *obj, const char *where, const char *key, vtype t)
+static void maybe(vcheck *s, const jv *obj, const char *where, const char *key, vtype t)
 {
-    if (jv_get(obj, key)) need(s, line, obj, where, key, t);
+    if (jv_get(obj, key)) need(s, obj, where, key, t);
 }
 
 /* What a request's numbers must mean together: well-typed values that
  * cannot all be true (a writer's bug, or units mixed up). */
-static void check_meaning(vstate *s, uint64_t line, const jv *x)
+static void check_meaning(vcheck *s, const jv *x)
 {
     const char *names[] = {"prompt_tokens", "cached_tokens", "cache_write_tokens", "completion_tokens",
                            "reasoning_tokens", "latency_us", "ttft_us"};
@@ -131,164 +141,244 @@ static void check_meaning(vstate *s, uint64_t line, const jv *x)
         const jv *f = jv_get(x, names[i]);
         has[i] = f && f->type == JV_NUM;
         v[i] = has[i] ? jv_num(f, 0) : 0;
-        if (has[i] && v[i] < 0) problem(s, line, "extra.%s is negative (%.17g)", names[i], v[i]);
+        if (has[i] && v[i] < 0) problem(s, "extra.%s is negative (%.17g)", names[i], v[i]);
     }
     if (has[5] && has[6] && v[6] > v[5])
-        problem(s, line, "extra.ttft_us (%.17g) is greater than extra.latency_us (%.17g)", v[6], v[5]);
+        problem(s, "extra.ttft_us (%.17g) is greater than extra.latency_us (%.17g)", v[6], v[5]);
     if (has[0] && v[1] + v[2] > v[0])
-        problem(s, line, "extra.cached_tokens + cache_write_tokens (%.17g) are more than prompt_tokens (%.17g)",
+        problem(s, "extra.cached_tokens + cache_write_tokens (%.17g) are more than prompt_tokens (%.17g)",
                 v[1] + v[2], v[0]);
     if (has[3] && v[4] > v[3])
-        problem(s, line, "extra.reasoning_tokens (%.17g) are more than completion_tokens (%.17g)", v[4], v[3]);
+        problem(s, "extra.reasoning_tokens (%.17g) are more than completion_tokens (%.17g)", v[4], v[3]);
 }
 
-static void check_event(vstate *s, uint64_t line, const jv *v)
+/* What the checks of the order of lines need to know of one line. */
+typedef struct vline {
+    uint64_t lineno;
+    int event;                /* an object with a kind: the order checks apply */
+    int is_start, is_end, tagged, has_t;
+    double t;
+    char runkey[TALLY_ID_RUN + 1];
+    char writer[TALLY_ID_WRITER + 1];
+    size_t before;            /* the problems printed before the order checks: text[0..before) */
+} vline;
+
+/* The checks of one line alone (f->event: it is an event; the problems
+ * found before the order checks are text[0..f->before), the rest after). */
+static void check_line(vcheck *s, const jv *v, vline *f)
 {
+    f->event = 0;
     if (v->type != JV_OBJ) {
-        problem(s, line, "%s", "an event must be a JSON object");
+        problem(s, "%s", "an event must be a JSON object");
+        f->before = s->len;
         return;
     }
     const jv *k = jv_get(v, "kind");
     if (!k || k->type != JV_STR) {
-        problem(s, line, "%s", k ? "kind must be a string" : "kind is missing");
+        problem(s, "%s", k ? "kind must be a string" : "kind is missing");
+        f->before = s->len;
         return;
     }
+    f->event = 1;
     const char *kind = k->s;
-    need(s, line, v, "", "t", T_NUM);
-    maybe(s, line, v, "", "ts", T_NUM);
-    maybe(s, line, v, "", "step", T_INT);
-    maybe(s, line, v, "", "phase", T_STR);
-    check_duplicates(s, line, v, "", 0);
+    need(s, v, "", "t", T_NUM);
+    maybe(s, v, "", "ts", T_NUM);
+    maybe(s, v, "", "step", T_INT);
+    maybe(s, v, "", "phase", T_STR);
+    check_duplicates(s, v, "", 0);
     const char *id = jv_str(jv_get(v, "id"));
     size_t idlen = id ? strlen(id) : 0;
-    int tagged = idlen == TALLY_ID_LEN;
-    char runkey[TALLY_ID_RUN + 1] = "";
-    if (tagged) snprintf(runkey, sizeof runkey, "%.*s", TALLY_ID_RUN, id);
-    int is_start = !strcmp(kind, "run_start");
+    f->tagged = idlen == TALLY_ID_LEN;
+    f->runkey[0] = f->writer[0] = 0;
+    if (f->tagged) snprintf(f->runkey, sizeof f->runkey, "%.*s", TALLY_ID_RUN, id);
+    f->is_start = !strcmp(kind, "run_start");
+    f->is_end = !strcmp(kind, "run_end");
+    const jv *t = jv_get(v, "t");
+    f->has_t = t && t->type == JV_NUM;
+    if (f->has_t) {
+        f->t = jv_num(t, 0);
+        if (f->t < 0) problem(s, "%s", "t is negative");
+        /* The writer: run and process for tally's ids, the process for
+         * older ones (12 + 10 digits), one writer for the rest. */
+        if (f->tagged) snprintf(f->writer, sizeof f->writer, "%.*s", TALLY_ID_WRITER, id);
+        else if (idlen >= 12) snprintf(f->writer, sizeof f->writer, "%.12s", id);
+    }
+    f->before = s->len;
+    if (f->is_start) {
+        need(s, v, "", "started_at", T_STR);
+        need(s, v, "", "host", T_OBJ);
+        need(s, v, "", "backend", T_OBJ);
+        need(s, v, "", "model", T_OBJ);
+        maybe(s, v, "", "schema", T_STR);
+        maybe(s, v, "", "run_id", T_STR);
+        maybe(s, v, "", "config", T_OBJ);
+        const jv *b = jv_get(v, "backend");
+        if (b && b->type == JV_OBJ) need(s, b, "backend.", "kind", T_STR);
+        const jv *m = jv_get(v, "model");
+        if (m && m->type == JV_OBJ) need(s, m, "model.", "name", T_STR);
+        return;
+    }
+    if (f->is_end) {
+        need(s, v, "", "ended_at", T_STR);
+        need(s, v, "", "reason", T_STR);
+        need(s, v, "", "stats", T_OBJ);
+        const jv *st = jv_get(v, "stats");
+        if (st && st->type == JV_OBJ) {
+            need(s, st, "stats.", "requests", T_INT);
+            need(s, st, "stats.", "errors", T_INT);
+            need(s, st, "stats.", "tokens_out", T_INT);
+            maybe(s, st, "stats.", "events", T_INT);
+            maybe(s, st, "stats.", "dropped", T_INT);
+        }
+        const char *r = jv_str(jv_get(v, "reason"));
+        if (r && strcmp(r, "completed") && strcmp(r, "interrupted") && strcmp(r, "aborted") && strcmp(r, "errored") &&
+            strcmp(r, "not_closed"))
+            problem(s, "reason '%s' is not completed, interrupted, aborted, errored or not_closed", r);
+        return;
+    }
+    const char *name = jv_str(jv_get(v, "name"));
+    if (!strcmp(kind, "eval") && name && !strcmp(name, "request")) {
+        need(s, v, "", "extra", T_OBJ);
+        const jv *x = jv_get(v, "extra");
+        if (x && x->type == JV_OBJ) {
+            /* The named fields (src/fields.h): strings, the required ones present. */
+            for (int i = 0; i < N_REQUEST_LABELS; i++) {
+                const field_def *d = &tally_request_labels[i];
+                if (d->flags & FLD_REQUIRED) need(s, x, "extra.", d->key, T_STR);
+                else maybe(s, x, "extra.", d->key, T_STR);
+            }
+            /* The numbers: integers, or numbers (null for NaN). */
+            for (int i = 0; i < N_REQUEST_NUMBERS; i++) {
+                const number_def *d = &tally_request_numbers[i];
+                vtype vt = d->type == FLD_I64 ? T_INT : T_NUMNULL;
+                if (d->flags & FLD_REQUIRED) need(s, x, "extra.", d->key, vt);
+                else maybe(s, x, "extra.", d->key, vt);
+            }
+            const jv *ok = jv_get(x, "ok");
+            if (ok && ok->type != JV_TRUE && ok->type != JV_FALSE) problem(s, "%s", "extra.ok must be a boolean");
+            check_meaning(s, x);
+        }
+    } else if (!strcmp(kind, "eval")) {
+        maybe(s, v, "", "loss", T_NUMNULL);
+        maybe(s, v, "", "ppl", T_NUMNULL);
+        maybe(s, v, "", "samples", T_INT);
+    } else if (!strcmp(kind, "step")) {
+        need(s, v, "", "step", T_INT);
+        maybe(s, v, "", "loss", T_NUMNULL);
+        maybe(s, v, "", "lr", T_NUMNULL);
+        maybe(s, v, "", "grad_norm", T_NUMNULL);
+        maybe(s, v, "", "tokens", T_INT);
+        maybe(s, v, "", "wall_us", T_INT);
+        maybe(s, v, "", "metrics", T_OBJ);
+    } else if (!strcmp(kind, "epoch")) {
+        need(s, v, "", "epoch", T_INT);
+        maybe(s, v, "", "wall_us", T_INT);
+    } else if (!strcmp(kind, "error")) {
+        need(s, v, "", "type", T_STR);
+        need(s, v, "", "message", T_STR);
+    } else if (!strcmp(kind, "note")) {
+        need(s, v, "", "text", T_STR);
+    }
+}
+
+/* One line's problems, each with the file and line number. */
+static void say(vstate *s, uint64_t lineno, const char *text, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        const char *nl = memchr(text + i, '\n', n - i);
+        size_t k = nl ? (size_t)(nl - (text + i)) : n - i;
+        printf("%s:%llu: %.*s\n", s->path, (unsigned long long)lineno, (int)k, text + i);
+        s->problems++;
+        i += k + 1;
+    }
+}
+
+__attribute__((format(printf, 3, 4))) static void order_problem(vstate *s, uint64_t lineno, const char *fmt, ...)
+{
+    s->problems++;
+    printf("%s:%llu: ", s->path, (unsigned long long)lineno);
+    va_list ap;
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+}
+
+/* The checks of the order of lines (t per writer, run_start first, one
+ * run_end), in the file's order, with the line's own problems around
+ * them as the checks meet them. */
+static void order(vstate *s, const vline *f, const char *text, size_t len)
+{
+    say(s, f->lineno, text, f->before);
+    if (!f->event) return;
     /* An event whose run_start is not in this file goes with the latest
      * run, as readers credit it. */
-    vrun *run = is_start ? run_state(s, runkey, 1) : run_state(s, runkey, 0);
+    vrun *run = run_state(s, f->runkey, f->is_start);
     if (!run) run = run_state(s, "", 1);
-    if (is_start) {
+    if (f->is_start) {
         /* A new run: its writers' t starts again. */
         int keep = 0;
         for (int i = 0; i < s->nwriters; i++) {
-            int mine = tagged ? !strncmp(s->writer[i], runkey, TALLY_ID_RUN) : 1;
+            int mine = f->tagged ? !strncmp(s->writer[i], f->runkey, TALLY_ID_RUN) : 1;
             if (mine) continue;
             memmove(s->writer[keep], s->writer[i], sizeof s->writer[0]);
             s->last_t[keep++] = s->last_t[i];
         }
         s->nwriters = keep;
     }
-    const jv *t = jv_get(v, "t");
-    if (t && t->type == JV_NUM) {
-        if (jv_num(t, 0) < 0) problem(s, line, "%s", "t is negative");
-        /* The writer: run and process for tally's ids, the process for
-         * older ones (12 + 10 digits), one writer for the rest. */
-        char w[TALLY_ID_WRITER + 1] = "";
-        if (tagged) snprintf(w, sizeof w, "%.*s", TALLY_ID_WRITER, id);
-        else if (idlen >= 12) snprintf(w, sizeof w, "%.12s", id);
+    if (f->has_t) {
         int wi = -1;
         for (int i = 0; i < s->nwriters; i++)
-            if (!strcmp(s->writer[i], w)) wi = i;
+            if (!strcmp(s->writer[i], f->writer)) wi = i;
         if (wi < 0 && s->nwriters < MAX_WRITERS) {
             wi = s->nwriters++;
-            snprintf(s->writer[wi], sizeof s->writer[wi], "%s", w);
-            s->last_t[wi] = jv_num(t, 0);
+            snprintf(s->writer[wi], sizeof s->writer[wi], "%s", f->writer);
+            s->last_t[wi] = f->t;
         }
         if (wi >= 0) {
-            if (jv_num(t, 0) < s->last_t[wi]) {
-                char what[96];
-                snprintf(what, sizeof what, "t goes backwards (%.6f after %.6f)", jv_num(t, 0), s->last_t[wi]);
-                problem(s, line, "%s", what);
-            }
-            s->last_t[wi] = jv_num(t, 0);
+            if (f->t < s->last_t[wi])
+                order_problem(s, f->lineno, "t goes backwards (%.6f after %.6f)", f->t, s->last_t[wi]);
+            s->last_t[wi] = f->t;
         }
     }
     int first = !s->seen_any;
     s->seen_any = 1;
-    if (is_start) {
-        if (run->in_run && !run->ended) problem(s, line, "%s", "run_start inside a run that has not ended");
+    if (f->is_start) {
+        if (run->in_run && !run->ended) order_problem(s, f->lineno, "%s", "run_start inside a run that has not ended");
         run->in_run = 1;
         run->ended = 0;
-        need(s, line, v, "", "started_at", T_STR);
-        need(s, line, v, "", "host", T_OBJ);
-        need(s, line, v, "", "backend", T_OBJ);
-        need(s, line, v, "", "model", T_OBJ);
-        maybe(s, line, v, "", "schema", T_STR);
-        maybe(s, line, v, "", "run_id", T_STR);
-        maybe(s, line, v, "", "config", T_OBJ);
-        const jv *b = jv_get(v, "backend");
-        if (b && b->type == JV_OBJ) need(s, line, b, "backend.", "kind", T_STR);
-        const jv *m = jv_get(v, "model");
-        if (m && m->type == JV_OBJ) need(s, line, m, "model.", "name", T_STR);
+        say(s, f->lineno, text + f->before, len - f->before);
         return;
     }
-    if (first) problem(s, line, "%s", "run_start is not the first event");
-    else if (run->ended) problem(s, line, "%s", "event after run_end (a new run needs a run_start)");
-    if (!strcmp(kind, "run_end")) {
-        need(s, line, v, "", "ended_at", T_STR);
-        need(s, line, v, "", "reason", T_STR);
-        need(s, line, v, "", "stats", T_OBJ);
-        const jv *st = jv_get(v, "stats");
-        if (st && st->type == JV_OBJ) {
-            need(s, line, st, "stats.", "requests", T_INT);
-            need(s, line, st, "stats.", "errors", T_INT);
-            need(s, line, st, "stats.", "tokens_out", T_INT);
-            maybe(s, line, st, "stats.", "events", T_INT);
-            maybe(s, line, st, "stats.", "dropped", T_INT);
-        }
-        const char *r = jv_str(jv_get(v, "reason"));
-        if (r && strcmp(r, "completed") && strcmp(r, "interrupted") && strcmp(r, "aborted") && strcmp(r, "errored") &&
-            strcmp(r, "not_closed"))
-            problem(s, line, "reason '%s' is not completed, interrupted, aborted, errored or not_closed", r);
-        if (run->ended && run->in_run) problem(s, line, "%s", "more than one run_end in this run");
+    if (first) order_problem(s, f->lineno, "%s", "run_start is not the first event");
+    else if (run->ended) order_problem(s, f->lineno, "%s", "event after run_end (a new run needs a run_start)");
+    say(s, f->lineno, text + f->before, len - f->before);
+    if (f->is_end) {
+        if (run->ended && run->in_run) order_problem(s, f->lineno, "%s", "more than one run_end in this run");
         run->ended = 1;
+    }
+}
+
+/* One line read: its own checks (c), as check_line says. */
+static void check_read(vcheck *c, json_arena *a, char *line, size_t len, const line_info *li, vline *f)
+{
+    c->len = 0;
+    f->event = 0;
+    if (li->toolong) {
+        problem(c, "%s", "line longer than 16 MiB");
+        f->before = c->len;
         return;
     }
-    const char *name = jv_str(jv_get(v, "name"));
-    if (!strcmp(kind, "eval") && name && !strcmp(name, "request")) {
-        need(s, line, v, "", "extra", T_OBJ);
-        const jv *x = jv_get(v, "extra");
-        if (x && x->type == JV_OBJ) {
-            /* The named fields (src/fields.h): strings, the required ones present. */
-            for (int i = 0; i < N_REQUEST_LABELS; i++) {
-                const field_def *f = &tally_request_labels[i];
-                if (f->flags & FLD_REQUIRED) need(s, line, x, "extra.", f->key, T_STR);
-                else maybe(s, line, x, "extra.", f->key, T_STR);
-            }
-            /* The numbers: integers, or numbers (null for NaN). */
-            for (int i = 0; i < N_REQUEST_NUMBERS; i++) {
-                const number_def *f = &tally_request_numbers[i];
-                vtype vt = f->type == FLD_I64 ? T_INT : T_NUMNULL;
-                if (f->flags & FLD_REQUIRED) need(s, line, x, "extra.", f->key, vt);
-                else maybe(s, line, x, "extra.", f->key, vt);
-            }
-            const jv *ok = jv_get(x, "ok");
-            if (ok && ok->type != JV_TRUE && ok->type != JV_FALSE) problem(s, line, "%s", "extra.ok must be a boolean");
-            check_meaning(s, line, x);
-        }
-    } else if (!strcmp(kind, "eval")) {
-        maybe(s, line, v, "", "loss", T_NUMNULL);
-        maybe(s, line, v, "", "ppl", T_NUMNULL);
-        maybe(s, line, v, "", "samples", T_INT);
-    } else if (!strcmp(kind, "step")) {
-        need(s, line, v, "", "step", T_INT);
-        maybe(s, line, v, "", "loss", T_NUMNULL);
-        maybe(s, line, v, "", "lr", T_NUMNULL);
-        maybe(s, line, v, "", "grad_norm", T_NUMNULL);
-        maybe(s, line, v, "", "tokens", T_INT);
-        maybe(s, line, v, "", "wall_us", T_INT);
-        maybe(s, line, v, "", "metrics", T_OBJ);
-    } else if (!strcmp(kind, "epoch")) {
-        need(s, line, v, "", "epoch", T_INT);
-        maybe(s, line, v, "", "wall_us", T_INT);
-    } else if (!strcmp(kind, "error")) {
-        need(s, line, v, "", "type", T_STR);
-        need(s, line, v, "", "message", T_STR);
-    } else if (!strcmp(kind, "note")) {
-        need(s, line, v, "", "text", T_STR);
+    json_error je;
+    json_arena_reset(a);
+    jv *v = json_parse(a, line, len, &je);
+    if (!v) {
+        problem(c, "%s: %s at byte %zu", li->complete ? "bad JSON" : "torn last line", je.what, je.offset);
+        f->before = c->len;
+        return;
     }
+    if (!li->complete) problem(c, "%s", "the last line has no newline");
+    check_line(c, v, f);
 }
 
 static int validate_file(const char *path, uint64_t *total)
@@ -299,7 +389,10 @@ static int validate_file(const char *path, uint64_t *total)
         return -1;
     }
     vstate *s = calloc(1, sizeof *s);
-    if (!s) {
+    vcheck *c = malloc(sizeof *c);
+    if (!s || !c) {
+        free(s);
+        free(c);
         lr_close(&lr);
         cli_error("validate", "out of memory");
         return -1;
@@ -309,26 +402,15 @@ static int validate_file(const char *path, uint64_t *total)
     json_arena_init(&a, (size_t)64 << 20);
     char *line;
     size_t len;
-    int complete, toolong, r;
-    while ((r = lr_next(&lr, &line, &len, &complete, &toolong)) == 1) {
-        if (toolong) {
-            problem(s, lr.lineno, "%s", "line longer than 16 MiB");
-            continue;
-        }
-        json_error je;
-        json_arena_reset(&a);
-        jv *v = json_parse(&a, line, len, &je);
-        if (!v) {
-            char what[160];
-            snprintf(what, sizeof what, "%s: %s at byte %zu", complete ? "bad JSON" : "torn last line", je.what,
-                     je.offset);
-            problem(s, lr.lineno, "%s", what);
-            continue;
-        }
-        if (!complete) problem(s, lr.lineno, "%s", "the last line has no newline");
-        check_event(s, lr.lineno, v);
+    line_info li = {0};
+    int r;
+    while ((r = lr_next(&lr, &line, &len, &li.complete, &li.toolong)) == 1) {
+        vline f;
+        f.lineno = lr.lineno;
+        check_read(c, &a, line, len, &li, &f);
+        order(s, &f, c->text, c->len);
     }
-    if (!s->seen_any && r == 0) problem(s, 0, "%s", "no events");
+    if (!s->seen_any && r == 0) order_problem(s, 0, "%s", "no events");
     int rc = r < 0 ? -1 : 0;
     if (r < 0) cli_error("validate", "read error in %s", path);
     *total += s->problems;
@@ -336,6 +418,7 @@ static int validate_file(const char *path, uint64_t *total)
     json_arena_free(&a);
     lr_close(&lr);
     free(s);
+    free(c);
     return rc;
 }
 
