@@ -13,15 +13,18 @@
  * one writer.  Duplicate keys in an object are reported: readers disagree
  * on which one counts.
  */
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "event_id.h"
 #include "fields.h"
 #include "json.h"
+#include "par.h"
 #include "source.h"
 #include "util.h"
 
@@ -161,6 +164,7 @@ typedef struct vline {
     char runkey[TALLY_ID_RUN + 1];
     char writer[TALLY_ID_WRITER + 1];
     size_t before;            /* the problems printed before the order checks: text[0..before) */
+    size_t len;               /* all its problems' text (when kept in a buffer) */
 } vline;
 
 /* The checks of one line alone (f->event: it is an event; the problems
@@ -381,6 +385,69 @@ static void check_read(vcheck *c, json_arena *a, char *line, size_t len, const l
     check_line(c, v, f);
 }
 
+/* A file's end: "no events", or "ok" when it had no problems. */
+static void file_end(vstate *s, uint64_t lines, uint64_t *total)
+{
+    if (!s->seen_any) order_problem(s, 0, "%s", "no events");
+    *total += s->problems;
+    if (!s->problems) printf("%s: ok (%llu lines)\n", s->path, (unsigned long long)lines);
+}
+
+/* ---- with every core: the lines' own checks on threads, the order here ---------------- */
+
+static int par_line(json_arena *a, char *line, size_t len, const line_info *li, uint64_t lineno, buf *out)
+{
+    vcheck c;
+    vline f;
+    f.lineno = lineno;
+    check_read(&c, a, line, len, li, &f);
+    f.len = c.len;
+    buf_put(out, &f, sizeof f);
+    buf_put(out, c.text, c.len);
+    return out->failed ? -1 : 0;
+}
+
+typedef struct vpar {
+    char **files;
+    vstate *s;                /* the file being handed on */
+    uint64_t *total;
+} vpar;
+
+static int par_take(void *ud, const par_out *u)
+{
+    vpar *v = ud;
+    vstate *s = v->s;
+    if (u->before == 0) {
+        memset(s, 0, sizeof *s);
+        s->path = v->files[u->file];
+    }
+    for (size_t at = 0; at + sizeof(vline) <= u->out->len;) {
+        vline f;
+        memcpy(&f, u->out->p + at, sizeof f);
+        at += sizeof f;
+        f.lineno += u->before;
+        order(s, &f, u->out->p + at, f.len);
+        at += f.len;
+    }
+    if (u->last) file_end(s, u->before + u->lines, v->total);
+    return 0;
+}
+
+static int validate_par(char **files, size_t nf, int threads, uint64_t *total)
+{
+    vpar v = {files, calloc(1, sizeof(vstate)), total};
+    if (!v.s) {
+        cli_error("validate", "out of memory");
+        return -1;
+    }
+    static const par_lines ops = {par_line, par_take};
+    char err[600];
+    int rc = par_read_lines(files, nf, threads, &ops, &v, err, sizeof err);
+    if (rc) cli_error("validate", "%s", err);
+    free(v.s);
+    return rc;
+}
+
 static int validate_file(const char *path, uint64_t *total)
 {
     line_reader lr;
@@ -410,11 +477,10 @@ static int validate_file(const char *path, uint64_t *total)
         check_read(c, &a, line, len, &li, &f);
         order(s, &f, c->text, c->len);
     }
-    if (!s->seen_any && r == 0) order_problem(s, 0, "%s", "no events");
     int rc = r < 0 ? -1 : 0;
     if (r < 0) cli_error("validate", "read error in %s", path);
-    *total += s->problems;
-    if (!s->problems && rc == 0) printf("%s: ok (%llu lines)\n", s->path, (unsigned long long)lr.lineno);
+    else file_end(s, lr.lineno, total);
+    if (r < 0) *total += s->problems;
     json_arena_free(&a);
     lr_close(&lr);
     free(s);
@@ -424,9 +490,15 @@ static int validate_file(const char *path, uint64_t *total)
 
 int cmd_validate(int argc, char **argv)
 {
-    int n = 0, rc = 0;
+    int n = 0, rc = 0, threads = 0;
     uint64_t problems = 0;
     for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads")) {
+            if (cli_threads("validate", i + 1 < argc ? argv[i + 1] : NULL, &threads)) return 2;
+            argv[i] = argv[i + 1] = NULL; /* not a FILE */
+            i++;
+            continue;
+        }
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             printf("usage: tally validate FILE|DIR|-...\n\n"
                    "Checks JSONL files against the toy/v1 wire format and prints each problem\n"
@@ -437,6 +509,9 @@ int cmd_validate(int argc, char **argv)
                    "cache-write tokens above prompt tokens, reasoning above completion tokens.\n"
                    "A file that several runs append to is checked run by run (by the run part\n"
                    "of each event's id).  A DIR is every *.jsonl under it; '-' is stdin.\n"
+                   "\n"
+                   THREADS_HELP
+                   "\n"
                    "Exit status: 0 clean, 1 problems found, 2 usage or unreadable file.\n");
             return 0;
         }
@@ -446,6 +521,7 @@ int cmd_validate(int argc, char **argv)
         }
     }
     for (int i = 1; i < argc; i++) {
+        if (!argv[i]) continue;
         char err[600];
         int kind = source_kind(argv[i], err, sizeof err);
         if (kind < 0) {
@@ -470,9 +546,28 @@ int cmd_validate(int argc, char **argv)
             cli_error("validate", "%s has no *.jsonl file", argv[i]);
             rc = 2;
         }
-        for (size_t k = 0; k < nf; k++) {
-            n++;
-            if (validate_file(files[k], &problems) != 0) rc = 2;
+        if (par_threads(threads) > 1 && strcmp(argv[i], "-")) {
+            /* Every core: the files that can be read, in order. */
+            size_t keep = 0;
+            for (size_t k = 0; k < nf; k++) {
+                n++;
+                int fd = open(files[k], O_RDONLY | O_CLOEXEC);
+                if (fd < 0) {
+                    cli_error("validate", "cannot read %s", files[k]);
+                    rc = 2;
+                    free(files[k]);
+                    continue;
+                }
+                close(fd);
+                files[keep++] = files[k];
+            }
+            files[keep] = NULL;
+            if (keep && validate_par(files, keep, threads, &problems) != 0) rc = 2;
+        } else {
+            for (size_t k = 0; k < nf; k++) {
+                n++;
+                if (validate_file(files[k], &problems) != 0) rc = 2;
+            }
         }
         free_list(files);
     }

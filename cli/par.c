@@ -75,6 +75,7 @@ typedef struct unit {
     int failed;               /* could not be read */
     /* in file order (par.ordered) */
     row_batch rb;             /* its events, until the reading thread takes them */
+    buf out;                  /* par_lines: what its lines gave */
     int nomem;
     int seq;                  /* a big file read whole: by the reading thread itself */
     int done;                 /* under par.mu */
@@ -95,6 +96,7 @@ typedef struct par {
     /* In file order: the workers fill units' batches at most `window`
      * units ahead of the one the reading thread hands on. */
     int ordered, give_ids;
+    const par_lines *pl;      /* lines, not rows (no context needed) */
     size_t window, taken;     /* taken: units handed on (under mu) */
     int self;                 /* no worker started: the reading thread reads too */
     pthread_mutex_t mu;
@@ -327,7 +329,7 @@ static void read_unit(par *p, unit *u, void *consumer)
     json_arena a;
     json_arena_init(&a, (size_t)64 << 20);
     row_ctx ctx;
-    context_at(p, u, &ctx, &a);
+    if (!p->pl) context_at(p, u, &ctx, &a);
     line_reader lr;
     if (u->failed || open_at(&lr, p->files[u->file], u->whole ? 0 : u->start) != 0) {
         u->failed = 1;
@@ -343,6 +345,14 @@ static void read_unit(par *p, unit *u, void *consumer)
            (r = lr_next(&lr, &line, &len, &li.complete, &li.toolong)) == 1) {
         u->st.lines++;
         li.offset = lr.offset;
+        if (p->pl) {
+            if (p->pl->line(&a, line, len, &li, lr.lineno, &u->out)) {
+                u->nomem = 1;
+                atomic_store(&p->stop, 1);
+                break;
+            }
+            continue;
+        }
         row e;
         char idbuf[SOURCE_ID_LEN], why[160];
         int got = source_line(&a, &ctx, line, len, &li, p->o, &e, idbuf, why, sizeof why);
@@ -454,6 +464,7 @@ static int make_units(par *p, uint64_t chunk)
             unit *u = &p->u[p->nu++];
             memset(u, 0, sizeof *u);
             buf_init(&u->rb.bytes, ROWS_MAX_BYTES);
+            buf_init(&u->out, ROWS_MAX_BYTES);
             u->file = (int)f;
             u->start = k * chunk;
             u->end = k + 1 == n ? UINT64_MAX : (k + 1) * chunk;
@@ -493,12 +504,18 @@ static int hand_on(par *p, row_fn fn, void *ud, source_stats *st, char *err, siz
         } else if (u->failed || u->nomem) {
             snprintf(err, errlen, u->nomem ? "out of memory" : "cannot read %s", p->files[u->file]);
             rc = -1;
+        } else if (p->pl) {
+            if (u == p->u || u->file != u[-1].file) before = 0;
+            int last = i + 1 == p->nu || u[1].file != u->file;
+            rc = p->pl->take(ud, &(par_out){u->file, &u->out, before, u->st.lines, last}) ? 1 : 0;
+            before += u->st.lines;
         } else if (!u->skip) {
             unit_report(p, u, st, &before);
             row_batch_fix(&u->rb);
             for (size_t k = 0; k < u->rb.n && !rc; k++) rc = fn(ud, &u->rb.rows[k]) ? 1 : 0;
         }
         row_batch_free(&u->rb);
+        buf_free(&u->out);
         pthread_mutex_lock(&p->mu);
         p->taken = i + 1;
         if (rc) atomic_store(&p->stop, 1);
@@ -508,8 +525,8 @@ static int hand_on(par *p, row_fn fn, void *ud, source_stats *st, char *err, siz
     return rc < 0 ? -1 : 0; /* a consumer's stop is not an error */
 }
 
-int source_read_par(char **files, size_t nfiles, const source_opts *o, const par_ops *ops, row_fn fn, void *ud,
-                    int give_ids, source_stats *st, char *err, size_t errlen)
+static int read_par(char **files, size_t nfiles, const source_opts *o, const par_ops *ops, const par_lines *pl,
+                    row_fn fn, void *ud, int give_ids, source_stats *st, char *err, size_t errlen)
 {
     par p;
     memset(&p, 0, sizeof p);
@@ -517,6 +534,7 @@ int source_read_par(char **files, size_t nfiles, const source_opts *o, const par
     p.nfiles = nfiles;
     p.o = o;
     p.ops = ops;
+    p.pl = pl;
     p.ordered = ops == NULL;
     p.give_ids = give_ids;
     int nt = par_threads(o->threads), rc = -1;
@@ -530,7 +548,7 @@ int source_read_par(char **files, size_t nfiles, const source_opts *o, const par
         goto out;
     }
     for (int i = 0; i < nt; i++) ws[i].p = &p;
-    run_phase(&p, ws, nt, 1, NULL, NULL, NULL, NULL, 0);
+    if (!pl) run_phase(&p, ws, nt, 1, NULL, NULL, NULL, NULL, 0); /* lines need no context */
     /* A file whose chunks met tagged lines, or too many runs, or could not
      * be scanned: read by its first unit, from its start, alone (in file
      * order, by the reading thread: a big file is not kept in memory). */
@@ -583,6 +601,7 @@ out:
         for (size_t k = 0; k < p.u[i].nctx; k++) free(p.u[i].ctx[k].line);
         free(p.u[i].ctx);
         row_batch_free(&p.u[i].rb);
+        buf_free(&p.u[i].out);
     }
     for (size_t f = 0; p.fctx && f < nfiles; f++) free(p.fctx[f]);
     free(p.fctx);
@@ -593,4 +612,18 @@ out:
     pthread_cond_destroy(&p.cv);
     pthread_mutex_destroy(&p.mu);
     return rc;
+}
+
+int source_read_par(char **files, size_t nfiles, const source_opts *o, const par_ops *ops, row_fn fn, void *ud,
+                    int give_ids, source_stats *st, char *err, size_t errlen)
+{
+    return read_par(files, nfiles, o, ops, NULL, fn, ud, give_ids, st, err, errlen);
+}
+
+int par_read_lines(char **files, size_t nfiles, int threads, const par_lines *pl, void *ud, char *err, size_t errlen)
+{
+    source_opts o = {0};
+    o.threads = threads;
+    source_stats st = {0};
+    return read_par(files, nfiles, &o, NULL, pl, NULL, ud, 0, &st, err, errlen);
 }

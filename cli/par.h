@@ -10,7 +10,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "buf.h"
 #include "read_sqlite.h"
+#include "source.h"
 
 /* What a question gives the parallel reader: a consumer per thread,
  * rows into it, and merging it into the question's own (ud) at the end
@@ -36,5 +38,23 @@ uint64_t par_chunk_bytes(int ordered);
  * err. */
 int source_read_par(char **files, size_t nfiles, const source_opts *o, const par_ops *ops, row_fn fn, void *ud,
                     int give_ids, source_stats *st, char *err, size_t errlen);
+
+/* Lines of JSONL files, each turned into bytes by a thread, the bytes of
+ * each chunk handed on in file order (`tally validate`).  line() runs on
+ * a thread: one line (lineno: its number within its chunk) into out; 0,
+ * or -1 to stop (out is full).  take() runs on the calling thread, for
+ * each chunk in order: what its lines gave; its lines are numbered after
+ * `before` in its file; `last`: the file's last chunk; non-zero stops. */
+typedef struct par_out {
+    size_t file;
+    const buf *out;
+    uint64_t before, lines;
+    int last;
+} par_out;
+typedef struct par_lines {
+    int (*line)(struct json_arena *a, char *line, size_t len, const line_info *li, uint64_t lineno, buf *out);
+    int (*take)(void *ud, const par_out *u);
+} par_lines;
+int par_read_lines(char **files, size_t nfiles, int threads, const par_lines *pl, void *ud, char *err, size_t errlen);
 
 #endif

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# test_par -- `tally stats`, `requests`, `runs`, `report` and `import`
-# reading JSONL with several threads give the one-thread answer: files cut into chunks so small that lines straddle
+# test_par -- `tally stats`, `requests`, `runs`, `report`, `import` and
+# `validate` reading JSONL with several threads give the one-thread answer: files cut into chunks so small that lines straddle
 # every boundary (TALLY_CHUNK_BYTES), a file several runs append to (run
 # starts mid-file, training rows taking their run's model from it), toy/v1
 # lines without ts or id (times from the run's start), TelemetryLogger
@@ -65,6 +65,7 @@ ask() {
     stats) "$TALLY" stats --json --threads "$t" "$@" "$src" | jq -S -c "$r6" ;;
     requests) "$TALLY" requests --json -n 0 --threads "$t" "$@" "$src" ;;
     runs) "$TALLY" runs --json --threads "$t" "$@" "$src" ;;
+    validate) "$TALLY" validate --threads "$t" "$@" "$src"; echo "exit $?" ;;
     report) "$TALLY" report -o - --threads "$t" "$@" "$src" | sed 's/"generated":[0-9.e+]*//' | md5sum ;;
     import)  # the database's rows, in the order they were written
         rm -f "$dir/imp.db"
@@ -98,7 +99,7 @@ same stats "$dir/bad.jsonl" --by model
 same stats "$dir/runs" --by run
 # the questions whose answers depend on the order of the lines: read in
 # parallel, handed on in the file's order
-for cmd in requests runs report import; do
+for cmd in requests runs report import validate; do
     CHUNKS="61 997" same $cmd "$dir/small.jsonl"
     for f in shared toy tags bad; do same $cmd "$dir/$f.jsonl"; done
     same $cmd "$dir/runs"
