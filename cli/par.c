@@ -1,6 +1,12 @@
 /*
  * par -- JSONL files read by every core (see par.h).
  *
+ * In file order (no par_ops), threads read chunks of 1 MiB into row
+ * batches (or par_lines' bytes), at most `window` chunks ahead of the one
+ * the calling thread is handing on; it waits for each chunk in turn.  A
+ * big file that must be read whole is read by the calling thread itself,
+ * line by line, when its turn comes.
+ *
  * Work is cut into units: a file smaller than two chunks is one unit, a
  * larger one a unit per chunk of bytes.  A chunk owns the lines that
  * start inside it: its reader starts at the byte before the chunk, skips

@@ -1,8 +1,11 @@
 /*
  * par -- JSONL files read by every core: cut at line boundaries into
- * chunks, each parsed by a thread into a consumer of its own, merged at
- * the end (par.c says how a chunk's reader gets the context the lines
- * before it make).
+ * chunks, each parsed by a thread.  Three ways to take what the threads
+ * make: a consumer per thread, merged at the end (stats); rows handed on
+ * in file order on the calling thread (requests, runs, report, import);
+ * or each line turned into bytes, handed on in file order (validate).
+ * par.c says how a chunk's reader gets the context the lines before it
+ * make.
  */
 #ifndef TALLY_CLI_PAR_H
 #define TALLY_CLI_PAR_H
