@@ -27,6 +27,7 @@
 #include "encode.h"
 #include "report_assets.h"
 #include "source.h"
+#include "par.h"
 #include "stats.h"
 #include "util.h"
 
@@ -262,12 +263,29 @@ static void add_step(trun *t, const row *e)
     add_point(t, p);
 }
 
-static int on_report_row(void *ud, const row *e)
+/* The report's parts that merge exactly (the stats tables, the fine time
+ * series): on every thread, each with its own (report_fork). */
+static int agg_row(void *ud, const row *e)
 {
     report *r = ud;
     if (!where_pass(r->w, r->nw, e)) return 0;
     for (int i = 0; i < r->ntables; i++)
         if (on_row(&r->tables[i], e)) return -1;
+    int kind = agg_kind(e);
+    int serve_error = kind == AGG_ERROR && SV_IS(e->phase, "serve");
+    if ((kind == AGG_REQUEST || serve_error) && (e->has & ROW_TS)) {
+        bucket *b = series_at(&r->fine, e->ts, &r->nomem);
+        r->nomem |= agg_cell_add(&b->c, e) != 0;
+    }
+    return r->nomem ? -1 : 0;
+}
+
+/* The parts that depend on the order of events (the runs and their
+ * curves, the first models seen): in file order, on the reading thread. */
+static int order_row(void *ud, const row *e)
+{
+    report *r = ud;
+    if (!where_pass(r->w, r->nw, e)) return 0;
     run *x = run_of(r, e->run_id);
     if (x && (e->has & ROW_TS)) {
         if (e->ts < x->first) x->first = e->ts;
@@ -290,8 +308,6 @@ static int on_report_row(void *ud, const row *e)
         }
         if (e->has & ROW_TS) {
             int m = model_index(r, e->model);
-            bucket *b = series_at(&r->fine, e->ts, &r->nomem);
-            r->nomem |= agg_cell_add(&b->c, e) != 0;
             bucket *d = series_at(&r->daily, e->ts, &r->nomem);
             d->tok_in[m] += (double)e->prompt;
             d->tok_out[m] += (double)e->completion;
@@ -316,11 +332,64 @@ static int on_report_row(void *ud, const row *e)
         trun *t = train_of(r, x);
         if (t) add_mark(t->errors, &t->nerrors, (e->has & ROW_STEP) ? (double)e->step : t->last_step, NAN,
                         (e->has & ROW_TS) ? e->ts : NAN, e->name);
-    } else if (kind == AGG_ERROR && e->has & ROW_TS) {
-        bucket *b = series_at(&r->fine, e->ts, &r->nomem);
-        r->nomem |= agg_cell_add(&b->c, e) != 0;
     }
     return r->nomem ? -1 : 0;
+}
+
+static int on_report_row(void *ud, const row *e)
+{
+    return agg_row(ud, e) || order_row(ud, e) ? -1 : 0;
+}
+
+/* ---- with every core: the parts that merge, per thread (cli/par.h) -------------------- */
+
+static void *report_fork(void *ud)
+{
+    const report *r = ud;
+    report *t = calloc(1, sizeof *t);
+    if (!t || series_init(&t->fine, r->fine.unit)) {
+        free(t);
+        return NULL;
+    }
+    t->ntables = r->ntables;
+    for (int i = 0; i < r->ntables; i++) agg_like(&t->tables[i], &r->tables[i]);
+    memcpy(t->w, r->w, sizeof t->w);
+    t->nw = r->nw;
+    return t;
+}
+
+static void report_free(report *r);
+
+/* Adds `from`'s buckets into `into` (from is left empty): both at the
+ * wider width, then wider still until both ranges fit in one series --
+ * the width one reader of every event would have ended with. */
+static int series_merge(series *into, series *from)
+{
+    if (!from->any) return 0;
+    int rc = 0;
+    for (;;) {
+        while (into->width < from->width) rc |= series_coarsen(into);
+        while (from->width < into->width) rc |= series_coarsen(from);
+        double w = into->width;
+        /* both ends of from's range, placed in into (which may widen it) */
+        series_at(into, ((double)from->lo + 0.5) * w, &rc);
+        series_at(into, ((double)from->hi + 0.5) * w, &rc);
+        if (into->width == w) break;
+    }
+    for (int64_t k = from->lo; k <= from->hi; k++) rc |= bucket_merge(&into->b[k - into->lo], &from->b[k - from->lo]);
+    return rc;
+}
+
+static int report_join(void *ud, void *part)
+{
+    report *r = ud, *t = part;
+    if (!t) return 0;
+    int rc = 0;
+    for (int i = 0; i < r->ntables; i++) rc |= agg_merge(&r->tables[i], &t->tables[i]);
+    r->nomem |= t->nomem | series_merge(&r->fine, &t->fine);
+    report_free(t);
+    free(t);
+    return rc | r->nomem;
 }
 
 /* A database's rollup cell (a minute of one key): the same aggregates as
@@ -762,6 +831,9 @@ int cmd_report(int argc, char **argv)
     int cells_ok = keys_in_rollup(&r->tables[0], r->w, r->nw) &&
                    (r->ntables < 2 || keys_in_rollup(&r->tables[1], NULL, 0));
     if (cells_ok) o.cells = on_report_cell;
+    /* JSONL with every core: the parts that merge on the threads, the rest in file order. */
+    static const par_ops report_par = {report_fork, agg_row, report_join, order_row};
+    o.par = &report_par;
     source_stats st = {0};
     char err[600];
     if (cells_ok && ns == 1 && source_kind(srcs[0], err, sizeof err) == READ_SQLITE_TALLY) {

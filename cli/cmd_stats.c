@@ -175,7 +175,7 @@ int cmd_stats(int argc, char **argv)
      * keys and costs are not recomputed (that needs each request). */
     int cells_ok = !scan && !a.reprice && keys_in_rollup(&a, a.w, a.nw);
     if (cells_ok) o.cells = on_cell;
-    static const par_ops stats_par = {agg_fork, on_row, agg_join};
+    static const par_ops stats_par = {agg_fork, on_row, agg_join, NULL};
     o.par = &stats_par;
     /* ClickHouse answers the same question itself: grouped by these keys. */
     buf chw;

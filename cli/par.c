@@ -105,6 +105,7 @@ typedef struct par {
     const par_lines *pl;      /* lines, not rows (no context needed) */
     size_t window, taken;     /* taken: units handed on (under mu) */
     int self;                 /* no worker started: the reading thread reads too */
+    void *self_consumer;      /* ... into this consumer (par_ops with ordered) */
     pthread_mutex_t mu;
     pthread_cond_t cv;
 } par;
@@ -374,7 +375,8 @@ static void read_unit(par *p, unit *u, void *consumer)
         if (got != LINE_EVENT) continue;
         u->st.events++;
         /* In file order: kept for the reading thread; else to this thread's own consumer. */
-        int stop = p->ordered ? (u->nomem = row_batch_add(&u->rb, &e) != 0) : p->ops->row(consumer, &e);
+        int stop = p->ops ? p->ops->row(consumer, &e) : 0;
+        if (p->ordered && !stop) stop = u->nomem = row_batch_add(&u->rb, &e) != 0;
         if (stop) {
             atomic_store(&p->stop, 1);
             break;
@@ -500,7 +502,7 @@ static int hand_on(par *p, row_fn fn, void *ud, source_stats *st, char *err, siz
     int rc = 0;
     for (size_t i = 0; i < p->nu && !rc; i++) {
         unit *u = &p->u[i];
-        if (p->self && !u->skip && !u->seq) read_unit(p, u, NULL);
+        if (p->self && !u->skip && !u->seq) read_unit(p, u, p->self_consumer);
         pthread_mutex_lock(&p->mu);
         while (!p->self && !u->done) pthread_cond_wait(&p->cv, &p->mu);
         pthread_mutex_unlock(&p->mu);
@@ -518,7 +520,8 @@ static int hand_on(par *p, row_fn fn, void *ud, source_stats *st, char *err, siz
         } else if (!u->skip) {
             unit_report(p, u, st, &before);
             row_batch_fix(&u->rb);
-            for (size_t k = 0; k < u->rb.n && !rc; k++) rc = fn(ud, &u->rb.rows[k]) ? 1 : 0;
+            row_fn take = p->ops ? p->ops->ordered : fn; /* with par_ops: the ordered part only */
+            for (size_t k = 0; k < u->rb.n && !rc; k++) rc = take(ud, &u->rb.rows[k]) ? 1 : 0;
         }
         row_batch_free(&u->rb);
         buf_free(&u->out);
@@ -541,7 +544,7 @@ static int read_par(char **files, size_t nfiles, const source_opts *o, const par
     p.o = o;
     p.ops = ops;
     p.pl = pl;
-    p.ordered = ops == NULL;
+    p.ordered = !ops || ops->ordered;
     p.give_ids = give_ids;
     int nt = par_threads(o->threads), rc = -1;
     p.window = 2 * (size_t)nt;
@@ -577,7 +580,7 @@ static int read_par(char **files, size_t nfiles, const source_opts *o, const par
         snprintf(err, errlen, "out of memory");
         goto out;
     }
-    if (p.ordered) {
+    if (p.ordered && !ops) {
         rc = run_phase(&p, ws, nt, 2, fn, ud, st, err, errlen);
         goto out;
     }
@@ -589,9 +592,15 @@ static int read_par(char **files, size_t nfiles, const source_opts *o, const par
             goto out;
         }
     }
-    run_phase(&p, ws, nt, 2, NULL, NULL, NULL, NULL, 0);
-    int joined = 0;
+    p.self_consumer = ws[0].consumer;
+    int handed = run_phase(&p, ws, nt, 2, fn, ud, st, err, errlen), joined = 0;
     for (int i = 0; i < nt; i++) joined |= ops->join(ud, ws[i].consumer);
+    if (p.ordered) {
+        /* rows handed on in file order, their counts with them */
+        rc = handed ? -1 : joined ? -1 : 0;
+        if (joined && !handed) snprintf(err, errlen, "out of memory");
+        goto out;
+    }
     uint64_t before = 0;
     for (size_t i = 0; i < p.nu; i++) {
         if (p.u[i].failed) {

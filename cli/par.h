@@ -24,6 +24,11 @@ typedef struct par_ops {
     void *(*fork)(void *ud);
     row_fn row;
     int (*join)(void *ud, void *part);
+    /* Optional: the part of the question that depends on the order of
+     * lines, given every row in file order on the calling thread (a file
+     * read whole there gives its rows to the question's own row function,
+     * which does both parts). */
+    row_fn ordered;
 } par_ops;
 
 /* The threads for `asked` (0: the cores available). */

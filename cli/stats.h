@@ -81,6 +81,11 @@ int on_cell(void *ud, const rollup_key *k, const agg_cell *c);
  * (freeing it): cli/par.h's fork and join. */
 void *agg_fork(void *ud);
 int agg_join(void *ud, void *part);
+/* The same for an aggregate inside another: t set up empty for a's
+ * question; t's groups merged into a (t left empty).  agg_merge returns
+ * a->nomem. */
+void agg_like(agg *t, const agg *a);
+int agg_merge(agg *a, agg *t);
 
 /* stats_output.c */
 int cmp_group(const void *a, const void *b);

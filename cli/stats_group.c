@@ -256,24 +256,34 @@ int by_parse(agg *a, const char *spec, const char *cmd)
 
 /* ---- one aggregate per thread (cli/par.h) ---------------------------------------- */
 
-void *agg_fork(void *ud)
+void agg_like(agg *t, const agg *a)
 {
-    const agg *a = ud;
-    agg *t = calloc(1, sizeof *t);
-    if (!t) return NULL;
+    memset(t, 0, sizeof *t);
     memcpy(t->by, a->by, sizeof t->by);
     t->nby = a->nby;
     memcpy(t->w, a->w, sizeof t->w);
     t->nw = a->nw;
     t->prices = a->prices; /* read only: the question's own, freed with it */
     t->reprice = a->reprice;
+}
+
+void *agg_fork(void *ud)
+{
+    agg *t = malloc(sizeof *t);
+    if (t) agg_like(t, ud);
     return t;
 }
 
 int agg_join(void *ud, void *part)
 {
-    agg *a = ud, *t = part;
-    if (!t) return 0;
+    if (!part) return 0;
+    int rc = agg_merge(ud, part);
+    free(part);
+    return rc;
+}
+
+int agg_merge(agg *a, agg *t)
+{
     a->too_many |= t->too_many;
     a->nomem |= t->nomem;
     for (size_t i = 0; i < t->ng; i++) {
@@ -286,7 +296,8 @@ int agg_join(void *ud, void *part)
         free(g);
     }
     free(t->g);
+    t->g = NULL;
+    t->ng = 0;
     hindex_free(&t->idx);
-    free(t);
     return a->nomem;
 }
