@@ -127,10 +127,42 @@ static void need(vcheck *s, const jv *obj, const char *where, const char *key, v
     }
 }
 
+/* A key of an object: its type, and whether it must be there. */
+typedef struct vkey {
+    const char *key;
+    vtype type;
+    int required;
+} vkey;
+#define VKEYS(obj, where, list) check_keys(s, (obj), (where), (list), sizeof(list) / sizeof((list)[0]))
+
 static void maybe(vcheck *s, const jv *obj, const char *where, const char *key, vtype t)
 {
     if (jv_get(obj, key)) need(s, obj, where, key, t);
 }
+
+static void check_keys(vcheck *s, const jv *obj, const char *where, const vkey *k, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (k[i].required) need(s, obj, where, k[i].key, k[i].type);
+        else maybe(s, obj, where, k[i].key, k[i].type);
+    }
+}
+
+/* What each kind of event has (docs/format.md). */
+static const vkey every_event[] = {{"t", T_NUM, 1}, {"ts", T_NUM, 0}, {"step", T_INT, 0}, {"phase", T_STR, 0}};
+static const vkey run_start_keys[] = {{"started_at", T_STR, 1}, {"host", T_OBJ, 1},    {"backend", T_OBJ, 1},
+                                      {"model", T_OBJ, 1},      {"schema", T_STR, 0},  {"run_id", T_STR, 0},
+                                      {"config", T_OBJ, 0}};
+static const vkey run_end_keys[] = {{"ended_at", T_STR, 1}, {"reason", T_STR, 1}, {"stats", T_OBJ, 1}};
+static const vkey run_end_stats[] = {{"requests", T_INT, 1}, {"errors", T_INT, 1}, {"tokens_out", T_INT, 1},
+                                     {"events", T_INT, 0},   {"dropped", T_INT, 0}};
+static const vkey eval_keys[] = {{"loss", T_NUMNULL, 0}, {"ppl", T_NUMNULL, 0}, {"samples", T_INT, 0}};
+static const vkey step_keys[] = {{"step", T_INT, 1},      {"loss", T_NUMNULL, 0},      {"lr", T_NUMNULL, 0},
+                                 {"grad_norm", T_NUMNULL, 0}, {"tokens", T_INT, 0}, {"wall_us", T_INT, 0},
+                                 {"metrics", T_OBJ, 0}};
+static const vkey epoch_keys[] = {{"epoch", T_INT, 1}, {"wall_us", T_INT, 0}};
+static const vkey error_keys[] = {{"type", T_STR, 1}, {"message", T_STR, 1}};
+static const vkey note_keys[] = {{"text", T_STR, 1}};
 
 /* What a request's numbers must mean together: well-typed values that
  * cannot all be true (a writer's bug, or units mixed up). */
@@ -185,10 +217,7 @@ static void check_line(vcheck *s, const jv *v, vline *f)
     }
     f->event = 1;
     const char *kind = k->s;
-    need(s, v, "", "t", T_NUM);
-    maybe(s, v, "", "ts", T_NUM);
-    maybe(s, v, "", "step", T_INT);
-    maybe(s, v, "", "phase", T_STR);
+    VKEYS(v, "", every_event);
     check_duplicates(s, v, "", 0);
     const char *id = jv_str(jv_get(v, "id"));
     size_t idlen = id ? strlen(id) : 0;
@@ -209,13 +238,7 @@ static void check_line(vcheck *s, const jv *v, vline *f)
     }
     f->before = s->len;
     if (f->is_start) {
-        need(s, v, "", "started_at", T_STR);
-        need(s, v, "", "host", T_OBJ);
-        need(s, v, "", "backend", T_OBJ);
-        need(s, v, "", "model", T_OBJ);
-        maybe(s, v, "", "schema", T_STR);
-        maybe(s, v, "", "run_id", T_STR);
-        maybe(s, v, "", "config", T_OBJ);
+        VKEYS(v, "", run_start_keys);
         const jv *b = jv_get(v, "backend");
         if (b && b->type == JV_OBJ) need(s, b, "backend.", "kind", T_STR);
         const jv *m = jv_get(v, "model");
@@ -223,17 +246,9 @@ static void check_line(vcheck *s, const jv *v, vline *f)
         return;
     }
     if (f->is_end) {
-        need(s, v, "", "ended_at", T_STR);
-        need(s, v, "", "reason", T_STR);
-        need(s, v, "", "stats", T_OBJ);
+        VKEYS(v, "", run_end_keys);
         const jv *st = jv_get(v, "stats");
-        if (st && st->type == JV_OBJ) {
-            need(s, st, "stats.", "requests", T_INT);
-            need(s, st, "stats.", "errors", T_INT);
-            need(s, st, "stats.", "tokens_out", T_INT);
-            maybe(s, st, "stats.", "events", T_INT);
-            maybe(s, st, "stats.", "dropped", T_INT);
-        }
+        if (st && st->type == JV_OBJ) VKEYS(st, "stats.", run_end_stats);
         const char *r = jv_str(jv_get(v, "reason"));
         if (r && strcmp(r, "completed") && strcmp(r, "interrupted") && strcmp(r, "aborted") && strcmp(r, "errored") &&
             strcmp(r, "not_closed"))
@@ -263,25 +278,15 @@ static void check_line(vcheck *s, const jv *v, vline *f)
             check_meaning(s, x);
         }
     } else if (!strcmp(kind, "eval")) {
-        maybe(s, v, "", "loss", T_NUMNULL);
-        maybe(s, v, "", "ppl", T_NUMNULL);
-        maybe(s, v, "", "samples", T_INT);
+        VKEYS(v, "", eval_keys);
     } else if (!strcmp(kind, "step")) {
-        need(s, v, "", "step", T_INT);
-        maybe(s, v, "", "loss", T_NUMNULL);
-        maybe(s, v, "", "lr", T_NUMNULL);
-        maybe(s, v, "", "grad_norm", T_NUMNULL);
-        maybe(s, v, "", "tokens", T_INT);
-        maybe(s, v, "", "wall_us", T_INT);
-        maybe(s, v, "", "metrics", T_OBJ);
+        VKEYS(v, "", step_keys);
     } else if (!strcmp(kind, "epoch")) {
-        need(s, v, "", "epoch", T_INT);
-        maybe(s, v, "", "wall_us", T_INT);
+        VKEYS(v, "", epoch_keys);
     } else if (!strcmp(kind, "error")) {
-        need(s, v, "", "type", T_STR);
-        need(s, v, "", "message", T_STR);
+        VKEYS(v, "", error_keys);
     } else if (!strcmp(kind, "note")) {
-        need(s, v, "", "text", T_STR);
+        VKEYS(v, "", note_keys);
     }
 }
 
