@@ -289,7 +289,7 @@ int cmd_requests(int argc, char **argv)
             fprintf(stderr, "%s\n", l.seen[i].n == SEEN_MAX ? ", ..." : "");
         }
     }
-    qsort(l.heap, l.n, sizeof *l.heap, cmp_key_desc);
+    if (l.n) qsort(l.heap, l.n, sizeof *l.heap, cmp_key_desc); /* no requests: no heap */
     if (l.sort == S_TS) /* the latest N, oldest first */
         for (size_t a = 0, b = l.n ? l.n - 1 : 0; a < b; a++, b--) swap(&l.heap[a], &l.heap[b]);
     if (fmt == 1) printf("{\"matched\":%llu,\"requests\":[", (unsigned long long)l.matched);
