@@ -472,21 +472,6 @@ int store_busy(store *s)
 
 /* ---- transactions ------------------------------------------------------------- */
 
-/* The first slot past every stored row, for STORE_DEDUP's fresh rows. */
-static void fresh_begin(store *s)
-{
-    sqlite3_stmt *st = NULL;
-    s->fresh_ok = 0;
-    if (sqlite3_prepare_v2(s->db, "SELECT max(seq) FROM events", -1, &st, NULL) != SQLITE_OK) return;
-    if (sqlite3_step(st) == SQLITE_ROW) {
-        s->fresh_from = sqlite3_column_type(st, 0) == SQLITE_NULL ? INT64_MIN : sqlite3_column_int64(st, 0) + 1;
-        s->fresh_ok = s->fresh_from != INT64_MAX;
-        s->txn_max = s->fresh_from == INT64_MIN ? INT64_MIN : s->fresh_from - 1;
-        idset_init(&s->fresh_ids);
-    }
-    sqlite3_finalize(st);
-}
-
 static void fresh_end(store *s)
 {
     if (s->fresh_ok) idset_free(&s->fresh_ids);
@@ -498,7 +483,7 @@ int store_begin(store *s)
     if (s->in_txn) return 0;
     if (exec(s->db, "BEGIN IMMEDIATE")) return -1;
     s->in_txn = 1;
-    fresh_begin(s);
+    s->fresh_tried = 0; /* STORE_DEDUP's first insert finds where fresh rows start */
     return 0;
 }
 

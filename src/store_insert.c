@@ -197,10 +197,31 @@ static void took(store *s, int64_t seq, int64_t base)
     if (seq > s->txn_max) s->txn_max = seq;
 }
 
+/* The first slot past every stored row, for STORE_DEDUP's fresh rows:
+ * asked once per transaction, by its first STORE_DEDUP insert (the
+ * sink's transactions never ask). */
+static void fresh_begin(store *s)
+{
+    sqlite3_stmt *st = NULL;
+    s->fresh_ok = 0;
+    if (sqlite3_prepare_v2(s->db, "SELECT max(seq) FROM events", -1, &st, NULL) != SQLITE_OK) return;
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        s->fresh_from = sqlite3_column_type(st, 0) == SQLITE_NULL ? INT64_MIN : sqlite3_column_int64(st, 0) + 1;
+        s->fresh_ok = s->fresh_from != INT64_MAX;
+        s->txn_max = s->fresh_from == INT64_MIN ? INT64_MIN : s->fresh_from - 1;
+        idset_init(&s->fresh_ids);
+    }
+    sqlite3_finalize(st);
+}
+
 int store_insert(store *s, const row *r, int flags)
 {
     int dedup = flags & STORE_DEDUP;
     int64_t base = store_seq_base(r), seq;
+    if (dedup && s->in_txn && !s->fresh_tried) {
+        s->fresh_tried = 1;
+        fresh_begin(s);
+    }
     if (dedup && s->in_txn && s->fresh_ok && base >= s->fresh_from && r->id.p) {
         /* Past every row stored before: only rows of this transaction can
          * have this id, and their ids' hashes are kept.  An id not among

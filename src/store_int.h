@@ -60,7 +60,7 @@ struct store {
     int64_t found_seq, found_base; /* STORE_DEDUP: where the last repeated id was found */
     int have_found;
     idset fresh_ids;
-    int fresh_ok;
+    int fresh_ok, fresh_tried;
     rollup *cells;            /* the open transaction's rollup */
     buf cellbuf;
     ckpt *ck;
