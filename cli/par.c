@@ -482,18 +482,26 @@ static int make_units(par *p, uint64_t chunk)
     return 0;
 }
 
-/* A unit's counts and first bad lines (numbered in its file: `before`
- * is the lines of the file's units before it) into st. */
-static void unit_report(par *p, unit *u, source_stats *st, uint64_t *before)
+/* The lines of u's file before u (from `before`, the count up to the
+ * unit before u), and the count after u. */
+static uint64_t lines_before(par *p, unit *u, uint64_t *before)
 {
     if (u == p->u || u->file != u[-1].file) *before = 0;
+    uint64_t n = *before;
+    *before += u->st.lines;
+    return n;
+}
+
+/* A unit's counts and first bad lines (numbered in its file: `before`
+ * lines of it come before the unit) into st. */
+static void unit_report(par *p, unit *u, source_stats *st, uint64_t before)
+{
     st->lines += u->st.lines;
     st->events += u->st.events;
     st->torn += u->st.torn;
-    for (int b = 0; b < u->nbad; b++) source_report(st, p->files[u->file], *before + u->bad[b].lineno, u->bad[b].why);
+    for (int b = 0; b < u->nbad; b++) source_report(st, p->files[u->file], before + u->bad[b].lineno, u->bad[b].why);
     st->reported += (int)(u->st.bad - (uint64_t)u->nbad);
     st->bad += u->st.bad - (uint64_t)u->nbad;
-    *before += u->st.lines;
 }
 
 static int hand_on(par *p, row_fn fn, void *ud, source_stats *st, char *err, size_t errlen)
@@ -513,12 +521,10 @@ static int hand_on(par *p, row_fn fn, void *ud, source_stats *st, char *err, siz
             snprintf(err, errlen, u->nomem ? "out of memory" : "cannot read %s", p->files[u->file]);
             rc = -1;
         } else if (p->pl) {
-            if (u == p->u || u->file != u[-1].file) before = 0;
             int last = i + 1 == p->nu || u[1].file != u->file;
-            rc = p->pl->take(ud, &(par_out){u->file, &u->out, before, u->st.lines, last}) ? 1 : 0;
-            before += u->st.lines;
+            rc = p->pl->take(ud, &(par_out){u->file, &u->out, lines_before(p, u, &before), u->st.lines, last}) ? 1 : 0;
         } else if (!u->skip) {
-            unit_report(p, u, st, &before);
+            unit_report(p, u, st, lines_before(p, u, &before));
             row_batch_fix(&u->rb);
             row_fn take = p->ops ? p->ops->ordered : fn; /* with par_ops: the ordered part only */
             for (size_t k = 0; k < u->rb.n && !rc; k++) rc = take(ud, &u->rb.rows[k]) ? 1 : 0;
@@ -607,7 +613,7 @@ static int read_par(char **files, size_t nfiles, const source_opts *o, const par
             snprintf(err, errlen, "cannot read %s", files[p.u[i].file]);
             goto out;
         }
-        unit_report(&p, &p.u[i], st, &before);
+        unit_report(&p, &p.u[i], st, lines_before(&p, &p.u[i], &before));
     }
     rc = joined ? -1 : 0;
     if (joined) snprintf(err, errlen, "out of memory");
