@@ -7,6 +7,7 @@
  */
 #include "row.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,51 +121,95 @@ typedef struct parts {
     const jv *m[S_COUNT];  /* the first member of each slot (duplicate keys: the first wins, as with jv_get) */
 } parts;
 
-#define KEY(k, n, lit) ((n) == sizeof(lit) - 1 && memcmp((k), lit, sizeof(lit) - 1) == 0)
+/* Where each key a row reads lives: (where, key) -> slot, in one open
+ * hash table built once.  `where` is the object a member is in: the
+ * line's own (W_TOP) or its extra/model/context object. */
+enum { W_TOP, W_EXTRA, W_MODEL, W_CONTEXT };
 
-static int top_slot(const char *k, size_t n)
+#define KEYTAB 512 /* a power of two, well over the keys it holds */
+
+_Static_assert(S_COUNT <= 255, "slots fit keyent.slot");
+
+typedef struct keyent {
+    uint64_t head, tail;  /* the key's first and last 8 bytes (fewer: zero-filled) */
+    uint16_t n;           /* 0 = empty */
+    uint8_t where, slot;
+    const char *key;
+} keyent;
+
+static keyent keytab[KEYTAB];
+static pthread_once_t keytab_once = PTHREAD_ONCE_INIT;
+
+/* A key's first and last 8 bytes; for keys of up to 16 bytes, the two
+ * with the length are the key itself. */
+static inline void key_words(const char *k, size_t n, uint64_t *head, uint64_t *tail)
 {
-    switch (n) {
-    case 1: return k[0] == 't' ? S_T : 0;
-    case 2: return KEY(k, n, "ts") ? S_TS : KEY(k, n, "id") ? S_ID : KEY(k, n, "lr") ? S_LR : 0;
-    case 3: return KEY(k, n, "tag") ? S_TAG : 0;
-    case 4:
-        return KEY(k, n, "kind") ? S_KIND : KEY(k, n, "name") ? S_NAME : KEY(k, n, "step") ? S_STEP
-             : KEY(k, n, "loss") ? S_LOSS : KEY(k, n, "type") ? S_TYPE : 0;
-    case 5: return KEY(k, n, "phase") ? S_PHASE : KEY(k, n, "model") ? S_MODEL : KEY(k, n, "extra") ? S_EXTRA : 0;
-    case 6: return KEY(k, n, "run_id") ? S_RUN_ID : KEY(k, n, "reason") ? S_REASON : KEY(k, n, "tokens") ? S_TOKENS : 0;
-    case 7:
-        return KEY(k, n, "wall_us") ? S_WALL_US : KEY(k, n, "message") ? S_MESSAGE
-             : KEY(k, n, "context") ? S_CONTEXT : 0;
-    case 10:
-        return KEY(k, n, "started_at") ? S_STARTED_AT : KEY(k, n, "request_id") ? S_REQUEST_ID
-             : KEY(k, n, "unfinished") ? S_UNFINISHED : 0;
-    default: return 0;
+    if (n >= 8) {
+        memcpy(head, k, 8);
+        memcpy(tail, k + n - 8, 8);
+        return;
     }
+    uint64_t w = 0;
+    for (size_t i = 0; i < n; i++) w |= (uint64_t)(unsigned char)k[i] << (8 * i);
+    *head = *tail = w;
 }
 
-static int extra_slot(const char *k, size_t n)
+static inline size_t key_hash(uint64_t head, uint64_t tail, size_t n, int where)
 {
-    switch (n) {
-    case 2: if (KEY(k, n, "ok")) return S_X_OK; break;
-    case 4: if (KEY(k, n, "text")) return S_X_TEXT; break;
-    case 5: if (KEY(k, n, "error")) return S_X_ERROR; break;
-    case 8: if (KEY(k, n, "degraded")) return S_X_DEGRADED; break;
-    default: break;
-    }
-    int idx = request_key_index(k, n);
-    return idx < 0 ? 0 : S_X_FIELD + idx;
+    uint64_t h = (head ^ (tail * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)n << 56) ^ (uint64_t)where) * 0xBF58476D1CE4E5B9ull;
+    return (size_t)(h >> 40) & (KEYTAB - 1);
+}
+
+static void key_add(int where, const char *k, int slot)
+{
+    size_t n = strlen(k);
+    uint64_t head, tail;
+    key_words(k, n, &head, &tail);
+    size_t i = key_hash(head, tail, n, where);
+    while (keytab[i].n) i = (i + 1) & (KEYTAB - 1);
+    keytab[i] = (keyent){head, tail, (uint16_t)n, (uint8_t)where, (uint8_t)slot, k};
+}
+
+static void keytab_build(void)
+{
+    static const struct { const char *k; int slot; } top[] = {
+        {"t", S_T}, {"ts", S_TS}, {"id", S_ID}, {"lr", S_LR}, {"tag", S_TAG}, {"kind", S_KIND},
+        {"name", S_NAME}, {"step", S_STEP}, {"loss", S_LOSS}, {"type", S_TYPE}, {"phase", S_PHASE},
+        {"model", S_MODEL}, {"extra", S_EXTRA}, {"run_id", S_RUN_ID}, {"reason", S_REASON},
+        {"tokens", S_TOKENS}, {"wall_us", S_WALL_US}, {"message", S_MESSAGE}, {"context", S_CONTEXT},
+        {"started_at", S_STARTED_AT}, {"request_id", S_REQUEST_ID}, {"unfinished", S_UNFINISHED},
+    };
+    for (size_t i = 0; i < sizeof top / sizeof top[0]; i++) key_add(W_TOP, top[i].k, top[i].slot);
+    key_add(W_EXTRA, "ok", S_X_OK);
+    key_add(W_EXTRA, "text", S_X_TEXT);
+    key_add(W_EXTRA, "error", S_X_ERROR);
+    key_add(W_EXTRA, "degraded", S_X_DEGRADED);
+    for (int i = 0; i < N_REQUEST_LABELS; i++) key_add(W_EXTRA, tally_request_labels[i].key, S_X_FIELD + i);
+    for (int i = 0; i < N_REQUEST_NUMBERS; i++)
+        key_add(W_EXTRA, tally_request_numbers[i].key, S_X_FIELD + N_REQUEST_LABELS + i);
+    key_add(W_MODEL, "name", S_MODEL_NAME);
+    key_add(W_CONTEXT, "loss", S_CONTEXT_LOSS);
 }
 
 /* The slot of member `k` of an object at `depth` inside slot `pslot`. */
 static int slot_of(int depth, int pslot, const char *k, size_t n)
 {
-    if (depth == 1) return top_slot(k, n);
-    if (depth != 2) return 0;
-    if (pslot == S_EXTRA) return extra_slot(k, n);
-    if (pslot == S_MODEL) return KEY(k, n, "name") ? S_MODEL_NAME : 0;
-    if (pslot == S_CONTEXT) return KEY(k, n, "loss") ? S_CONTEXT_LOSS : 0;
-    return 0;
+    int where;
+    if (depth == 1) where = W_TOP;
+    else if (depth != 2) return 0;
+    else if (pslot == S_EXTRA) where = W_EXTRA;
+    else if (pslot == S_MODEL) where = W_MODEL;
+    else if (pslot == S_CONTEXT) where = W_CONTEXT;
+    else return 0;
+    uint64_t head, tail;
+    key_words(k, n, &head, &tail);
+    for (size_t i = key_hash(head, tail, n, where);; i = (i + 1) & (KEYTAB - 1)) {
+        const keyent *e = &keytab[i];
+        if (!e->n) return 0;
+        if (e->n == n && e->head == head && e->tail == tail && e->where == where &&
+            (n <= 16 || memcmp(e->key + 8, k + 8, n - 16) == 0))
+            return e->slot;
+    }
 }
 
 static void take(parts *t, int slot, const jv *v)
@@ -385,6 +430,7 @@ int row_from_json(const jv *v, row_ctx *c, row *r)
 {
     row_clear(r);
     if (!v || v->type != JV_OBJ) return 0;
+    pthread_once(&keytab_once, keytab_build);
     parts t;
     scan_tree(v, &t);
     return from_parts(&t, c, r);
@@ -393,6 +439,7 @@ int row_from_json(const jv *v, row_ctx *c, row *r)
 int row_from_line(json_arena *a, char *line, size_t len, row_ctx *c, row *r, const jv **root, json_error *err)
 {
     row_clear(r);
+    pthread_once(&keytab_once, keytab_build);
     parts t;
     memset(&t, 0, sizeof t);
     json_keep k = {want, got, &t};
