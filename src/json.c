@@ -155,6 +155,26 @@ static size_t utf8_valid(const unsigned char *p, const unsigned char *end)
     return len;
 }
 
+/* The first byte at or after q that is not plain ASCII inside a string
+ * (a quote, backslash, control character or byte >= 0x80), or end.
+ * Eight bytes at a time; at the first other byte, jump to it (the lowest
+ * flagged byte is exact: the borrows that can flag a byte wrongly only
+ * run upwards from a true one). */
+static inline const unsigned char *plain_run(const unsigned char *q, const unsigned char *end)
+{
+    while (end - q >= 8) {
+        uint64_t x;
+        memcpy(&x, q, 8);
+        const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+        uint64_t qt = x ^ (ones * '"'), bs = x ^ (ones * '\\');
+        uint64_t hit = ((((x - ones * 0x20) | (qt - ones) | (bs - ones)) & ~x) | x) & high;
+        if (hit) return q + (__builtin_ctzll(hit) >> 3);
+        q += 8;
+    }
+    while (q < end && *q != '"' && *q != '\\' && *q >= 0x20 && *q < 0x80) q++;
+    return q;
+}
+
 /* Parses a string at ps->p (at the opening quote). */
 static const char *parse_string(parser *ps, size_t *outlen)
 {
@@ -163,22 +183,7 @@ static const char *parse_string(parser *ps, size_t *outlen)
     const unsigned char *q = p;
     int simple = 1;
     while (q < ps->end && *q != '"') {
-        /* Eight plain ASCII bytes at a time (no quote, backslash, control
-         * character or byte >= 0x80); at the first other byte, jump to it
-         * (the lowest flagged byte is exact: the borrows that can flag a
-         * byte wrongly only run upwards from a true one). */
-        while (ps->end - q >= 8) {
-            uint64_t x;
-            memcpy(&x, q, 8);
-            const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
-            uint64_t qt = x ^ (ones * '"'), bs = x ^ (ones * '\\');
-            uint64_t hit = ((((x - ones * 0x20) | (qt - ones) | (bs - ones)) & ~x) | x) & high;
-            if (hit) {
-                q += __builtin_ctzll(hit) >> 3;
-                break;
-            }
-            q += 8;
-        }
+        q = plain_run(q, ps->end);
         if (q >= ps->end || *q == '"') break;
         if (*q < 0x20) { ps->p = q; fail(ps, "control character in string"); return NULL; }
         if (*q == '\\') { simple = 0; q += 2; continue; }
@@ -188,7 +193,6 @@ static const char *parse_string(parser *ps, size_t *outlen)
             q += l;
             continue;
         }
-        q++;
     }
     if (q >= ps->end) { fail(ps, "unterminated string"); return NULL; }
     size_t rawlen = (size_t)(q - p);
@@ -454,11 +458,257 @@ jv *json_parse_inplace(json_arena *a, char *s, size_t n, json_error *err)
     return parse_document(&ps);
 }
 
+/* ---- json_parse_keep's fast path ----------------------------------------
+ *
+ * Lines as tally and most producers write them (plain ASCII keys, kept
+ * members that are objects or scalars) are read by one loop per object
+ * over a local pointer, without the general parser's per-value calls.
+ * It checks what the general parser checks, in the same way (strings by
+ * the same code where they are not plain ASCII); at anything else -- an
+ * error, an escape in a key, a kept array, a deep document -- it gives up
+ * and the general parser reads the document from its start, so that errors
+ * and their offsets are the general parser's.  Kept strings are
+ * terminated in place only once the document is accepted, so that the
+ * general parser can read the bytes again. */
+#define FAST_TERMS 256
+
+typedef struct fast {
+    parser *ps;
+    const unsigned char *end;
+    unsigned char *buf;               /* the writable document */
+    size_t nterm;
+    unsigned char *term[FAST_TERMS];  /* closing quotes of kept strings and keys */
+} fast;
+
+#define WS(c) ((c) == ' ' || (c) == '\t' || (c) == '\n' || (c) == '\r')
+
+static inline const unsigned char *fast_ws(const unsigned char *p, const unsigned char *end)
+{
+    while (p < end && WS(*p)) p++;
+    return p;
+}
+
+/* A string at p (its opening quote): the position after it, NULL to give
+ * up.  *s, *n: its bytes (kept ones are terminated once accepted). */
+static const unsigned char *fast_string(fast *f, const unsigned char *p, int keep, const char **s, size_t *n)
+{
+    const unsigned char *q = plain_run(p + 1, f->end);
+    if (q < f->end && *q == '"') {
+        if (keep) {
+            if (f->nterm == FAST_TERMS) return NULL;
+            f->term[f->nterm++] = f->buf + (q - f->ps->s);
+        }
+        *s = (const char *)p + 1;
+        *n = (size_t)(q - p - 1);
+        return q + 1;
+    }
+    /* escapes or UTF-8: the general reader (which copies kept ones) */
+    parser *ps = f->ps;
+    ps->p = p;
+    ps->skip = !keep;
+    *s = parse_string(ps, n);
+    ps->skip = 0;
+    return *s ? ps->p : NULL;
+}
+
+static const unsigned char *fast_number(const unsigned char *p, const unsigned char *end, int *is_int)
+{
+    *is_int = 1;
+    if (p < end && *p == '-') p++;
+    if (p >= end) return NULL;
+    if (*p == '0') p++;
+    else if (*p >= '1' && *p <= '9') while (p < end && *p >= '0' && *p <= '9') p++;
+    else return NULL;
+    if (p < end && *p == '.') {
+        *is_int = 0;
+        p++;
+        if (p >= end || *p < '0' || *p > '9') return NULL;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        *is_int = 0;
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        if (p >= end || *p < '0' || *p > '9') return NULL;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+    }
+    return p;
+}
+
+static inline const unsigned char *fast_lit(const unsigned char *p, const unsigned char *end, const char *w, size_t n)
+{
+    return (size_t)(end - p) >= n && memcmp(p, w, n) == 0 ? p + n : NULL;
+}
+
+/* A value not kept, at p (not whitespace), checked: the position after
+ * it, or NULL.  Containers by a stack of bits (1: object) to `room` more
+ * levels. */
+static const unsigned char *fast_skip(fast *f, const unsigned char *p, int room)
+{
+    const unsigned char *end = f->end;
+    uint64_t stack = 0;
+    int depth = 0;
+    const char *s;
+    size_t n;
+    int is_int;
+    for (;;) {
+        /* a value */
+        switch (*p) {
+        case '"': if (!(p = fast_string(f, p, 0, &s, &n))) return NULL; break;
+        case 't': if (!(p = fast_lit(p, end, "true", 4))) return NULL; break;
+        case 'f': if (!(p = fast_lit(p, end, "false", 5))) return NULL; break;
+        case 'n': if (!(p = fast_lit(p, end, "null", 4))) return NULL; break;
+        case '{':
+        case '[': {
+            int obj = *p == '{';
+            if (depth == room || depth == 64) return NULL;
+            stack = stack << 1 | (uint64_t)obj;
+            depth++;
+            p = fast_ws(p + 1, end);
+            if (p >= end) return NULL;
+            if (*p == (obj ? '}' : ']')) {
+                p++;
+                stack >>= 1;
+                depth--;
+                break;
+            }
+            if (obj) goto key;
+            continue;
+        }
+        default:
+            if (!(p = fast_number(p, end, &is_int))) return NULL;
+            break;
+        }
+        /* after a value: the end of its containers, or the next one */
+        for (;;) {
+            if (!depth) return p;
+            p = fast_ws(p, end);
+            if (p >= end) return NULL;
+            int obj = (int)(stack & 1);
+            if (*p == (obj ? '}' : ']')) {
+                p++;
+                stack >>= 1;
+                depth--;
+                continue;
+            }
+            if (*p != ',') return NULL;
+            p = fast_ws(p + 1, end);
+            if (p >= end) return NULL;
+            if (!obj) break;
+        key:
+            if (*p != '"' || !(p = fast_string(f, p, 0, &s, &n))) return NULL;
+            p = fast_ws(p, end);
+            if (p >= end || *p != ':') return NULL;
+            p = fast_ws(p + 1, end);
+            if (p >= end) return NULL;
+            break;
+        }
+    }
+}
+
+static jv *fast_node(fast *f, jv_type t, const unsigned char *key, size_t keylen)
+{
+    jv *v = arena_alloc(f->ps->a, sizeof *v);
+    if (!v) return NULL;
+    *v = (jv){.type = (uint8_t)t, .key = (const char *)key, .keylen = (uint32_t)keylen};
+    return v;
+}
+
+/* The object at p ('{'), whose members are asked about at `depth` in
+ * `pslot`, into obj: the position after it, or NULL. */
+static const unsigned char *fast_object(fast *f, const unsigned char *p, int depth, int pslot, jv *obj)
+{
+    const unsigned char *end = f->end;
+    const json_keep *k = f->ps->keep;
+    jv **tail = &obj->child;
+    p = fast_ws(p + 1, end);
+    if (p >= end) return NULL;
+    if (*p == '}') return p + 1;
+    for (;;) {
+        /* the key: plain ASCII only here */
+        if (*p != '"') return NULL;
+        const unsigned char *key = p + 1, *q = plain_run(key, end);
+        if (q >= end || *q != '"') return NULL;
+        size_t keylen = (size_t)(q - key);
+        p = fast_ws(q + 1, end);
+        if (p >= end || *p != ':') return NULL;
+        p = fast_ws(p + 1, end);
+        if (p >= end) return NULL;
+        int slot = k->want(k->ud, depth, pslot, (const char *)key, keylen);
+        if (!slot) {
+            if (!(p = fast_skip(f, p, JSON_MAX_DEPTH - depth))) return NULL;
+        } else {
+            if (f->nterm == FAST_TERMS) return NULL;
+            f->term[f->nterm++] = f->buf + (q - f->ps->s);
+            jv *e;
+            int is_int;
+            const unsigned char *v0 = p;
+            switch (*p) {
+            case '"': {
+                const char *str;
+                size_t n;
+                if (!(p = fast_string(f, p, 1, &str, &n)) || !(e = fast_node(f, JV_STR, key, keylen))) return NULL;
+                e->s = str;
+                e->n = (uint32_t)n;
+                break;
+            }
+            case '{':
+                if (depth + 1 > JSON_MAX_DEPTH || !(e = fast_node(f, JV_OBJ, key, keylen)) ||
+                    !(p = fast_object(f, p, depth + 1, slot, e)))
+                    return NULL;
+                break;
+            case 't': if (!(p = fast_lit(p, end, "true", 4)) || !(e = fast_node(f, JV_TRUE, key, keylen))) return NULL; break;
+            case 'f': if (!(p = fast_lit(p, end, "false", 5)) || !(e = fast_node(f, JV_FALSE, key, keylen))) return NULL; break;
+            case 'n': if (!(p = fast_lit(p, end, "null", 4)) || !(e = fast_node(f, JV_NULL, key, keylen))) return NULL; break;
+            case '[': return NULL; /* a kept array: every element built, by the general parser */
+            default:
+                if (!(p = fast_number(p, end, &is_int)) || !(e = fast_node(f, JV_NUM, key, keylen))) return NULL;
+                e->s = (const char *)v0;
+                e->n = (uint32_t)(p - v0);
+                e->is_int = (uint8_t)is_int;
+                break;
+            }
+            *tail = e;
+            tail = &e->next;
+            obj->count++;
+            k->got(k->ud, slot, e);
+        }
+        p = fast_ws(p, end);
+        if (p >= end) return NULL;
+        if (*p == '}') return p + 1;
+        if (*p != ',') return NULL;
+        p = fast_ws(p + 1, end);
+        if (p >= end) return NULL;
+    }
+}
+
 jv *json_parse_keep(json_arena *a, char *s, size_t n, const json_keep *keep, json_error *err)
 {
     const unsigned char *u = (const unsigned char *)s;
-    parser ps = {.s = u, .p = u, .end = u + n, .a = a, .err = err, .inplace = (unsigned char *)s, .keep = keep};
-    return parse_document(&ps);
+    parser ps = {.s = u, .p = u, .end = u + n, .a = a, .err = err, .keep = keep};
+    if (err) {
+        err->offset = 0;
+        err->what = NULL;
+    }
+    /* (ps.inplace stays NULL: strings fast_string hands to the general
+     * reader are copied, the buffer is written only once accepted) */
+    fast f = {.ps = &ps, .end = u + n, .buf = (unsigned char *)s};
+    const unsigned char *p = fast_ws(u, u + n);
+    jv *root;
+    if (p < f.end && *p == '{' && (root = fast_node(&f, JV_OBJ, NULL, 0)) && (p = fast_object(&f, p, 1, 0, root)) &&
+        fast_ws(p, f.end) == f.end) {
+        for (size_t i = 0; i < f.nterm; i++) *f.term[i] = 0;
+        return root;
+    }
+    /* anything else: the general parser, from the start (keep's consumer
+     * told to forget what it was given) */
+    if (keep->reset) keep->reset(keep->ud);
+    if (err) {
+        err->offset = 0;
+        err->what = NULL;
+    }
+    parser gp = {.s = u, .p = u, .end = u + n, .a = a, .err = err, .inplace = (unsigned char *)s, .keep = keep};
+    return parse_document(&gp);
 }
 
 jv *json_parse(json_arena *a, const char *s, size_t n, json_error *err)

@@ -68,11 +68,14 @@ jv *json_parse_inplace(json_arena *a, char *s, size_t n, json_error *err);
  * member of an object at `depth` (1: the document's own object) that is
  * inside kept members only; `pslot` is the slot of the nearest kept member
  * around it (0 at depth 1).  It returns a slot (> 0) to build the member,
- * 0 to only check it; got() is then given each built member, its value
- * complete.  Elements of a kept array are all built. */
+ * 0 to only check it; got() is then given each built member (its strings
+ * are terminated by the time json_parse_keep returns).  Elements of a kept
+ * array are all built.  reset() forgets every member got() was given: the
+ * parser may start the document again (see json_parse_keep). */
 typedef struct json_keep {
     int (*want)(void *ud, int depth, int pslot, const char *key, size_t keylen);
     void (*got)(void *ud, int slot, const jv *v);
+    void (*reset)(void *ud);
     void *ud;
 } json_keep;
 
@@ -80,7 +83,9 @@ typedef struct json_keep {
  * are checked as strictly (the same documents accepted, the same errors)
  * but cost no memory -- so, unlike a whole tree, a huge member that is
  * not kept never makes a document "too large".  For readers that need a
- * few keys of each line. */
+ * few keys of each line.  Documents as tally writes them (plain ASCII
+ * keys, no kept arrays) take a fast path; any other, and any error, is
+ * read again from its start by the general parser, after keep->reset(). */
 jv *json_parse_keep(json_arena *a, char *s, size_t n, const json_keep *keep, json_error *err);
 
 /* Member of an object by key, or NULL. */

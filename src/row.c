@@ -245,6 +245,8 @@ static int want(void *ud, int depth, int pslot, const char *k, size_t n)
 
 static void got(void *ud, int slot, const jv *v) { take(ud, slot, v); }
 
+static void forget(void *ud) { memset(ud, 0, sizeof(parts)); }
+
 static sv str(const jv *v)
 {
     if (!v || v->type != JV_STR) return (sv){NULL, 0};
@@ -442,7 +444,7 @@ int row_from_line(json_arena *a, char *line, size_t len, row_ctx *c, row *r, con
     pthread_once(&keytab_once, keytab_build);
     parts t;
     memset(&t, 0, sizeof t);
-    json_keep k = {want, got, &t};
+    json_keep k = {want, got, forget, &t};
     const jv *v = json_parse_keep(a, line, len, &k, err);
     *root = v;
     if (!v || v->type != JV_OBJ) return 0;
