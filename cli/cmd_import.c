@@ -363,7 +363,7 @@ int cmd_import(int argc, char **argv)
         return rc;
     }
     free(dbs);
-    store *db = store_open(dbpath, STORE_CREATE | STORE_CHECKPOINTER, err, sizeof err);
+    store *db = store_open(dbpath, STORE_CREATE | STORE_CHECKPOINTER | STORE_NEW_BULK, err, sizeof err);
     if (!db) {
         cli_error("import", "%s", err);
         free_list(files);

@@ -423,8 +423,10 @@ store *store_open(const char *path, int flags, char *err, size_t errlen)
     int failed = 1;
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA page_size=%d", PAGE_SIZE);
+    s->bulk = fresh && (flags & STORE_NEW_BULK);
+    const char *journal = s->bulk ? "PRAGMA journal_mode=DELETE" : "PRAGMA journal_mode=WAL";
     for (int tries = 0; tries < 100 && failed; tries++) {
-        failed = (fresh && exec(db, sql)) || exec(db, "PRAGMA journal_mode=WAL") ||
+        failed = (fresh && exec(db, sql)) || exec(db, journal) ||
                  exec(db, "PRAGMA synchronous=NORMAL") || (ver < STORE_VERSION && migrate(s, ver)) || prepare_all(s);
         if (failed && sqlite3_errcode(db) != SQLITE_BUSY && sqlite3_errcode(db) != SQLITE_LOCKED) break;
         if (failed) sqlite3_sleep(10);
@@ -434,7 +436,7 @@ store *store_open(const char *path, int flags, char *err, size_t errlen)
         store_close(s);
         return NULL;
     }
-    if (flags & STORE_CHECKPOINTER) s->ck = store_ckpt_start(s, path); /* without one, SQLite checkpoints itself */
+    if ((flags & STORE_CHECKPOINTER) && !s->bulk) s->ck = store_ckpt_start(s, path); /* without one, SQLite checkpoints itself */
     return s;
 }
 
@@ -444,6 +446,7 @@ void store_close(store *s)
     if (s->in_txn) store_rollback(s);
     store_ckpt_stop(s);
     finalize_all(s);
+    if (s->bulk) exec(s->db, "PRAGMA journal_mode=WAL"); /* as every tally database is */
     sqlite3_close(s->db);
     rollup_free(s->cells);
     buf_free(&s->cellbuf);

@@ -36,6 +36,12 @@ enum {
     STORE_CREATE = 1,       /* create the file and schema when missing */
     STORE_READONLY = 2,
     STORE_CHECKPOINTER = 4, /* checkpoint the WAL from a thread of its own */
+    /* A database this open creates is written with a rollback journal
+     * (each page written once, where WAL writes it twice: to the log, then
+     * to the database) and turned to WAL by store_close.  For bulk loads
+     * (import) into a new file: while it is written, other connections wait
+     * for its transactions.  An existing database is opened as usual. */
+    STORE_NEW_BULK = 8,
 };
 
 /* Opens (and with STORE_CREATE creates or migrates) a tally database.

@@ -64,6 +64,7 @@ struct store {
     rollup *cells;            /* the open transaction's rollup */
     buf cellbuf;
     ckpt *ck;
+    int bulk;                 /* STORE_NEW_BULK on a new database: WAL at close */
     char errbuf[320];         /* store_errmsg()'s text */
 };
 

@@ -116,6 +116,10 @@ print("{\"kind\":\"eval\",\"ts\":1800000000.500001,\"id\":\"after\",\"name\":\"r
 cat "$dir/burst1.jsonl" "$dir/burst1.jsonl" >"$dir/burst.jsonl"
 out=$("$TALLY" import "$dir/burst.jsonl" --db "$dir/burst.db")
 check "a burst is stored once" grep -q 'imported 3001, duplicates skipped 3001' <<<"$out"
+# a database import creates is written with a rollback journal, then
+# left in WAL mode like every tally database (and no journal behind)
+check "a new imported database is left in WAL mode" test "$(sqlite3 "$dir/burst.db" 'PRAGMA journal_mode')" = wal
+check "no rollback journal left" test ! -e "$dir/burst.db-journal"
 out=$("$TALLY" import "$dir/burst1.jsonl" --db "$dir/burst.db")
 check "a burst imported again adds nothing" grep -q 'imported 0, duplicates skipped 3001' <<<"$out"
 check "a burst's rows are the file's" test "$(sqlite3 "$dir/burst.db" 'SELECT count(DISTINCT id), sum(prompt_tokens) FROM events')" = "3001|4498501"
