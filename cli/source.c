@@ -62,9 +62,9 @@ int source_line(json_arena *a, row_ctx *ctx, char *line, size_t len, const line_
     const jv *v = NULL;
     int is_event;
     if (li->toolong) is_event = 0;
-    /* Ids for lines without one need the line as it was: parsed by copy. */
-    else if (li->give_ids) is_event = (v = json_parse(a, line, len, &je)) && row_from_json(v, ctx, e);
-    else is_event = row_from_line(a, line, len, ctx, e, &v, &je); /* only the members rows use */
+    /* only the members rows use; ids for lines without one (and the rows'
+     * json) need the line as it was: its strings copied */
+    else is_event = row_from_line(a, line, len, li->give_ids, ctx, e, &v, &je);
     if (!is_event) {
         if (!li->complete && !li->toolong) return LINE_TORN;
         source_why(why, whylen, li->toolong, v, &je);

@@ -488,18 +488,31 @@ static inline const unsigned char *fast_ws(const unsigned char *p, const unsigne
     return p;
 }
 
+/* A kept plain string [p, q) (q: its closing quote): its bytes terminated
+ * in place once the document is accepted, or copied (keep->copy). */
+static const char *fast_keep(fast *f, const unsigned char *p, const unsigned char *q)
+{
+    if (f->ps->keep->copy) {
+        char *c = arena_alloc(f->ps->a, (size_t)(q - p) + 1);
+        if (!c) return NULL;
+        memcpy(c, p, (size_t)(q - p));
+        c[q - p] = 0;
+        return c;
+    }
+    if (f->nterm == FAST_TERMS) return NULL;
+    f->term[f->nterm++] = f->buf + (q - f->ps->s);
+    return (const char *)p;
+}
+
 /* A string at p (its opening quote): the position after it, NULL to give
  * up.  *s, *n: its bytes (kept ones are terminated once accepted). */
 static const unsigned char *fast_string(fast *f, const unsigned char *p, int keep, const char **s, size_t *n)
 {
     const unsigned char *q = plain_run(p + 1, f->end);
     if (q < f->end && *q == '"') {
-        if (keep) {
-            if (f->nterm == FAST_TERMS) return NULL;
-            f->term[f->nterm++] = f->buf + (q - f->ps->s);
-        }
         *s = (const char *)p + 1;
         *n = (size_t)(q - p - 1);
+        if (keep && !(*s = fast_keep(f, p + 1, q))) return NULL;
         return q + 1;
     }
     /* escapes or UTF-8: the general reader (which copies kept ones) */
@@ -638,8 +651,7 @@ static const unsigned char *fast_object(fast *f, const unsigned char *p, int dep
         if (!slot) {
             if (!(p = fast_skip(f, p, JSON_MAX_DEPTH - depth))) return NULL;
         } else {
-            if (f->nterm == FAST_TERMS) return NULL;
-            f->term[f->nterm++] = f->buf + (q - f->ps->s);
+            if (!(key = (const unsigned char *)fast_keep(f, key, q))) return NULL;
             jv *e;
             int is_int;
             const unsigned char *v0 = p;
@@ -707,7 +719,8 @@ jv *json_parse_keep(json_arena *a, char *s, size_t n, const json_keep *keep, jso
         err->offset = 0;
         err->what = NULL;
     }
-    parser gp = {.s = u, .p = u, .end = u + n, .a = a, .err = err, .inplace = (unsigned char *)s, .keep = keep};
+    parser gp = {.s = u, .p = u, .end = u + n, .a = a, .err = err, .inplace = keep->copy ? NULL : (unsigned char *)s,
+                 .keep = keep};
     return parse_document(&gp);
 }
 

@@ -77,6 +77,7 @@ typedef struct json_keep {
     void (*got)(void *ud, int slot, const jv *v);
     void (*reset)(void *ud);
     void *ud;
+    int copy;  /* kept strings and keys are copied into the arena: the input is left as it was */
 } json_keep;
 
 /* json_parse_inplace that builds only the members keep wants: the rest

@@ -140,18 +140,30 @@ typedef struct keyent {
 static keyent keytab[KEYTAB];
 static pthread_once_t keytab_once = PTHREAD_ONCE_INIT;
 
-/* A key's first and last 8 bytes; for keys of up to 16 bytes, the two
- * with the length are the key itself. */
+/* A key as two words that, with its length, are the key itself when it
+ * is at most 16 bytes long: overlapping loads of its first and last
+ * bytes (8 and 8, 4 and 4, 2 and 2, or the one byte). */
 static inline void key_words(const char *k, size_t n, uint64_t *head, uint64_t *tail)
 {
     if (n >= 8) {
         memcpy(head, k, 8);
         memcpy(tail, k + n - 8, 8);
-        return;
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, k, 4);
+        memcpy(&b, k + n - 4, 4);
+        *head = (uint64_t)a | (uint64_t)b << 32;
+        *tail = 0;
+    } else if (n >= 2) {
+        uint16_t a, b;
+        memcpy(&a, k, 2);
+        memcpy(&b, k + n - 2, 2);
+        *head = (uint64_t)a | (uint64_t)b << 16;
+        *tail = 0;
+    } else {
+        *head = n ? (unsigned char)k[0] : 0;
+        *tail = 0;
     }
-    uint64_t w = 0;
-    for (size_t i = 0; i < n; i++) w |= (uint64_t)(unsigned char)k[i] << (8 * i);
-    *head = *tail = w;
 }
 
 static inline size_t key_hash(uint64_t head, uint64_t tail, size_t n, int where)
@@ -438,13 +450,14 @@ int row_from_json(const jv *v, row_ctx *c, row *r)
     return from_parts(&t, c, r);
 }
 
-int row_from_line(json_arena *a, char *line, size_t len, row_ctx *c, row *r, const jv **root, json_error *err)
+int row_from_line(json_arena *a, char *line, size_t len, int copy, row_ctx *c, row *r, const jv **root,
+                  json_error *err)
 {
     row_clear(r);
     pthread_once(&keytab_once, keytab_build);
     parts t;
     memset(&t, 0, sizeof t);
-    json_keep k = {want, got, forget, &t};
+    json_keep k = {.want = want, .got = got, .reset = forget, .ud = &t, .copy = copy};
     const jv *v = json_parse_keep(a, line, len, &k, err);
     *root = v;
     if (!v || v->type != JV_OBJ) return 0;

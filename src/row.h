@@ -159,8 +159,10 @@ int row_from_json(const jv *v, row_ctx *c, row *r);
 /* The same from a line's text, building only the members rows use (the
  * rest is checked as strictly as json_parse does, but not kept): what
  * readers of many lines use.  The line is changed (strings terminated in
- * place).  *root is the parsed document (NULL when it is not JSON: err
- * says why).  Returns 1 for an event, 0 otherwise. */
-int row_from_line(json_arena *a, char *line, size_t len, row_ctx *c, row *r, const jv **root, json_error *err);
+ * place), unless `copy` (the strings rows use copied into a).  *root is
+ * the parsed document (NULL when it is not JSON: err says why).  Returns
+ * 1 for an event, 0 otherwise. */
+int row_from_line(json_arena *a, char *line, size_t len, int copy, row_ctx *c, row *r, const jv **root,
+                  json_error *err);
 
 #endif
