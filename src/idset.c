@@ -37,7 +37,7 @@ static int grow(idset *s)
 
 int idset_add(idset *s, const char *id, size_t n)
 {
-    uint64_t h = fnv1a(FNV_SEED, id, n);
+    uint64_t h = hash_mem(id, n);
     if (!h) h = 1;
     if (s->cap) {
         for (size_t i = (size_t)h & (s->cap - 1); s->slot[i]; i = (i + 1) & (s->cap - 1))
