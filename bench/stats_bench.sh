@@ -82,17 +82,24 @@ tq=$(for i in 1 2 3; do timeit "$tally" requests --sort latency "$file"; done | 
 printf 'case=requests_jsonl seconds=%.2f ratio_vs_stats=%.2f\n' "$tq" "$(echo "$tq / $t" | bc -l)"
 
 # tally import of the same file into a new database: parsing on every
-# core, one writer (the target: 150 MB/s)
+# core, one writer (the target: 150 MB/s); median of 3, each run's rows
+# counted
 for threads in 0 1; do
-    rm -f "$work"/imp.db*
-    s=$(date +%s.%N)
-    rss=$(rss_of "$tally" import --threads "${threads/#0/$(nproc)}" --db "$work/imp.db" "$file")
-    e=$(date +%s.%N)
-    n=$(sqlite3 "$work/imp.db" 'SELECT count(*) FROM events')
-    [ "$n" -eq "$events" ] || { echo "case=import_jsonl FAILED: $n of $events events stored" >&2; exit 1; }
-    ti=$(echo "$e - $s" | bc -l)
-    printf 'case=import_jsonl threads=%s seconds=%.2f mb_per_s=%.0f events_per_s=%.0f peak_rss_kb=%s\n' \
-        "${threads/#0/every-core}" "$ti" "$(echo "$bytes / $ti / 1000000" | bc -l)" "$(echo "$events / $ti" | bc -l)" "$rss"
+    times=""
+    for rep in 1 2 3; do
+        rm -f "$work"/imp.db*
+        sync
+        s=$(date +%s.%N)
+        rss=$(rss_of "$tally" import --threads "${threads/#0/$(nproc)}" --db "$work/imp.db" "$file")
+        e=$(date +%s.%N)
+        n=$(sqlite3 "$work/imp.db" 'SELECT count(*) FROM events')
+        [ "$n" -eq "$events" ] || { echo "case=import_jsonl FAILED: $n of $events events stored" >&2; exit 1; }
+        times="$times $(echo "$e - $s" | bc -l)"
+    done
+    ti=$(tr ' ' '\n' <<<"$times" | grep . | median3)
+    printf 'case=import_jsonl threads=%s seconds=%.2f mb_per_s=%.0f events_per_s=%.0f peak_rss_kb=%s runs=%s\n' \
+        "${threads/#0/every-core}" "$ti" "$(echo "$bytes / $ti / 1000000" | bc -l)" "$(echo "$events / $ti" | bc -l)" "$rss" \
+        "$(printf '%.1f,' $times | sed 's/,$//')"
 done
 rm -f "$work"/imp.db*
 
