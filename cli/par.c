@@ -361,15 +361,13 @@ static void read_unit(par *p, unit *u, void *consumer)
             continue;
         }
         row e;
-        char idbuf[SOURCE_ID_LEN], why[160];
-        int got = source_line(&a, &ctx, line, len, &li, p->o, &e, idbuf, why, sizeof why);
+        char idbuf[SOURCE_ID_LEN], unreported[sizeof u->bad[0].why];
+        /* a bad line's reason goes where it is kept, while lines are reported */
+        char *why = u->nbad < SOURCE_MAX_REPORTED ? u->bad[u->nbad].why : unreported;
+        int got = source_line(&a, &ctx, line, len, &li, p->o, &e, idbuf, why, sizeof unreported);
         if (got == LINE_TORN) u->st.torn++;
         if (got == LINE_BAD) {
-            if (u->nbad < SOURCE_MAX_REPORTED) {
-                badline *b = &u->bad[u->nbad++];
-                b->lineno = lr.lineno;
-                snprintf(b->why, sizeof b->why, "%s", why);
-            }
+            if (u->nbad < SOURCE_MAX_REPORTED) u->bad[u->nbad++].lineno = lr.lineno;
             u->st.bad++;
         }
         if (got != LINE_EVENT) continue;

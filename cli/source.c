@@ -210,11 +210,17 @@ static int read_clickhouse(const char *url, const source_opts *o, row_fn fn, voi
     return status == 200 ? 0 : -1;
 }
 
+/* JSONL at `path` is read with every core unless one is asked for, lines
+ * must stop the read at the first bad one, or the input is a stream. */
+static int every_core(const source_opts *o, const char *path)
+{
+    return par_threads(o->threads) > 1 && !o->strict && strcmp(path, "-") != 0;
+}
+
 int source_read_file(const char *path, const source_opts *o, row_fn fn, void *ud, source_stats *st, char *err,
                      size_t errlen, int give_ids)
 {
-    struct stat sb;
-    if (par_threads(o->threads) > 1 && !o->strict && strcmp(path, "-") && stat(path, &sb) == 0 && S_ISREG(sb.st_mode)) {
+    if (every_core(o, path)) {
         char *files[1] = {(char *)path};
         return source_read_par(files, 1, o, NULL, fn, ud, give_ids, st, err, errlen);
     }
@@ -244,9 +250,7 @@ static int read_sources(char **paths, int n, const source_opts *o, row_fn fn, vo
             free_list(files);
             return -1;
         }
-        /* Every core, unless one is asked for, lines must stop the read at
-         * the first bad one, or the input is a stream. */
-        if (par_threads(o->threads) > 1 && !o->strict && strcmp(paths[i], "-")) {
+        if (every_core(o, paths[i])) {
             int rc = source_read_par(files, nf, o, give_ids ? NULL : o->par, fn, ud, give_ids, st, err, errlen);
             free_list(files);
             if (rc) return -1;
