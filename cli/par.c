@@ -3,9 +3,7 @@
  *
  * In file order (no par_ops), threads read chunks of 1 MiB into row
  * batches (or par_lines' bytes), at most `window` chunks ahead of the one
- * the calling thread is handing on; it waits for each chunk in turn.  A
- * big file that must be read whole is read by the calling thread itself,
- * line by line, when its turn comes.
+ * the calling thread is handing on; it waits for each chunk in turn.
  *
  * Work is cut into units: a file smaller than two chunks is one unit, a
  * larger one a unit per chunk of bytes.  A chunk owns the lines that
@@ -18,12 +16,17 @@
  * What a line means can depend on lines before it (a reader's context,
  * src/row.h): which run an event belongs to and that run's model come
  * from the run_start lines before it, and a TelemetryLogger step_end's
- * wall time from its step_begin.  So, first, every chunk is scanned for
- * run_start lines (kept, with their offsets) and for tagged lines; then a
- * chunk's reader starts from the context the run_starts before it make --
- * exactly the sequential reader's, since nothing else changes it.  A file
- * with tagged lines (their step_begin pairs may cross chunks) is read by
- * one thread from its start.
+ * wall time from the step_begin before it.  So a thread reads its whole
+ * chunk into memory first and searches the raw bytes for run_start and
+ * for "tag" keys valued step_begin or step_end, noting where those lines
+ * start; then (the chunks before it in its file searched too, which
+ * their threads do first thing) it takes its context from a cursor over
+ * the file that replays, once each and in order, the run_starts before
+ * the chunk and the last step_begin or step_end line before it -- exactly
+ * the sequential reader's context, since nothing else changes it -- and
+ * parses its lines from the bytes it already holds.  So each byte is read
+ * once.  The contexts are taken in file order (each a copy of the cursor);
+ * the chunks are parsed at once.
  *
  * Each thread aggregates into a consumer of its own (ops->fork), merged at
  * the end (ops->join): a question whose answer merges exactly (counts,
@@ -45,8 +48,7 @@
 #include "source.h"
 #include "util.h"
 
-#define MAX_CONTEXT_LINES 4096 /* run_starts per file beyond which the file is read by one thread */
-#define DEFAULT_CHUNK ((uint64_t)8 << 20)
+#define DEFAULT_CHUNK ((uint64_t)2 << 20)
 /* In file order a chunk's rows wait in memory (about 2.5 times its bytes)
  * until handed on: smaller chunks keep that to a few MB per thread. */
 #define ORDERED_CHUNK ((uint64_t)1 << 20)
@@ -54,11 +56,13 @@
  * the context (a cap far above what a chunk of real lines needs). */
 #define ROWS_MAX_BYTES ((size_t)256 << 20)
 
-typedef struct ctxline {
-    uint64_t off;
-    char *line;
-    size_t len;
-} ctxline;
+/* A line the context may need: a run_start, or a step_begin / step_end
+ * (or a line that only looks like one: replaying it changes nothing). */
+enum { MARK_RUN = 1, MARK_STEP = 2 };
+typedef struct mark {
+    uint64_t off;             /* where the line starts */
+    int what;                 /* MARK_* */
+} mark;
 
 typedef struct badline {
     uint64_t lineno;          /* within the unit */
@@ -68,12 +72,10 @@ typedef struct badline {
 typedef struct unit {
     int file;
     uint64_t start, end;      /* end: UINT64_MAX = to the end of the file */
-    int whole;                /* read from the start with a fresh context */
-    int skip;                 /* its file is read whole by another unit */
-    /* the scan */
-    ctxline *ctx;
-    size_t nctx;
-    int tagged, too_many;
+    int whole;                /* its file's only unit: read from the start with a fresh context */
+    /* the search of its bytes */
+    mark *marks;
+    size_t nmarks, capmarks;
     /* the read */
     source_stats st;
     badline bad[SOURCE_MAX_REPORTED];
@@ -83,9 +85,17 @@ typedef struct unit {
     row_batch rb;             /* its events, until the reading thread takes them */
     buf out;                  /* par_lines: what its lines gave */
     int nomem;
-    int seq;                  /* a big file read whole: by the reading thread itself */
     int done;                 /* under par.mu */
 } unit;
+
+/* A file's context, as far as its units' marks have been replayed. */
+typedef struct cursor {
+    row_ctx ctx;
+    row_ctx scratch;          /* a step line read on its own */
+    size_t unit, mark;        /* the next mark to replay */
+    uint64_t last;            /* one past the start of the last run_start replayed */
+    size_t turn;              /* the unit whose context is next (under par.mu) */
+} cursor;
 
 typedef struct par {
     char **files;
@@ -94,11 +104,10 @@ typedef struct par {
     const par_ops *ops;
     unit *u;
     size_t nu;
+    uint64_t chunk;
     _Atomic size_t next;
     _Atomic int stop;
-    int phase;                /* 1 scan, 2 read */
-    const ctxline ***fctx;    /* per file: its run_start lines in file order, each once */
-    size_t *fnctx;
+    cursor **cur;             /* per file, made by its first unit that needs it (under mu) */
     /* In file order: the workers fill units' batches at most `window`
      * units ahead of the one the reading thread hands on. */
     int ordered, give_ids;
@@ -147,35 +156,21 @@ static int open_at(line_reader *lr, const char *path, uint64_t start)
     return 0;
 }
 
-/* Keeps the whole line that starts at `off` (a run_start). */
-static int keep_line(par *p, unit *u, uint64_t off, size_t *cap)
+static int add_mark(unit *u, uint64_t off, int what)
 {
-    if (u->nctx && u->ctx[u->nctx - 1].off == off) return 0; /* the same line, met again */
-    if (u->nctx == MAX_CONTEXT_LINES) return -1;
-    if (u->nctx == *cap) {
-        size_t nc = *cap ? *cap * 2 : 4;
-        ctxline *n = realloc(u->ctx, nc * sizeof *n);
+    if (u->nmarks && u->marks[u->nmarks - 1].off == off) {
+        u->marks[u->nmarks - 1].what |= what; /* the same line, met again */
+        return 0;
+    }
+    if (u->nmarks == u->capmarks) {
+        size_t nc = u->capmarks ? u->capmarks * 2 : 16;
+        mark *n = realloc(u->marks, nc * sizeof *n);
         if (!n) return -1;
-        u->ctx = n;
-        *cap = nc;
+        u->marks = n;
+        u->capmarks = nc;
     }
-    line_reader lr;
-    if (open_at(&lr, p->files[u->file], off) != 0) return -1;
-    char *line;
-    size_t len;
-    int complete, toolong, rc = -1;
-    /* open_at(off) skipped to the line after the one holding off-1: that
-     * is the line starting at off, since byte off-1 ends a line */
-    if (lr_next(&lr, &line, &len, &complete, &toolong) == 1 && !toolong) {
-        char *copy = malloc(len ? len : 1);
-        if (copy) {
-            memcpy(copy, line, len);
-            u->ctx[u->nctx++] = (ctxline){off, copy, len};
-            rc = 0;
-        }
-    }
-    lr_close(&lr);
-    return rc;
+    u->marks[u->nmarks++] = (mark){off, what};
+    return 0;
 }
 
 /* The start of the line holding byte `at`: after the '\n' before it. */
@@ -195,11 +190,10 @@ static int64_t line_start(int fd, uint64_t at)
     return 0;
 }
 
-/* The scan: the raw bytes of the chunk searched for run_start (each such
- * line kept whole, wherever it starts) and for tagged lines.  A needle
- * that straddles the chunk's end is found by this chunk: it reads a few
- * bytes past it. */
-enum { BLOCK = 1 << 20, OVER = 16 };
+/* The search: the raw bytes of the chunk searched for run_start and for
+ * "tag" (a TelemetryLogger line).  A needle that straddles the chunk's end
+ * is found by this chunk: it reads a few bytes past it. */
+enum { OVER = 16 };
 
 /* The marks the scan looks for: "run_start" and "\"tag\"". */
 static int mark_at(const char *b, size_t n, size_t i)
@@ -239,108 +233,210 @@ static size_t next_mark(const char *b, size_t n, size_t from)
     return n;
 }
 
-static void scan_unit(par *p, unit *u, char *b)
+/* Whether the "tag" at b[i] may be valued step_begin or step_end (what
+ * follows it, past the bytes read, cannot be told: maybe). */
+static int step_tag(const char *b, size_t n, size_t i)
+{
+    size_t k = i + 5;
+    while (k < n && (b[k] == ' ' || b[k] == '\t')) k++;
+    if (k < n && b[k] != ':') return 0;
+    k++;
+    while (k < n && (b[k] == ' ' || b[k] == '\t')) k++;
+    if (k + 6 > n) return 1;
+    return memcmp(b + k, "\"step_", 6) == 0;
+}
+
+/* Reads u's bytes into b -- from the byte before its start (its reader
+ * skips the line that holds it), OVER bytes past its end -- and notes
+ * where the lines its marks are in start.  *n: the bytes read.  The read
+ * is what the unit's lines are then parsed from. */
+static int scan_unit(par *p, unit *u, char *b, size_t *n)
 {
     int fd = open(p->files[u->file], O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        u->failed = 1;
-        return;
-    }
-    size_t cap = 0;
-    for (uint64_t pos = u->start; b && pos < u->end && !u->too_many;) {
-        uint64_t want = BLOCK + OVER;
-        if (u->end != UINT64_MAX && u->end + OVER - pos < want) want = u->end + OVER - pos;
-        ssize_t n = pread(fd, b, (size_t)want, (off_t)pos);
-        if (n < 0) {
-            u->failed = 1;
-            break;
+    if (fd < 0) return -1;
+    /* (a file's last unit: the bytes it had when cut up; more, if it
+     * grew since, are read after them) */
+    uint64_t end = u->end == UINT64_MAX ? u->start + p->chunk : u->end;
+    uint64_t at = u->start ? u->start - 1 : 0, want = end + OVER - at;
+    size_t got = 0;
+    while (got < want) {
+        ssize_t r = pread(fd, b + got, (size_t)(want - got), (off_t)(at + got));
+        if (r < 0) {
+            close(fd);
+            return -1;
         }
-        if (n == 0) break;
-        /* hits that start in [pos, pos + BLOCK) and before the chunk's end */
-        uint64_t lim = pos + BLOCK < u->end ? pos + BLOCK : u->end;
-        for (size_t at = 0; (at = next_mark(b, (size_t)n, at)) < (size_t)n; at++) {
-            uint64_t off = pos + at;
-            if (off >= lim) break;
-            if (b[at] == '"') {
-                u->tagged = 1;
-                continue;
-            }
-            char *nl = memrchr(b, '\n', at);
-            int64_t ls = nl ? (int64_t)(pos + (uint64_t)(nl - b) + 1) : line_start(fd, off);
-            if (ls < 0 || keep_line(p, u, (uint64_t)ls, &cap) != 0) {
-                u->too_many = 1;
-                break;
-            }
-        }
-        if ((size_t)n < want) break;
-        pos += BLOCK;
+        if (r == 0) break;
+        got += (size_t)r;
     }
-    if (!b) u->too_many = 1;
+    *n = got;
+    /* hits at or past the unit's start and before its end */
+    size_t from = (size_t)(u->start - at), lim = end - at < got ? (size_t)(end - at) : got;
+    int rc = 0;
+    for (size_t i = from; rc == 0 && (i = next_mark(b, got, i)) < lim; i++) {
+        int what = b[i] == '"' ? MARK_STEP : MARK_RUN;
+        if (what == MARK_STEP && !step_tag(b, got, i)) continue;
+        char *nl = memrchr(b, '\n', i);
+        int64_t ls = nl ? (int64_t)(at + (uint64_t)(nl - b) + 1) : line_start(fd, at + i);
+        /* (no start within 16 MiB: a line too long to be read, which
+         * changes no reader's context) */
+        if (ls >= 0) rc = add_mark(u, (uint64_t)ls, what);
+    }
     close(fd);
+    return rc;
 }
 
-static int by_offset(const void *a, const void *b)
+/* Reads the line that starts at `off` of file f into lr (then lr_close). */
+static int line_at(par *p, int f, uint64_t off, line_reader *lr, char **line, size_t *len)
 {
-    const ctxline *x = *(const ctxline *const *)a, *y = *(const ctxline *const *)b;
-    return (x->off > y->off) - (x->off < y->off);
-}
-
-/* Per file, after the scan: its run_start lines in the file's order,
- * each once (a line may be met by two chunks). */
-static int sort_context(par *p)
-{
-    p->fctx = calloc(p->nfiles, sizeof *p->fctx);
-    p->fnctx = calloc(p->nfiles, sizeof *p->fnctx);
-    if (!p->fctx || !p->fnctx) return -1;
-    for (size_t i = 0; i < p->nu; i++) p->fnctx[p->u[i].file] += p->u[i].nctx;
-    for (size_t f = 0; f < p->nfiles; f++) {
-        if (!p->fnctx[f]) continue;
-        p->fctx[f] = malloc(p->fnctx[f] * sizeof **p->fctx);
-        if (!p->fctx[f]) return -1;
-        p->fnctx[f] = 0;
-    }
-    for (size_t i = 0; i < p->nu; i++)
-        for (size_t j = 0; j < p->u[i].nctx; j++) p->fctx[p->u[i].file][p->fnctx[p->u[i].file]++] = &p->u[i].ctx[j];
-    for (size_t f = 0; f < p->nfiles; f++) {
-        const ctxline **v = p->fctx[f];
-        size_t n = p->fnctx[f], k = 0;
-        if (!n) continue;
-        qsort(v, n, sizeof *v, by_offset);
-        for (size_t i = 0; i < n; i++)
-            if (!k || v[i]->off != v[k - 1]->off) v[k++] = v[i];
-        p->fnctx[f] = k;
+    if (open_at(lr, p->files[f], off) != 0) return -1;
+    int complete, toolong;
+    /* open_at(off) skipped to the line after the one holding off-1: that
+     * is the line starting at off, since byte off-1 ends a line */
+    if (lr_next(lr, line, len, &complete, &toolong) != 1 || toolong) {
+        lr_close(lr);
+        return -1;
     }
     return 0;
 }
 
-/* The context of the sequential reader at u's first line: the file's
- * run_starts before it, replayed in order. */
-static void context_at(par *p, unit *u, row_ctx *ctx, json_arena *a)
+/* The line at `off` read into ctx, as the sequential reader reads it. */
+static void replay(par *p, int f, uint64_t off, row_ctx *ctx, json_arena *a)
 {
-    char run_id[256];
-    run_id_from_path(p->files[u->file], run_id, sizeof run_id);
-    row_ctx_init(ctx, run_id);
-    if (u->whole) return;
-    const ctxline **v = p->fctx[u->file];
-    for (size_t i = 0; i < p->fnctx[u->file] && v[i]->off < u->start; i++) {
-        json_error je;
-        json_arena_reset(a);
-        jv *j = json_parse(a, v[i]->line, v[i]->len, &je);
-        row e;
-        if (j && j->type == JV_OBJ) row_from_json(j, ctx, &e);
-    }
+    line_reader lr;
+    char *line;
+    size_t len;
+    if (line_at(p, f, off, &lr, &line, &len) != 0) return;
+    json_error je;
+    json_arena_reset(a);
+    const jv *v;
+    row e;
+    row_from_line(a, line, len, 0, ctx, &e, &v, &je);
+    lr_close(&lr);
 }
 
-static void read_unit(par *p, unit *u, void *consumer)
+/* Whether the line at `off` is a step_begin or step_end (a TelemetryLogger
+ * line whose tag is one), read into scratch: if so, its effect on the
+ * context into ctx. */
+static int replay_step(par *p, int f, uint64_t off, row_ctx *ctx, row_ctx *scratch, json_arena *a)
 {
+    row_ctx_init(scratch, "");
+    scratch->have_begin = -1; /* set by a step_begin or step_end only */
+    replay(p, f, off, scratch, a);
+    if (scratch->have_begin == -1) return 0;
+    ctx->have_begin = scratch->have_begin;
+    ctx->begin_step = scratch->begin_step;
+    ctx->begin_ts = scratch->begin_ts;
+    return 1;
+}
+
+/* The context of the sequential reader at u's first line, into ctx: the
+ * file's cursor moved to u's start (the units before it searched first),
+ * replaying each run_start on the way and the last step line. */
+static int context_at(par *p, size_t ui, row_ctx *ctx, json_arena *a)
+{
+    unit *u = &p->u[ui];
+    int f = u->file;
+    size_t first = ui;
+    while (first > 0 && p->u[first - 1].file == f) first--;
+    pthread_mutex_lock(&p->mu);
+    cursor *c = p->cur[f];
+    if (!c && (c = p->cur[f] = calloc(1, sizeof *c))) {
+        char run_id[256];
+        run_id_from_path(p->files[f], run_id, sizeof run_id);
+        row_ctx_init(&c->ctx, run_id);
+        c->unit = c->turn = first;
+    }
+    /* its turn: the units before it in its file have taken their
+     * contexts (and so were searched) */
+    while (c && c->turn != ui && !atomic_load(&p->stop)) pthread_cond_wait(&p->cv, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+    if (!c || atomic_load(&p->stop)) return -1;
+    /* run_starts in order, once each */
+    size_t su = c->unit, sm = c->mark; /* where this stretch starts */
+    for (; c->unit <= ui; c->unit++, c->mark = 0) {
+        unit *k = &p->u[c->unit];
+        for (; c->mark < k->nmarks && k->marks[c->mark].off < u->start; c->mark++) {
+            const mark *m = &k->marks[c->mark];
+            if (!(m->what & MARK_RUN) || m->off < c->last) continue; /* (a line met by two units) */
+            replay(p, f, m->off, &c->ctx, a);
+            c->last = m->off + 1;
+        }
+        if (c->mark < k->nmarks) break; /* the rest start in u */
+    }
+    /* of the stretch's step lines, the last that is one (the state a
+     * step_begin or step_end leaves does not depend on those before it) */
+    for (size_t k = c->unit, j = c->mark; k > su || j > sm;) {
+        if (j == 0) {
+            k--;
+            j = p->u[k].nmarks;
+            continue;
+        }
+        const mark *m = &p->u[k].marks[--j];
+        if ((m->what & MARK_STEP) && replay_step(p, f, m->off, &c->ctx, &c->scratch, a)) break;
+    }
+    *ctx = c->ctx;
+    pthread_mutex_lock(&p->mu);
+    c->turn = ui + 1;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+/* Stops every thread, waiting ones included. */
+static void stop_all(par *p)
+{
+    pthread_mutex_lock(&p->mu);
+    atomic_store(&p->stop, 1);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* The bytes of a unit, and what its reader reads after them. */
+static size_t unit_buf_size(const par *p) { return p->chunk + OVER + 1 > LR_BLOCK ? p->chunk + OVER + 1 : LR_BLOCK; }
+
+/* A reader of unit ui's lines with its context: a file's later units
+ * searched first (into b, unit_buf_size bytes), their lines then read from
+ * there; lines (no context) and a file's only unit read from the file. */
+static int open_unit(par *p, size_t ui, char *b, line_reader *lr, row_ctx *ctx, json_arena *a)
+{
+    unit *u = &p->u[ui];
+    const char *path = p->files[u->file];
+    if (p->pl || u->whole) {
+        char run_id[256];
+        run_id_from_path(path, run_id, sizeof run_id);
+        row_ctx_init(ctx, run_id);
+        return open_at(lr, path, u->whole ? 0 : u->start);
+    }
+    size_t n = 0;
+    int rc = scan_unit(p, u, b, &n);
+    uint64_t at = u->start ? u->start - 1 : 0;
+    if (rc != 0 || context_at(p, ui, ctx, a) != 0 ||
+        lr_open_bytes(lr, path, at, b, n, unit_buf_size(p), SOURCE_MAX_LINE) != 0)
+        return -1;
+    if (!u->start) return 0;
+    /* the rest of the line holding byte start-1: the unit before reads it */
+    char *line;
+    size_t len;
+    int complete, toolong;
+    if (lr_next(lr, &line, &len, &complete, &toolong) < 0) {
+        lr_close(lr);
+        return -1;
+    }
+    lr->lineno = 0;
+    return 0;
+}
+
+static void read_unit(par *p, size_t ui, void *consumer, char *b)
+{
+    unit *u = &p->u[ui];
     json_arena a;
     json_arena_init(&a, (size_t)64 << 20);
     row_ctx ctx;
-    if (!p->pl) context_at(p, u, &ctx, &a);
     line_reader lr;
-    if (u->failed || open_at(&lr, p->files[u->file], u->whole ? 0 : u->start) != 0) {
+    if (open_unit(p, ui, b, &lr, &ctx, &a) != 0) {
         u->failed = 1;
         json_arena_free(&a);
+        stop_all(p); /* (a unit after it may wait for its context) */
         return;
     }
     uint64_t end = u->whole ? UINT64_MAX : u->end;
@@ -355,7 +451,7 @@ static void read_unit(par *p, unit *u, void *consumer)
         if (p->pl) {
             if (p->pl->line(&a, line, len, &li, lr.lineno, &u->out)) {
                 u->nomem = 1;
-                atomic_store(&p->stop, 1);
+                stop_all(p);
                 break;
             }
             continue;
@@ -376,7 +472,7 @@ static void read_unit(par *p, unit *u, void *consumer)
         int stop = p->ops ? p->ops->row(consumer, &e) : 0;
         if (p->ordered && !stop) stop = u->nomem = row_batch_add(&u->rb, &e) != 0;
         if (stop) {
-            atomic_store(&p->stop, 1);
+            stop_all(p);
             break;
         }
     }
@@ -404,42 +500,38 @@ static void *work(void *arg)
 {
     worker *w = arg;
     par *p = w->p;
-    char *block = p->phase == 1 ? malloc(BLOCK + OVER) : NULL;
+    char *b = malloc(unit_buf_size(p));
     for (;;) {
         size_t i = atomic_fetch_add(&p->next, 1);
         if (i >= p->nu) break;
         unit *u = &p->u[i];
-        if (p->phase == 1) {
-            if (!u->whole) scan_unit(p, u, block);
-            continue;
-        }
         if (p->ordered && !wait_turn(p, i)) break;
-        if (!u->skip && !u->seq) read_unit(p, u, w->consumer);
-        if (p->ordered) {
-            pthread_mutex_lock(&p->mu);
-            u->done = 1;
-            pthread_cond_broadcast(&p->cv);
-            pthread_mutex_unlock(&p->mu);
+        if (b) read_unit(p, i, w->consumer, b);
+        pthread_mutex_lock(&p->mu);
+        if (!b) { /* no memory to read it: the read stops */
+            u->failed = 1;
+            atomic_store(&p->stop, 1);
         }
+        u->done = 1;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
     }
-    free(block);
+    free(b);
     return NULL;
 }
 
-/* Phase 1 or 2 with n threads.  In file order the calling thread only
- * hands rows on (hand_on), the n others read; else it is a worker too. */
+/* The read with n threads.  In file order the calling thread only hands
+ * rows on (hand_on), the n others read; else it is a worker too. */
 static int hand_on(par *p, row_fn fn, void *ud, source_stats *st, char *err, size_t errlen);
 
-static int run_phase(par *p, worker *ws, int n, int phase, row_fn fn, void *ud, source_stats *st, char *err,
-                     size_t errlen)
+static int run_threads(par *p, worker *ws, int n, row_fn fn, void *ud, source_stats *st, char *err, size_t errlen)
 {
-    p->phase = phase;
     atomic_store(&p->next, 0);
-    int ordered = phase == 2 && p->ordered, rc = 0;
+    int rc = 0;
     char started[257] = {0};
     /* one that cannot start leaves its share to the others */
-    for (int i = ordered ? 0 : 1; i < n; i++) started[i] = pthread_create(&ws[i].t, NULL, work, &ws[i]) == 0;
-    if (ordered) {
+    for (int i = p->ordered ? 0 : 1; i < n; i++) started[i] = pthread_create(&ws[i].t, NULL, work, &ws[i]) == 0;
+    if (p->ordered) {
         int any = 0;
         for (int i = 0; i < n; i++) any |= started[i];
         p->self = !any; /* no thread at all: each unit read here, then handed on */
@@ -506,22 +598,24 @@ static int hand_on(par *p, row_fn fn, void *ud, source_stats *st, char *err, siz
 {
     uint64_t before = 0;
     int rc = 0;
+    char *b = p->self ? malloc(unit_buf_size(p)) : NULL;
+    if (p->self && !b) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     for (size_t i = 0; i < p->nu && !rc; i++) {
         unit *u = &p->u[i];
-        if (p->self && !u->skip && !u->seq) read_unit(p, u, p->self_consumer);
+        if (p->self) read_unit(p, i, p->self_consumer, b);
         pthread_mutex_lock(&p->mu);
         while (!p->self && !u->done) pthread_cond_wait(&p->cv, &p->mu);
         pthread_mutex_unlock(&p->mu);
-        if (u->seq) {
-            /* A big file read whole: here, line by line, not into memory. */
-            rc = source_read_jsonl(p->files[u->file], p->o, fn, ud, st, err, errlen, p->give_ids);
-        } else if (u->failed || u->nomem) {
+        if (u->failed || u->nomem) {
             snprintf(err, errlen, u->nomem ? "out of memory" : "cannot read %s", p->files[u->file]);
             rc = -1;
         } else if (p->pl) {
             int last = i + 1 == p->nu || u[1].file != u->file;
             rc = p->pl->take(ud, &(par_out){u->file, &u->out, lines_before(p, u, &before), u->st.lines, last}) ? 1 : 0;
-        } else if (!u->skip) {
+        } else {
             unit_report(p, u, st, lines_before(p, u, &before));
             row_batch_fix(&u->rb);
             row_fn take = p->ops ? p->ops->ordered : fn; /* with par_ops: the ordered part only */
@@ -535,6 +629,7 @@ static int hand_on(par *p, row_fn fn, void *ud, source_stats *st, char *err, siz
         pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
     }
+    free(b);
     return rc < 0 ? -1 : 0; /* a consumer's stop is not an error */
 }
 
@@ -550,42 +645,20 @@ static int read_par(char **files, size_t nfiles, const source_opts *o, const par
     p.pl = pl;
     p.ordered = !ops || ops->ordered;
     p.give_ids = give_ids;
+    p.chunk = par_chunk_bytes(p.ordered);
     int nt = par_threads(o->threads), rc = -1;
     p.window = 2 * (size_t)nt;
     pthread_mutex_init(&p.mu, NULL);
     pthread_cond_init(&p.cv, NULL);
-    char *whole = NULL; /* per file: read by one unit */
     worker *ws = calloc((size_t)nt, sizeof *ws);
-    if (!ws || make_units(&p, par_chunk_bytes(p.ordered))) {
+    p.cur = calloc(nfiles ? nfiles : 1, sizeof *p.cur);
+    if (!ws || !p.cur || make_units(&p, p.chunk)) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
     for (int i = 0; i < nt; i++) ws[i].p = &p;
-    if (!pl) run_phase(&p, ws, nt, 1, NULL, NULL, NULL, NULL, 0); /* lines need no context */
-    /* A file whose chunks met tagged lines, or too many runs, or could not
-     * be scanned: read by its first unit, from its start, alone (in file
-     * order, by the reading thread: a big file is not kept in memory). */
-    whole = calloc(nfiles ? nfiles : 1, 1);
-    if (!whole) {
-        snprintf(err, errlen, "out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < p.nu; i++)
-        if (!p.u[i].whole && (p.u[i].tagged || p.u[i].too_many || p.u[i].failed)) whole[p.u[i].file] = 1;
-    for (size_t i = 0; i < p.nu; i++) {
-        unit *u = &p.u[i];
-        if (!whole[u->file]) continue;
-        u->whole = u->start == 0;
-        u->skip = !u->whole;
-        u->seq = u->whole && p.ordered;
-        u->failed = 0;
-    }
-    if (sort_context(&p)) {
-        snprintf(err, errlen, "out of memory");
-        goto out;
-    }
     if (p.ordered && !ops) {
-        rc = run_phase(&p, ws, nt, 2, fn, ud, st, err, errlen);
+        rc = run_threads(&p, ws, nt, fn, ud, st, err, errlen);
         goto out;
     }
     for (int i = 0; i < nt; i++) {
@@ -597,7 +670,7 @@ static int read_par(char **files, size_t nfiles, const source_opts *o, const par
         }
     }
     p.self_consumer = ws[0].consumer;
-    int handed = run_phase(&p, ws, nt, 2, fn, ud, st, err, errlen), joined = 0;
+    int handed = run_threads(&p, ws, nt, fn, ud, st, err, errlen), joined = 0;
     for (int i = 0; i < nt; i++) joined |= ops->join(ud, ws[i].consumer);
     if (p.ordered) {
         /* rows handed on in file order, their counts with them */
@@ -617,17 +690,14 @@ static int read_par(char **files, size_t nfiles, const source_opts *o, const par
     if (joined) snprintf(err, errlen, "out of memory");
 out:
     for (size_t i = 0; i < p.nu; i++) {
-        for (size_t k = 0; k < p.u[i].nctx; k++) free(p.u[i].ctx[k].line);
-        free(p.u[i].ctx);
+        free(p.u[i].marks);
         row_batch_free(&p.u[i].rb);
         buf_free(&p.u[i].out);
     }
-    for (size_t f = 0; p.fctx && f < nfiles; f++) free(p.fctx[f]);
-    free(p.fctx);
-    free(p.fnctx);
+    for (size_t f = 0; p.cur && f < nfiles; f++) free(p.cur[f]);
+    free(p.cur);
     free(p.u);
     free(ws);
-    free(whole);
     pthread_cond_destroy(&p.cv);
     pthread_mutex_destroy(&p.mu);
     return rc;

@@ -25,15 +25,13 @@ typedef struct par_ops {
     row_fn row;
     int (*join)(void *ud, void *part);
     /* Optional: the part of the question that depends on the order of
-     * lines, given every row in file order on the calling thread (a file
-     * read whole there gives its rows to the question's own row function,
-     * which does both parts). */
+     * lines, given every row in file order on the calling thread. */
     row_fn ordered;
 } par_ops;
 
 /* The threads for `asked` (0: the cores available). */
 int par_threads(int asked);
-/* The chunk size: 8 MiB (1 MiB in file order), or TALLY_CHUNK_BYTES (the
+/* The chunk size: 2 MiB (1 MiB in file order), or TALLY_CHUNK_BYTES (the
  * tests' tiny chunks). */
 uint64_t par_chunk_bytes(int ordered);
 

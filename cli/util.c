@@ -124,8 +124,6 @@ int parse_when(const char *s, double now, double *out)
     return iso8601_parse(s, out);
 }
 
-#define LR_BLOCK (1u << 20)
-
 int lr_open(line_reader *lr, const char *path, size_t max)
 {
     memset(lr, 0, sizeof *lr);
@@ -143,6 +141,26 @@ int lr_open(line_reader *lr, const char *path, size_t max)
         return -1;
     }
     lr->own = 1;
+    return 0;
+}
+
+int lr_open_bytes(line_reader *lr, const char *path, uint64_t at, char *blk, size_t n, size_t cap, size_t max)
+{
+    memset(lr, 0, sizeof *lr);
+    if (cap < LR_BLOCK || n > cap) return -1;
+    lr->max = max;
+    lr->f = fopen(path, "rb");
+    if (!lr->f) return -1;
+    lr->own = 1;
+    if (fseeko(lr->f, (off_t)(at + n), SEEK_SET) != 0) {
+        fclose(lr->f);
+        lr->f = NULL;
+        return -1;
+    }
+    lr->blk = blk;
+    lr->lent = 1;
+    lr->blen = n;
+    lr->next = at;
     return 0;
 }
 
@@ -235,7 +253,7 @@ void lr_close(line_reader *lr)
 {
     if (lr->own && lr->f) fclose(lr->f);
     free(lr->buf);
-    free(lr->blk);
+    if (!lr->lent) free(lr->blk);
     memset(lr, 0, sizeof *lr);
 }
 

@@ -20,6 +20,7 @@ int parse_when(const char *s, double now, double *out);
 typedef struct line_reader {
     FILE *f;
     int own;
+    int lent;             /* blk is the caller's (lr_open_bytes) */
     char *buf;            /* the line returned (when it spans blocks) */
     size_t cap, max;
     char *blk;            /* read-ahead block */
@@ -31,6 +32,11 @@ typedef struct line_reader {
 } line_reader;
 
 int lr_open(line_reader *lr, const char *path, size_t max);   /* "-" = stdin */
+/* A reader of `path` from byte `at` whose first n bytes the caller has
+ * already read into blk (cap >= LR_BLOCK bytes, lent until lr_close): the
+ * lines come from them, then from the file after them. */
+#define LR_BLOCK ((size_t)1 << 20)
+int lr_open_bytes(line_reader *lr, const char *path, uint64_t at, char *blk, size_t n, size_t cap, size_t max);
 /* 1 = a line, 0 = end, -1 = read error. */
 int lr_next(line_reader *lr, char **line, size_t *len, int *complete, int *toolong);
 void lr_close(line_reader *lr);
