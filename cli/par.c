@@ -133,6 +133,22 @@ int par_threads(int asked)
     return n < 1 ? 1 : n > 64 ? 64 : (int)n;
 }
 
+/* A reader at byte start-1 of a chunk skips the rest of the line that
+ * holds it (the chunk before reads that line): then it is at the chunk's
+ * first own line, numbered 1. */
+static int skip_to_own(line_reader *lr)
+{
+    char *line;
+    size_t len;
+    int complete, toolong;
+    if (lr_next(lr, &line, &len, &complete, &toolong) < 0) {
+        lr_close(lr);
+        return -1;
+    }
+    lr->lineno = 0;
+    return 0;
+}
+
 /* A line reader positioned at the first line that starts at or after
  * `start`. */
 static int open_at(line_reader *lr, const char *path, uint64_t start)
@@ -144,18 +160,10 @@ static int open_at(line_reader *lr, const char *path, uint64_t start)
         return -1;
     }
     lr->next = start - 1;
-    char *line;
-    size_t len;
-    int complete, toolong;
-    /* the rest of the line holding byte start-1: the chunk before reads it */
-    if (lr_next(lr, &line, &len, &complete, &toolong) < 0) {
-        lr_close(lr);
-        return -1;
-    }
-    lr->lineno = 0;
-    return 0;
+    return skip_to_own(lr);
 }
 
+/* (at most one per line of a chunk) */
 static int add_mark(unit *u, uint64_t off, int what)
 {
     if (u->nmarks && u->marks[u->nmarks - 1].off == off) {
@@ -413,17 +421,7 @@ static int open_unit(par *p, size_t ui, char *b, line_reader *lr, row_ctx *ctx, 
     if (rc != 0 || context_at(p, ui, ctx, a) != 0 ||
         lr_open_bytes(lr, path, at, b, n, unit_buf_size(p), SOURCE_MAX_LINE) != 0)
         return -1;
-    if (!u->start) return 0;
-    /* the rest of the line holding byte start-1: the unit before reads it */
-    char *line;
-    size_t len;
-    int complete, toolong;
-    if (lr_next(lr, &line, &len, &complete, &toolong) < 0) {
-        lr_close(lr);
-        return -1;
-    }
-    lr->lineno = 0;
-    return 0;
+    return u->start ? skip_to_own(lr) : 0;
 }
 
 static void read_unit(par *p, size_t ui, void *consumer, char *b)

@@ -315,27 +315,48 @@ static int fast_decimal(const unsigned char *s, const unsigned char *end, double
     return 1;
 }
 
+/* A number's grammar at p: the position after it, or NULL with *bad
+ * where it went wrong. */
+static const unsigned char *scan_number(const unsigned char *p, const unsigned char *end, int *is_int,
+                                        const unsigned char **bad)
+{
+    *is_int = 1;
+    *bad = p;
+    if (p < end && *p == '-') p++;
+    if (p >= end) return NULL;
+    if (*p == '0') p++;
+    else if (*p >= '1' && *p <= '9') while (p < end && *p >= '0' && *p <= '9') p++;
+    else return NULL;
+    if (p < end && *p == '.') {
+        *is_int = 0;
+        p++;
+        if (p >= end || *p < '0' || *p > '9') {
+            *bad = p;
+            return NULL;
+        }
+        while (p < end && *p >= '0' && *p <= '9') p++;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        *is_int = 0;
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        if (p >= end || *p < '0' || *p > '9') {
+            *bad = p;
+            return NULL;
+        }
+        while (p < end && *p >= '0' && *p <= '9') p++;
+    }
+    return p;
+}
+
 static jv *parse_number(parser *ps)
 {
-    const unsigned char *start = ps->p, *p = ps->p;
-    int is_int = 1;
-    if (p < ps->end && *p == '-') p++;
-    if (p >= ps->end) return fail(ps, "bad number");
-    if (*p == '0') p++;
-    else if (*p >= '1' && *p <= '9') while (p < ps->end && *p >= '0' && *p <= '9') p++;
-    else return fail(ps, "bad number");
-    if (p < ps->end && *p == '.') {
-        is_int = 0;
-        p++;
-        if (p >= ps->end || *p < '0' || *p > '9') { ps->p = p; return fail(ps, "bad number"); }
-        while (p < ps->end && *p >= '0' && *p <= '9') p++;
-    }
-    if (p < ps->end && (*p == 'e' || *p == 'E')) {
-        is_int = 0;
-        p++;
-        if (p < ps->end && (*p == '+' || *p == '-')) p++;
-        if (p >= ps->end || *p < '0' || *p > '9') { ps->p = p; return fail(ps, "bad number"); }
-        while (p < ps->end && *p >= '0' && *p <= '9') p++;
+    const unsigned char *start = ps->p, *bad;
+    int is_int;
+    const unsigned char *p = scan_number(ps->p, ps->end, &is_int, &bad);
+    if (!p) {
+        ps->p = bad;
+        return fail(ps, "bad number");
     }
     jv *v = new_value(ps, JV_NUM);
     if (!v) return NULL;
@@ -404,10 +425,16 @@ static jv *parse_container(parser *ps, int obj)
     return v;
 }
 
+static inline const unsigned char *literal(const unsigned char *p, const unsigned char *end, const char *w, size_t n)
+{
+    return (size_t)(end - p) >= n && memcmp(p, w, n) == 0 ? p + n : NULL;
+}
+
 static int lit(parser *ps, const char *w, size_t n)
 {
-    if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, w, n) != 0) return -1;
-    ps->p += n;
+    const unsigned char *p = literal(ps->p, ps->end, w, n);
+    if (!p) return -1;
+    ps->p = p;
     return 0;
 }
 
@@ -524,35 +551,6 @@ static const unsigned char *fast_string(fast *f, const unsigned char *p, int kee
     return *s ? ps->p : NULL;
 }
 
-static const unsigned char *fast_number(const unsigned char *p, const unsigned char *end, int *is_int)
-{
-    *is_int = 1;
-    if (p < end && *p == '-') p++;
-    if (p >= end) return NULL;
-    if (*p == '0') p++;
-    else if (*p >= '1' && *p <= '9') while (p < end && *p >= '0' && *p <= '9') p++;
-    else return NULL;
-    if (p < end && *p == '.') {
-        *is_int = 0;
-        p++;
-        if (p >= end || *p < '0' || *p > '9') return NULL;
-        while (p < end && *p >= '0' && *p <= '9') p++;
-    }
-    if (p < end && (*p == 'e' || *p == 'E')) {
-        *is_int = 0;
-        p++;
-        if (p < end && (*p == '+' || *p == '-')) p++;
-        if (p >= end || *p < '0' || *p > '9') return NULL;
-        while (p < end && *p >= '0' && *p <= '9') p++;
-    }
-    return p;
-}
-
-static inline const unsigned char *fast_lit(const unsigned char *p, const unsigned char *end, const char *w, size_t n)
-{
-    return (size_t)(end - p) >= n && memcmp(p, w, n) == 0 ? p + n : NULL;
-}
-
 /* A value not kept, at p (not whitespace), checked: the position after
  * it, or NULL.  Containers by a stack of bits (1: object) to `room` more
  * levels. */
@@ -562,15 +560,16 @@ static const unsigned char *fast_skip(fast *f, const unsigned char *p, int room)
     uint64_t stack = 0;
     int depth = 0;
     const char *s;
+    const unsigned char *bad;
     size_t n;
     int is_int;
     for (;;) {
         /* a value */
         switch (*p) {
         case '"': if (!(p = fast_string(f, p, 0, &s, &n))) return NULL; break;
-        case 't': if (!(p = fast_lit(p, end, "true", 4))) return NULL; break;
-        case 'f': if (!(p = fast_lit(p, end, "false", 5))) return NULL; break;
-        case 'n': if (!(p = fast_lit(p, end, "null", 4))) return NULL; break;
+        case 't': if (!(p = literal(p, end, "true", 4))) return NULL; break;
+        case 'f': if (!(p = literal(p, end, "false", 5))) return NULL; break;
+        case 'n': if (!(p = literal(p, end, "null", 4))) return NULL; break;
         case '{':
         case '[': {
             int obj = *p == '{';
@@ -589,7 +588,7 @@ static const unsigned char *fast_skip(fast *f, const unsigned char *p, int room)
             continue;
         }
         default:
-            if (!(p = fast_number(p, end, &is_int))) return NULL;
+            if (!(p = scan_number(p, end, &is_int, &bad))) return NULL;
             break;
         }
         /* after a value: the end of its containers, or the next one */
@@ -654,7 +653,7 @@ static const unsigned char *fast_object(fast *f, const unsigned char *p, int dep
             if (!(key = (const unsigned char *)fast_keep(f, key, q))) return NULL;
             jv *e;
             int is_int;
-            const unsigned char *v0 = p;
+            const unsigned char *v0 = p, *bad;
             switch (*p) {
             case '"': {
                 const char *str;
@@ -669,12 +668,12 @@ static const unsigned char *fast_object(fast *f, const unsigned char *p, int dep
                     !(p = fast_object(f, p, depth + 1, slot, e)))
                     return NULL;
                 break;
-            case 't': if (!(p = fast_lit(p, end, "true", 4)) || !(e = fast_node(f, JV_TRUE, key, keylen))) return NULL; break;
-            case 'f': if (!(p = fast_lit(p, end, "false", 5)) || !(e = fast_node(f, JV_FALSE, key, keylen))) return NULL; break;
-            case 'n': if (!(p = fast_lit(p, end, "null", 4)) || !(e = fast_node(f, JV_NULL, key, keylen))) return NULL; break;
+            case 't': if (!(p = literal(p, end, "true", 4)) || !(e = fast_node(f, JV_TRUE, key, keylen))) return NULL; break;
+            case 'f': if (!(p = literal(p, end, "false", 5)) || !(e = fast_node(f, JV_FALSE, key, keylen))) return NULL; break;
+            case 'n': if (!(p = literal(p, end, "null", 4)) || !(e = fast_node(f, JV_NULL, key, keylen))) return NULL; break;
             case '[': return NULL; /* a kept array: every element built, by the general parser */
             default:
-                if (!(p = fast_number(p, end, &is_int)) || !(e = fast_node(f, JV_NUM, key, keylen))) return NULL;
+                if (!(p = scan_number(p, end, &is_int, &bad)) || !(e = fast_node(f, JV_NUM, key, keylen))) return NULL;
                 e->s = (const char *)v0;
                 e->n = (uint32_t)(p - v0);
                 e->is_int = (uint8_t)is_int;
