@@ -56,6 +56,8 @@
  * the context (a cap far above what a chunk of real lines needs). */
 #define ROWS_MAX_BYTES ((size_t)256 << 20)
 
+#define SPARES 64
+
 /* A line the context may need: a run_start, or a step_begin / step_end
  * (or a line that only looks like one: replaying it changes nothing). */
 enum { MARK_RUN = 1, MARK_STEP = 2 };
@@ -115,6 +117,12 @@ typedef struct par {
     size_t window, taken;     /* taken: units handed on (under mu) */
     int self;                 /* no worker started: the reading thread reads too */
     void *self_consumer;      /* ... into this consumer (par_ops with ordered) */
+    /* Row batches and line bytes handed on, kept for the units after them
+     * (under mu): memory given back and taken again is faulted in again,
+     * page by page, which cost more than the reading. */
+    row_batch spare_rb[SPARES];
+    buf spare_out[SPARES];
+    size_t nspare_rb, nspare_out;
     pthread_mutex_t mu;
     pthread_cond_t cv;
 } par;
@@ -424,9 +432,34 @@ static int open_unit(par *p, size_t ui, char *b, line_reader *lr, row_ctx *ctx, 
     return u->start ? skip_to_own(lr) : 0;
 }
 
+/* A unit's row batch and line bytes: ones handed on before, if any. */
+static void take_spares(par *p, unit *u)
+{
+    pthread_mutex_lock(&p->mu);
+    if (p->nspare_rb) u->rb = p->spare_rb[--p->nspare_rb];
+    if (p->nspare_out) u->out = p->spare_out[--p->nspare_out];
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Its row batch and line bytes handed on: kept for the units after it. */
+static void give_spares(par *p, unit *u)
+{
+    row_batch_clear(&u->rb);
+    buf_reset(&u->out);
+    pthread_mutex_lock(&p->mu);
+    if (p->nspare_rb < SPARES && u->rb.cap) p->spare_rb[p->nspare_rb++] = u->rb;
+    else row_batch_free(&u->rb);
+    if (p->nspare_out < SPARES && u->out.cap) p->spare_out[p->nspare_out++] = u->out;
+    else buf_free(&u->out);
+    pthread_mutex_unlock(&p->mu);
+    memset(&u->rb, 0, sizeof u->rb);
+    memset(&u->out, 0, sizeof u->out);
+}
+
 static void read_unit(par *p, size_t ui, void *consumer, char *b)
 {
     unit *u = &p->u[ui];
+    if (p->ordered) take_spares(p, u);
     json_arena a;
     json_arena_init(&a, (size_t)64 << 20);
     row_ctx ctx;
@@ -619,8 +652,7 @@ static int hand_on(par *p, row_fn fn, void *ud, source_stats *st, char *err, siz
             row_fn take = p->ops ? p->ops->ordered : fn; /* with par_ops: the ordered part only */
             for (size_t k = 0; k < u->rb.n && !rc; k++) rc = take(ud, &u->rb.rows[k]) ? 1 : 0;
         }
-        row_batch_free(&u->rb);
-        buf_free(&u->out);
+        give_spares(p, u);
         pthread_mutex_lock(&p->mu);
         p->taken = i + 1;
         if (rc) atomic_store(&p->stop, 1);
@@ -692,6 +724,8 @@ out:
         row_batch_free(&p.u[i].rb);
         buf_free(&p.u[i].out);
     }
+    for (size_t k = 0; k < p.nspare_rb; k++) row_batch_free(&p.spare_rb[k]);
+    for (size_t k = 0; k < p.nspare_out; k++) buf_free(&p.spare_out[k]);
     for (size_t f = 0; p.cur && f < nfiles; f++) free(p.cur[f]);
     free(p.cur);
     free(p.u);
