@@ -352,11 +352,11 @@ static int context_at(par *p, size_t ui, row_ctx *ctx, json_arena *a)
 {
     unit *u = &p->u[ui];
     int f = u->file;
-    size_t first = ui;
-    while (first > 0 && p->u[first - 1].file == f) first--;
     pthread_mutex_lock(&p->mu);
     cursor *c = p->cur[f];
     if (!c && (c = p->cur[f] = calloc(1, sizeof *c))) {
+        size_t first = ui;
+        while (first > 0 && p->u[first - 1].file == f) first--;
         char run_id[256];
         run_id_from_path(p->files[f], run_id, sizeof run_id);
         row_ctx_init(&c->ctx, run_id);
