@@ -131,7 +131,7 @@ enum { W_TOP, W_EXTRA, W_MODEL, W_CONTEXT };
 _Static_assert(S_COUNT <= 255, "slots fit keyent.slot");
 
 typedef struct keyent {
-    uint64_t head, tail;  /* the key's first and last 8 bytes (fewer: zero-filled) */
+    uint64_t head, tail;  /* key_words() of the key */
     uint16_t n;           /* 0 = empty */
     uint8_t where, slot;
     const char *key;
