@@ -133,7 +133,7 @@ int main(int argc, char **argv)
                 fputc('\n', out);
             }
         }
-        if (store_begin(s) || store_insert_rows(s, batch, (size_t)n, 0) || store_commit(s)) {
+        if (store_begin(s) || store_insert_rows(s, batch, (size_t)n, 0, NULL) || store_commit(s)) {
             fprintf(stderr, "make_db: %s\n", store_errmsg(s));
             return 1;
         }

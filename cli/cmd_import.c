@@ -38,26 +38,45 @@ typedef struct importer {
     int failed;               /* a write failed: stop */
 } importer;
 
+static int is_run_line(const row *r) { return SV_IS(r->kind, "run_start") || SV_IS(r->kind, "run_end"); }
+
+static int write_failed(importer *im)
+{
+    im->st->failed++;
+    im->failed = 1;
+    return 1;
+}
+
 /* One event (its id given by the reader when the line had none). */
 static int import_row(void *ud, const row *r)
 {
     importer *im = ud;
     int rc = store_insert(im->db, r, STORE_DEDUP);
-    if (rc < 0) {
-        im->st->failed++;
-        im->failed = 1;
-        return 1;
-    }
+    if (rc < 0) return write_failed(im);
     if (rc == 0) {
         im->st->duplicates++;
         return 0;
     }
     im->st->imported++;
-    if ((SV_IS(r->kind, "run_start") || SV_IS(r->kind, "run_end")) &&
-        store_run_line(im->db, r->run_id, SV_IS(r->kind, "run_end"), r->json) != 0) {
-        im->st->failed++;
-        im->failed = 1;
-        return 1;
+    if (is_run_line(r) && store_run_line(im->db, r->run_id, SV_IS(r->kind, "run_end"), r->json) != 0)
+        return write_failed(im);
+    return 0;
+}
+
+/* A chunk's events (from the reader on every core): the stretches between
+ * run_start / run_end lines several to a statement, those lines one by
+ * one (the runs table learns of the ones stored). */
+static int import_rows(void *ud, const row *rows, size_t n)
+{
+    importer *im = ud;
+    for (size_t i = 0; i < n;) {
+        size_t j = i, stored = 0;
+        while (j < n && !is_run_line(&rows[j])) j++;
+        if (j > i && store_insert_rows(im->db, rows + i, j - i, STORE_DEDUP, &stored) != 0) return write_failed(im);
+        im->st->imported += stored;
+        im->st->duplicates += j - i - stored;
+        if (j < n && import_row(ud, &rows[j])) return 1;
+        i = j + 1;
     }
     return 0;
 }
@@ -74,6 +93,7 @@ static int import_file(store *db, const char *path, import_stats *st)
     importer im = {db, st, 0};
     source_opts o = {0};
     o.threads = st->threads;
+    o.rows = import_rows;
     char err[512] = "";
     int rc = source_read_file(path, &o, import_row, &im, &st->read, err, sizeof err, 1);
     if (rc != 0) cli_error("import", "%s", err);

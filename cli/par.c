@@ -649,8 +649,12 @@ static int hand_on(par *p, row_fn fn, void *ud, source_stats *st, char *err, siz
         } else {
             unit_report(p, u, st, lines_before(p, u, &before));
             row_batch_fix(&u->rb);
-            row_fn take = p->ops ? p->ops->ordered : fn; /* with par_ops: the ordered part only */
-            for (size_t k = 0; k < u->rb.n && !rc; k++) rc = take(ud, &u->rb.rows[k]) ? 1 : 0;
+            if (!p->ops && p->o->rows) { /* the chunk's rows at once */
+                rc = p->o->rows(ud, u->rb.rows, u->rb.n) ? 1 : 0;
+            } else {
+                row_fn take = p->ops ? p->ops->ordered : fn; /* with par_ops: the ordered part only */
+                for (size_t k = 0; k < u->rb.n && !rc; k++) rc = take(ud, &u->rb.rows[k]) ? 1 : 0;
+            }
         }
         give_spares(p, u);
         pthread_mutex_lock(&p->mu);

@@ -21,9 +21,8 @@ static void put(uint64_t *slot, size_t cap, uint64_t h)
     slot[i] = h;
 }
 
-static int grow(idset *s)
+static int grow_to(idset *s, size_t nc)
 {
-    size_t nc = s->cap ? s->cap * 2 : 4096;
     if (nc > IDSET_MAX * 2) return -1;
     uint64_t *ns = calloc(nc, sizeof *ns);
     if (!ns) return -1;
@@ -33,6 +32,22 @@ static int grow(idset *s)
     s->slot = ns;
     s->cap = nc;
     return 0;
+}
+
+static int grow(idset *s) { return grow_to(s, s->cap ? s->cap * 2 : 4096); }
+
+int idset_reserve(idset *s, size_t n)
+{
+    size_t nc = s->cap ? s->cap : 4096;
+    while (nc < 2 * n && nc <= IDSET_MAX) nc *= 2;
+    return nc == s->cap ? 0 : grow_to(s, nc);
+}
+
+void idset_clear(idset *s)
+{
+    if (s->slot) memset(s->slot, 0, s->cap * sizeof *s->slot);
+    s->n = 0;
+    s->full = 0;
 }
 
 int idset_add(idset *s, const char *id, size_t n)

@@ -28,5 +28,9 @@ void idset_free(idset *s);
 /* 1 when the id is new (now remembered), 0 when it was seen before, -1
  * when it could not be remembered (full: treat it as new). */
 int idset_add(idset *s, const char *id, size_t n);
+/* Room for n ids without growing (0, or -1 out of memory); forgetting
+ * every id while keeping the room. */
+int idset_reserve(idset *s, size_t n);
+void idset_clear(idset *s);
 
 #endif

@@ -62,6 +62,8 @@
 #define idset_add tally__idset_add
 #define idset_free tally__idset_free
 #define idset_init tally__idset_init
+#define idset_reserve tally__idset_reserve
+#define idset_clear tally__idset_clear
 #define iso8601_parse tally__iso8601_parse
 #define json_arena_free tally__json_arena_free
 #define json_arena_init tally__json_arena_init

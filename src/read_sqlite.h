@@ -32,6 +32,10 @@ typedef struct source_opts {
      * the question gives `par` (cli/par.h): a consumer per thread. */
     int threads;
     const struct par_ops *par;
+    /* Optional, for a reader in file order with every core: the rows of
+     * a chunk at once (valid during the call; non-zero stops), instead of
+     * one by one to the row function. */
+    int (*rows)(void *ud, const row *rows, size_t n);
     int ch_keys[16];
     int n_ch_keys;
     const char *ch_where;

@@ -135,7 +135,7 @@ static int try_batch(sqlsink *q, batch *b, const char **what)
             store_run_line(q->st, r->run_id, SV_IS(r->kind, "run_end"), r->json) != 0)
             goto fail;
     }
-    if (store_insert_rows(q->st, b->rb.rows, b->rb.n, STORE_COUNTED) != 0) goto fail;
+    if (store_insert_rows(q->st, b->rb.rows, b->rb.n, STORE_COUNTED, NULL) != 0) goto fail;
     if (store_add_cells(q->st, b->cells) != 0) goto fail;
     *what = "commit to";
     if (store_commit(q->st) != 0) goto fail;

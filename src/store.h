@@ -66,9 +66,11 @@ void store_rollback(store *s);
  * Returns 1 inserted, 0 already there, -1 error. */
 enum { STORE_DEDUP = 1, STORE_COUNTED = 2 };
 int store_insert(store *s, const row *r, int flags);
-/* Inserts many events of one writer, in time order, several per statement
- * (STORE_COUNTED allowed; not STORE_DEDUP).  0 or -1. */
-int store_insert_rows(store *s, const row *rows, size_t n, int flags);
+/* Inserts many events of one writer, in time order, as store_insert()
+ * would one by one, several per statement (those that need no search for
+ * their id: all of them without STORE_DEDUP).  0, with the number
+ * inserted in *stored (may be NULL), or -1. */
+int store_insert_rows(store *s, const row *rows, size_t n, int flags, size_t *stored);
 /* Upserts a rollup's cells in the open transaction (for STORE_COUNTED). */
 struct rollup;
 int store_add_cells(store *s, struct rollup *cells);

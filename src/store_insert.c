@@ -199,7 +199,8 @@ static void took(store *s, int64_t seq, int64_t base)
 
 /* The first slot past every stored row, for STORE_DEDUP's fresh rows:
  * asked once per transaction, by its first STORE_DEDUP insert (the
- * sink's transactions never ask). */
+ * sink's transactions never ask).  The ids' set gets its whole room at
+ * once: it never grows, so it cannot fail to take an id. */
 static void fresh_begin(store *s)
 {
     sqlite3_stmt *st = NULL;
@@ -210,32 +211,45 @@ static void fresh_begin(store *s)
         s->fresh_ok = s->fresh_from != INT64_MAX;
         s->txn_max = s->fresh_from == INT64_MIN ? INT64_MIN : s->fresh_from - 1;
         idset_init(&s->fresh_ids);
+        if (s->fresh_ok && idset_reserve(&s->fresh_ids, FRESH_MAX)) {
+            idset_free(&s->fresh_ids);
+            s->fresh_ok = 0;
+        }
     }
     sqlite3_finalize(st);
 }
 
-int store_insert(store *s, const row *r, int flags)
+/* The transaction's set of ids is full (the next fresh row forgets them). */
+static int fresh_full(const store *s) { return s->fresh_ok && s->fresh_ids.n >= FRESH_MAX; }
+
+/* For STORE_DEDUP in a transaction: 1 when r is new without a search --
+ * past every row stored before the transaction, and its id not among the
+ * transaction's own (whose hashes are kept).  0: it is searched for (the
+ * same event again, or another whose id has the same hash).  When the
+ * set is full, the rows so far count as stored before; every row this
+ * transaction took must be in the table by then (took()). */
+static int fresh_new(store *s, const row *r, int64_t base)
 {
-    int dedup = flags & STORE_DEDUP;
-    int64_t base = store_seq_base(r), seq;
-    if (dedup && s->in_txn && !s->fresh_tried) {
+    if (!s->fresh_tried) {
         s->fresh_tried = 1;
         fresh_begin(s);
     }
-    if (dedup && s->in_txn && s->fresh_ok && base >= s->fresh_from && r->id.p) {
-        /* Past every row stored before: only rows of this transaction can
-         * have this id, and their ids' hashes are kept.  An id not among
-         * them is new (no search); one that is, is searched for (the same
-         * event again, or another whose id has the same hash).  When the
-         * set is full, the rows so far count as stored before. */
-        int added = s->fresh_ids.n < FRESH_MAX ? idset_add(&s->fresh_ids, r->id.p, r->id.n) : -1;
-        if (added < 0) {
-            idset_free(&s->fresh_ids);
-            idset_init(&s->fresh_ids);
-            s->fresh_from = s->txn_max + 1;
-        }
-        dedup = added != 1;
+    if (!s->fresh_ok || base < s->fresh_from || !r->id.p) return 0;
+    int search = 0;
+    if (fresh_full(s)) {
+        idset_clear(&s->fresh_ids);
+        s->fresh_from = s->txn_max + 1;
+        if (base < s->fresh_from) return 0;
+        search = 1; /* it may repeat a row of the forgotten ids; remembered from here */
     }
+    return idset_add(&s->fresh_ids, r->id.p, r->id.n) == 1 && !search;
+}
+
+/* One row: searched for first (dedup: not stored again when there), or
+ * into the slot after this writer's last.  1 stored, 0 there, -1 error. */
+static int insert_one(store *s, const row *r, int64_t base, int dedup, int flags)
+{
+    int64_t seq;
     if (dedup) {
         int f = find_slot(s, base, r->id, &seq);
         if (f != 0) return f > 0 ? 0 : -1;
@@ -265,6 +279,12 @@ int store_insert(store *s, const row *r, int flags)
     return 1;
 }
 
+int store_insert(store *s, const row *r, int flags)
+{
+    int64_t base = store_seq_base(r);
+    return insert_one(s, r, base, (flags & STORE_DEDUP) && !(s->in_txn && fresh_new(s, r, base)), flags);
+}
+
 /* The slot to try first: after this connection's last event when that was
  * of the same microsecond (the slots from base to it are all taken), else
  * the microsecond's first. */
@@ -278,42 +298,76 @@ static int64_t next_slot(store *s, int64_t base)
     return base;
 }
 
-int store_insert_rows(store *s, const row *rows, size_t n, int flags)
+/* INSERT_MANY rows that need no search, in one statement.  0 or -1. */
+static int insert_many(store *s, const row *rows, const int64_t *base, int flags)
 {
-    size_t i = 0;
-    while (n - i >= INSERT_MANY) {
-        sqlite3_stmt *st = s->ins_many;
-        sqlite3_clear_bindings(st);
-        int64_t seq[INSERT_MANY], base[INSERT_MANY];
-        for (int k = 0; k < INSERT_MANY; k++) {
-            base[k] = store_seq_base(&rows[i + (size_t)k]);
-            seq[k] = next_slot(s, base[k]);
-            took(s, seq[k], base[k]);
-            bind_row(st, 1 + k * INSERT_COLS, seq[k], &rows[i + (size_t)k]);
+    sqlite3_stmt *st = s->ins_many;
+    sqlite3_clear_bindings(st);
+    int64_t seq[INSERT_MANY];
+    for (int k = 0; k < INSERT_MANY; k++) {
+        seq[k] = next_slot(s, base[k]);
+        took(s, seq[k], base[k]);
+        bind_row(st, 1 + k * INSERT_COLS, seq[k], &rows[k]);
+    }
+    int rc = sqlite3_step(st);
+    int done = rc == SQLITE_DONE ? INSERT_MANY : sqlite3_changes(s->db);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        /* Row `done` took a slot another writer had: the rows before it
+         * are in, it and the ones after it go in one by one. */
+        if (rc != SQLITE_CONSTRAINT || done < 0 || done >= INSERT_MANY) return -1;
+        s->last_seq = done ? seq[done - 1] : 0;
+        s->last_base = done ? base[done - 1] : 0;
+        s->have_last = done > 0;
+        for (int k = done; k < INSERT_MANY; k++)
+            if (insert_one(s, &rows[k], base[k], 0, flags) < 0) return -1;
+    }
+    for (int k = 0; k < done && !(flags & STORE_COUNTED); k++)
+        if (rollup_add(s->cells, &rows[k]) < 0) return -1;
+    return 0;
+}
+
+int store_insert_rows(store *s, const row *rows, size_t n, int flags, size_t *stored)
+{
+    /* Rows that need no search gather into a stretch (rows[from..from+k)),
+     * inserted INSERT_MANY at a time; a row that is searched for, or the
+     * end, puts the stretch's rest in one by one first. */
+    int64_t base[INSERT_MANY];
+    size_t k = 0, from = 0, got = 0;
+    for (size_t i = 0; i <= n; i++) {
+        int64_t b = 0;
+        int search = 1;
+        if (i < n) {
+            b = store_seq_base(&rows[i]);
+            /* a full set of ids forgets them: the stretch goes in first */
+            int flush = k && (flags & STORE_DEDUP) && s->in_txn && fresh_full(s);
+            for (size_t j = 0; flush && j < k; j++)
+                if (insert_one(s, &rows[from + j], base[j], 0, flags) < 0) return -1;
+            got += flush ? k : 0;
+            k = flush ? 0 : k;
+            search = (flags & STORE_DEDUP) && !(s->in_txn && fresh_new(s, &rows[i], b));
         }
-        int rc = sqlite3_step(st);
-        int done = sqlite3_changes(s->db);
-        sqlite3_reset(st);
-        if (rc != SQLITE_DONE) {
-            /* Row `done` took a slot another writer had: the rows before it
-             * are in; it goes in one by one, and the rest after it. */
-            if (rc != SQLITE_CONSTRAINT || done < 0 || done >= INSERT_MANY) return -1;
-            s->last_seq = done ? seq[done - 1] : 0;
-            s->last_base = done ? base[done - 1] : 0;
-            s->have_last = done > 0;
-            for (int k = 0; k < done; k++)
-                if (!(flags & STORE_COUNTED) && rollup_add(s->cells, &rows[i + (size_t)k]) < 0) return -1;
-            i += (size_t)done;
-            if (store_insert(s, &rows[i], flags & STORE_COUNTED) < 0) return -1;
-            i++;
+        if (!search) {
+            if (!k) from = i;
+            base[k++] = b;
+            if (k == INSERT_MANY) {
+                if (insert_many(s, &rows[from], base, flags)) return -1;
+                got += k;
+                k = 0;
+            }
             continue;
         }
-        for (int k = 0; k < INSERT_MANY && !(flags & STORE_COUNTED); k++)
-            if (rollup_add(s->cells, &rows[i + (size_t)k]) < 0) return -1;
-        i += INSERT_MANY;
+        for (size_t j = 0; j < k; j++)
+            if (insert_one(s, &rows[from + j], base[j], 0, flags) < 0) return -1;
+        got += k;
+        k = 0;
+        if (i < n) {
+            int one = insert_one(s, &rows[i], b, 1, flags);
+            if (one < 0) return -1;
+            got += (size_t)one;
+        }
     }
-    for (; i < n; i++)
-        if (store_insert(s, &rows[i], flags & STORE_COUNTED) < 0) return -1;
+    if (stored) *stored = got;
     if (!(flags & STORE_COUNTED) && rollup_cells(s->cells) >= ROLLUP_MAX_CELLS && store_write_cells(s)) return -1;
     return 0;
 }

@@ -124,13 +124,19 @@ out=$("$TALLY" import "$dir/burst1.jsonl" --db "$dir/burst.db")
 check "a burst imported again adds nothing" grep -q 'imported 0, duplicates skipped 3001' <<<"$out"
 check "a burst's rows are the file's" test "$(sqlite3 "$dir/burst.db" 'SELECT count(DISTINCT id), sum(prompt_tokens) FROM events')" = "3001|4498501"
 # past the 65,536 ids an import keeps in memory per transaction, repeats
-# of the first rows are still found (in the database itself)
+# of the first rows, and of the rows where the kept ids were forgotten,
+# are still found (in the database itself); one by one and several to a
+# statement
 python3 -c '
 lines = ["{\"kind\":\"eval\",\"ts\":%.6f,\"id\":\"many-%d\",\"name\":\"request\",\"extra\":{\"model\":\"m\",\"prompt_tokens\":1,\"completion_tokens\":1,\"latency_us\":5}}" % (1800000000 + i / 1000.0, i) for i in range(70000)]
-print("\n".join(lines + lines[:10] + lines[-10:]))
+print("\n".join(lines + lines[:10] + lines[65530:65540] + lines[-10:]))
 ' >"$dir/many.jsonl"
-out=$("$TALLY" import "$dir/many.jsonl" --db "$dir/many.db")
-check "repeats past the kept ids are found" grep -q 'imported 70000, duplicates skipped 20' <<<"$out"
+for t in 1 2; do
+    out=$("$TALLY" import --threads $t "$dir/many.jsonl" --db "$dir/many$t.db")
+    check "repeats past the kept ids are found ($t)" grep -q 'imported 70000, duplicates skipped 30' <<<"$out"
+    check "each stored once ($t)" test "$(sqlite3 "$dir/many$t.db" 'SELECT count(*), count(DISTINCT id) FROM events; SELECT sum(events) FROM rollup')" = "70000|70000
+70000"
+done
 
 # tail -n: numbers past the limit are refused, not a crash
 "$TALLY" tail -n 4294967296 "$dir/good.jsonl" >/dev/null 2>&1; rc=$?

@@ -361,7 +361,7 @@ static void test_same_microseconds(void **state)
                 rows[i].json = SV_LIT("{}");
             }
             assert_int_equal(store_begin(s), 0);
-            assert_int_equal(store_insert_rows(s, rows, N, 0), 0);
+            assert_int_equal(store_insert_rows(s, rows, N, 0, NULL), 0);
             assert_int_equal(store_commit(s), 0);
         }
     }
