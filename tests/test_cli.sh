@@ -123,10 +123,10 @@ check "no rollback journal left" test ! -e "$dir/burst.db-journal"
 out=$("$TALLY" import "$dir/burst1.jsonl" --db "$dir/burst.db")
 check "a burst imported again adds nothing" grep -q 'imported 0, duplicates skipped 3001' <<<"$out"
 check "a burst's rows are the file's" test "$(sqlite3 "$dir/burst.db" 'SELECT count(DISTINCT id), sum(prompt_tokens) FROM events')" = "3001|4498501"
-# past the 65,536 ids an import keeps in memory per transaction, repeats
-# of the first rows, and of the rows where the kept ids were forgotten,
-# are still found (in the database itself); one by one and several to a
-# statement
+# past the 16,384 ids an import keeps in memory per transaction, repeats
+# of the first rows and of the rows where the kept ids were forgotten
+# (every 16,384th) are still found (in the database itself); one by one
+# and several to a statement
 python3 -c '
 lines = ["{\"kind\":\"eval\",\"ts\":%.6f,\"id\":\"many-%d\",\"name\":\"request\",\"extra\":{\"model\":\"m\",\"prompt_tokens\":1,\"completion_tokens\":1,\"latency_us\":5}}" % (1800000000 + i / 1000.0, i) for i in range(70000)]
 print("\n".join(lines + lines[:10] + lines[65530:65540] + lines[-10:]))
