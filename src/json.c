@@ -59,22 +59,27 @@ void json_arena_reset(json_arena *a)
     a->total = a->size;
 }
 
-static void *arena_alloc(json_arena *a, size_t n)
+/* n bytes (a multiple of 8) from a new block. */
+static void *arena_grow(json_arena *a, size_t n)
+{
+    size_t sz = n + sizeof(arena_hdr) > ARENA_BLOCK ? n + sizeof(arena_hdr) : ARENA_BLOCK;
+    if (a->total + sz > a->max) return NULL;
+    char *blk = malloc(sz);
+    if (!blk) return NULL;
+    ((arena_hdr *)blk)->next = a->blocks;
+    ((arena_hdr *)blk)->size = sz;
+    a->blocks = blk;
+    a->cur = blk;
+    a->size = sz;
+    a->used = sizeof(arena_hdr) + n;
+    a->total += sz;
+    return blk + sizeof(arena_hdr);
+}
+
+static inline void *arena_alloc(json_arena *a, size_t n)
 {
     n = (n + 7) & ~(size_t)7;
-    if (!a->cur || a->size - a->used < n) {
-        size_t sz = n + sizeof(arena_hdr) > ARENA_BLOCK ? n + sizeof(arena_hdr) : ARENA_BLOCK;
-        if (a->total + sz > a->max) return NULL;
-        char *blk = malloc(sz);
-        if (!blk) return NULL;
-        ((arena_hdr *)blk)->next = a->blocks;
-        ((arena_hdr *)blk)->size = sz;
-        a->blocks = blk;
-        a->cur = blk;
-        a->size = sz;
-        a->used = sizeof(arena_hdr);
-        a->total += sz;
-    }
+    if (!a->cur || a->size - a->used < n) return arena_grow(a, n);
     void *p = a->cur + a->used;
     a->used += n;
     return p;
@@ -269,6 +274,49 @@ static jv *new_value(parser *ps, jv_type t)
     return v;
 }
 
+/* The end of the run of ASCII digits at p, eight bytes a step: a byte's
+ * high bit is flagged when it is below '0' (the subtraction borrows into
+ * it) or above '9' (the addition carries into it, or the byte had it).
+ * Borrows and carries only move upward, so the lowest flagged byte is the
+ * first that is not a digit. */
+static inline const unsigned char *digit_end(const unsigned char *p, const unsigned char *end)
+{
+    while (end - p >= 8) {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        uint64_t flag = ((x - 0x3030303030303030ull) | (x + 0x4646464646464646ull)) & 0x8080808080808080ull;
+        if (flag) return p + (__builtin_ctzll(flag) >> 3);
+        p += 8;
+    }
+    while (p < end && *p >= '0' && *p <= '9') p++;
+    return p;
+}
+
+/* The value of eight ASCII digits loaded little-endian (the first, most
+ * significant, in the lowest byte): pairs, then fours, then the eight
+ * combined within the word, most significant part times its power of
+ * ten plus the next. */
+static inline uint64_t eight_digits(uint64_t x)
+{
+    x -= 0x3030303030303030ull;
+    x = (x * 10 + (x >> 8)) & 0x00ff00ff00ff00ffull;
+    x = (x * 100 + (x >> 16)) & 0x0000ffff0000ffffull;
+    return (x * 10000 + (x >> 32)) & 0xffffffffull;
+}
+
+/* The value of n (at most 19) ASCII digits. */
+static inline uint64_t digits_value(const unsigned char *s, size_t n)
+{
+    uint64_t v = 0;
+    for (; n >= 8; s += 8, n -= 8) {
+        uint64_t x;
+        memcpy(&x, s, 8);
+        v = v * 100000000u + eight_digits(x);
+    }
+    for (; n; s++, n--) v = v * 10 + (uint64_t)(*s - '0');
+    return v;
+}
+
 /* Plain decimals (no exponent, at most 19 significant digits and 27 after
  * the point) read exactly -- the double strtod gives, without its cost.
  * Up to 2^53 the digits form an integer that a double holds exactly, and
@@ -281,9 +329,24 @@ static int fast_decimal(const unsigned char *s, const unsigned char *end, double
 {
     static const double pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
                                    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    static const uint64_t pow10u[] = {1ull, 10ull, 100ull, 1000ull, 10000ull, 100000ull, 1000000ull, 10000000ull,
+                                      100000000ull, 1000000000ull, 10000000000ull, 100000000000ull,
+                                      1000000000000ull, 10000000000000ull, 100000000000000ull,
+                                      1000000000000000ull, 10000000000000000ull, 100000000000000000ull,
+                                      1000000000000000000ull, 10000000000000000000ull};
     int neg = *s == '-';
     uint64_t m = 0;
     int digits = 0, frac = 0, seen_dot = 0;
+    /* Most numbers: at most 19 digits in all, read eight at a time (the
+     * same m and frac as the loop below). */
+    const unsigned char *i0 = s + neg, *i1 = digit_end(i0, end), *f0 = i1, *f1 = i1;
+    if (i1 < end && *i1 == '.') f1 = digit_end(f0 = i1 + 1, end);
+    size_t ni = (size_t)(i1 - i0), nf = (size_t)(f1 - f0);
+    if (f1 == end && ni + nf <= 19) {
+        m = digits_value(i0, ni) * pow10u[nf] + digits_value(f0, nf);
+        frac = (int)nf;
+        goto have;
+    }
     for (const unsigned char *d = s + neg; d < end; d++) {
         if (*d == '.') {
             seen_dot = 1;
@@ -295,6 +358,7 @@ static int fast_decimal(const unsigned char *s, const unsigned char *end, double
         if (seen_dot) frac++;
         if (digits > 19 || frac > 27) return 0;
     }
+have:;
     double v;
     if (m <= (1ull << 53) && frac <= 22) {
         v = (double)m / pow10[frac];
@@ -325,7 +389,7 @@ static const unsigned char *scan_number(const unsigned char *p, const unsigned c
     if (p < end && *p == '-') p++;
     if (p >= end) return NULL;
     if (*p == '0') p++;
-    else if (*p >= '1' && *p <= '9') while (p < end && *p >= '0' && *p <= '9') p++;
+    else if (*p >= '1' && *p <= '9') p = digit_end(p + 1, end);
     else return NULL;
     if (p < end && *p == '.') {
         *is_int = 0;
@@ -334,7 +398,7 @@ static const unsigned char *scan_number(const unsigned char *p, const unsigned c
             *bad = p;
             return NULL;
         }
-        while (p < end && *p >= '0' && *p <= '9') p++;
+        p = digit_end(p + 1, end);
     }
     if (p < end && (*p == 'e' || *p == 'E')) {
         *is_int = 0;
@@ -498,6 +562,9 @@ jv *json_parse_inplace(json_arena *a, char *s, size_t n, json_error *err)
  * terminated in place only once the document is accepted, so that the
  * general parser can read the bytes again. */
 #define FAST_TERMS 256
+/* The fast path's small steps, inlined into its loops: as calls they
+ * cost as much as the work they do. */
+#define FAST_STEP static inline __attribute__((always_inline))
 
 typedef struct fast {
     parser *ps;
@@ -511,13 +578,13 @@ typedef struct fast {
 
 static inline const unsigned char *fast_ws(const unsigned char *p, const unsigned char *end)
 {
-    while (p < end && WS(*p)) p++;
+    while (p < end && *p <= ' ' && WS(*p)) p++; /* (one test for the usual byte: not blank) */
     return p;
 }
 
 /* A kept plain string [p, q) (q: its closing quote): its bytes terminated
  * in place once the document is accepted, or copied (keep->copy). */
-static const char *fast_keep(fast *f, const unsigned char *p, const unsigned char *q)
+FAST_STEP const char *fast_keep(fast *f, const unsigned char *p, const unsigned char *q)
 {
     if (f->ps->keep->copy) {
         char *c = arena_alloc(f->ps->a, (size_t)(q - p) + 1);
@@ -533,7 +600,9 @@ static const char *fast_keep(fast *f, const unsigned char *p, const unsigned cha
 
 /* A string at p (its opening quote): the position after it, NULL to give
  * up.  *s, *n: its bytes (kept ones are terminated once accepted). */
-static const unsigned char *fast_string(fast *f, const unsigned char *p, int keep, const char **s, size_t *n)
+static const unsigned char *slow_string(fast *f, const unsigned char *p, int keep, const char **s, size_t *n);
+
+FAST_STEP const unsigned char *fast_string(fast *f, const unsigned char *p, int keep, const char **s, size_t *n)
 {
     const unsigned char *q = plain_run(p + 1, f->end);
     if (q < f->end && *q == '"') {
@@ -542,7 +611,12 @@ static const unsigned char *fast_string(fast *f, const unsigned char *p, int kee
         if (keep && !(*s = fast_keep(f, p + 1, q))) return NULL;
         return q + 1;
     }
-    /* escapes or UTF-8: the general reader (which copies kept ones) */
+    return slow_string(f, p, keep, s, n);
+}
+
+/* Escapes or UTF-8: the general reader (which copies kept ones). */
+static const unsigned char *slow_string(fast *f, const unsigned char *p, int keep, const char **s, size_t *n)
+{
     parser *ps = f->ps;
     ps->p = p;
     ps->skip = !keep;
@@ -618,7 +692,7 @@ static const unsigned char *fast_skip(fast *f, const unsigned char *p, int room)
     }
 }
 
-static jv *fast_node(fast *f, jv_type t, const unsigned char *key, size_t keylen)
+FAST_STEP jv *fast_node(fast *f, jv_type t, const unsigned char *key, size_t keylen)
 {
     jv *v = arena_alloc(f->ps->a, sizeof *v);
     if (!v) return NULL;
@@ -703,7 +777,11 @@ jv *json_parse_keep(json_arena *a, char *s, size_t n, const json_keep *keep, jso
     }
     /* (ps.inplace stays NULL: strings fast_string hands to the general
      * reader are copied, the buffer is written only once accepted) */
-    fast f = {.ps = &ps, .end = u + n, .buf = (unsigned char *)s};
+    fast f; /* (not zero-filled: term[] is written before it is read) */
+    f.ps = &ps;
+    f.end = u + n;
+    f.buf = (unsigned char *)s;
+    f.nterm = 0;
     const unsigned char *p = fast_ws(u, u + n);
     jv *root;
     if (p < f.end && *p == '{' && (root = fast_node(&f, JV_OBJ, NULL, 0)) && (p = fast_object(&f, p, 1, 0, root)) &&
@@ -745,9 +823,8 @@ const jv *jv_get(const jv *obj, const char *key) { return key ? jv_getn(obj, key
 static int int_text(const char *s, size_t n, int64_t *out)
 {
     int neg = n && *s == '-';
-    uint64_t u = 0;
     if (n - (size_t)neg > 19) return 0;
-    for (size_t i = (size_t)neg; i < n; i++) u = u * 10 + (uint64_t)(s[i] - '0');
+    uint64_t u = digits_value((const unsigned char *)s + neg, n - (size_t)neg);
     if (u > (uint64_t)INT64_MAX + (uint64_t)neg) return 0;
     *out = neg ? (int64_t)(0 - u) : (int64_t)u;
     return 1;

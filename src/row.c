@@ -132,6 +132,7 @@ _Static_assert(S_COUNT <= 255, "slots fit keyent.slot");
 
 typedef struct keyent {
     uint64_t head, tail;  /* key_words() of the key */
+    uint64_t mid;         /* bytes 8-15 of a key of 17 to 24 bytes (with head and tail: all of it) */
     uint16_t n;           /* 0 = empty */
     uint8_t where, slot;
     const char *key;
@@ -166,6 +167,14 @@ static inline void key_words(const char *k, size_t n, uint64_t *head, uint64_t *
     }
 }
 
+/* The middle of a key longer than 16 bytes. */
+static inline int key_rest(const keyent *e, const char *k, size_t n)
+{
+    uint64_t mid;
+    memcpy(&mid, k + 8, 8);
+    return n <= 24 ? mid == e->mid : memcmp(e->key + 8, k + 8, n - 16) == 0;
+}
+
 static inline size_t key_hash(uint64_t head, uint64_t tail, size_t n, int where)
 {
     uint64_t h = (head ^ (tail * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)n << 56) ^ (uint64_t)where) * 0xBF58476D1CE4E5B9ull;
@@ -179,7 +188,9 @@ static void key_add(int where, const char *k, int slot)
     key_words(k, n, &head, &tail);
     size_t i = key_hash(head, tail, n, where);
     while (keytab[i].n) i = (i + 1) & (KEYTAB - 1);
-    keytab[i] = (keyent){head, tail, (uint16_t)n, (uint8_t)where, (uint8_t)slot, k};
+    uint64_t mid = 0;
+    if (n > 16) memcpy(&mid, k + 8, 8);
+    keytab[i] = (keyent){head, tail, mid, (uint16_t)n, (uint8_t)where, (uint8_t)slot, k};
 }
 
 static void keytab_build(void)
@@ -203,8 +214,9 @@ static void keytab_build(void)
     key_add(W_CONTEXT, "loss", S_CONTEXT_LOSS);
 }
 
-/* The slot of member `k` of an object at `depth` inside slot `pslot`. */
-static int slot_of(int depth, int pslot, const char *k, size_t n)
+/* The slot of member `k` of an object at `depth` inside slot `pslot`
+ * (inlined: it is asked for every member of every line). */
+static inline __attribute__((always_inline)) int slot_of(int depth, int pslot, const char *k, size_t n)
 {
     int where;
     if (depth == 1) where = W_TOP;
@@ -218,8 +230,7 @@ static int slot_of(int depth, int pslot, const char *k, size_t n)
     for (size_t i = key_hash(head, tail, n, where);; i = (i + 1) & (KEYTAB - 1)) {
         const keyent *e = &keytab[i];
         if (!e->n) return 0;
-        if (e->n == n && e->head == head && e->tail == tail && e->where == where &&
-            (n <= 16 || memcmp(e->key + 8, k + 8, n - 16) == 0))
+        if (e->n == n && e->head == head && e->tail == tail && e->where == where && (n <= 16 || key_rest(e, k, n)))
             return e->slot;
     }
 }
