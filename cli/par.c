@@ -217,31 +217,30 @@ static int mark_at(const char *b, size_t n, size_t i)
     return (n - i >= 9 && memcmp(b + i, "run_start", 9) == 0) || (n - i >= 5 && memcmp(b + i, "\"tag\"", 5) == 0);
 }
 
-/* The first mark at or after `from` in b[0..n), or n.  Sixteen positions
- * at a time, with the compiler's portable vectors: a position can hold a
- * mark only if 'r' is there and 't' eight bytes on, or 't', 'g' and '"'
- * one, three and four bytes on; those few are checked whole.  The scan
- * reads every byte once, where searching for each mark on its own read
- * the data twice at a fraction of the speed. */
-typedef unsigned char v16 __attribute__((vector_size(16)));
-static inline v16 load16(const char *p)
-{
-    v16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
+/* The first mark at or after `from` in b[0..n), or n.  Thirty-two
+ * positions at a time, with the compiler's portable vectors (built for
+ * AVX2 too, chosen when the processor has it: twice the bytes a step): a
+ * position can hold a mark only if 'r' is there and 't' eight bytes on,
+ * or 't', 'g' and '"' one, three and four bytes on; those few are checked
+ * whole.  The scan reads every byte once, where searching for each mark
+ * on its own read the data twice at a fraction of the speed. */
+typedef unsigned char v32 __attribute__((vector_size(32)));
 
-static size_t next_mark(const char *b, size_t n, size_t from)
+__attribute__((target_clones("avx2", "default"))) static size_t next_mark(const char *b, size_t n, size_t from)
 {
     size_t i = from;
-    for (; n >= 24 && i <= n - 24; i += 16) {
-        v16 m = (v16)((load16(b + i) == 'r') & (load16(b + i + 8) == 't')) |
-                (v16)((load16(b + i + 1) == 't') & (load16(b + i + 3) == 'g') & (load16(b + i + 4) == '"'));
-        uint64_t lo, hi;
-        memcpy(&lo, &m, 8);
-        memcpy(&hi, (const char *)&m + 8, 8);
-        if (!(lo | hi)) continue;
-        for (size_t k = 0; k < 16; k++)
+    for (; n >= 40 && i <= n - 40; i += 32) {
+        v32 at0, at1, at3, at4, at8; /* (loaded in place: a function returning a vector would change the ABI) */
+        memcpy(&at0, b + i, 32);
+        memcpy(&at1, b + i + 1, 32);
+        memcpy(&at3, b + i + 3, 32);
+        memcpy(&at4, b + i + 4, 32);
+        memcpy(&at8, b + i + 8, 32);
+        v32 m = (v32)((at0 == 'r') & (at8 == 't')) | (v32)((at1 == 't') & (at3 == 'g') & (at4 == '"'));
+        uint64_t w[4];
+        memcpy(w, &m, sizeof w);
+        if (!(w[0] | w[1] | w[2] | w[3])) continue;
+        for (size_t k = 0; k < 32; k++)
             if (m[k] && mark_at(b, n, i + k)) return i + k;
     }
     for (; i < n; i++)
