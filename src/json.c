@@ -549,6 +549,81 @@ jv *json_parse_inplace(json_arena *a, char *s, size_t n, json_error *err)
     return parse_document(&ps);
 }
 
+/* ---- keys to slots --------------------------------------------------------- */
+
+/* A key as two words that, with its length, are the key itself when it
+ * is at most 16 bytes long: overlapping loads of its first and last
+ * bytes (8 and 8, 4 and 4, 2 and 2, or the one byte). */
+static inline void key_words(const char *k, size_t n, uint64_t *head, uint64_t *tail)
+{
+    if (n >= 8) {
+        memcpy(head, k, 8);
+        memcpy(tail, k + n - 8, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, k, 4);
+        memcpy(&b, k + n - 4, 4);
+        *head = (uint64_t)a | (uint64_t)b << 32;
+        *tail = 0;
+    } else if (n >= 2) {
+        uint16_t a, b;
+        memcpy(&a, k, 2);
+        memcpy(&b, k + n - 2, 2);
+        *head = (uint64_t)a | (uint64_t)b << 16;
+        *tail = 0;
+    } else {
+        *head = n ? (unsigned char)k[0] : 0;
+        *tail = 0;
+    }
+}
+
+static inline size_t key_hash(uint64_t head, uint64_t tail, size_t n, int where)
+{
+    uint64_t h = (head ^ (tail * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)n << 56) ^ (uint64_t)where) * 0xBF58476D1CE4E5B9ull;
+    return (size_t)(h >> 40) & (JSON_KEYSET_SIZE - 1);
+}
+
+/* The middle of a key longer than 16 bytes: one more word up to 24. */
+static inline int key_rest(const json_keyent *e, const char *k, size_t n)
+{
+    uint64_t mid;
+    memcpy(&mid, k + 8, 8);
+    return n <= 24 ? mid == e->mid : memcmp(e->key + 8, k + 8, n - 16) == 0;
+}
+
+int json_keyset_add(json_keyset *ks, int where, const char *k, int slot)
+{
+    size_t n = strlen(k), used = 0;
+    for (size_t i = 0; i < JSON_KEYSET_SIZE; i++) used += ks->e[i].n != 0;
+    if (!n || n > UINT16_MAX || where < 0 || where > 255 || slot < 1 || slot > 255 || 2 * (used + 1) > JSON_KEYSET_SIZE)
+        return -1;
+    uint64_t head, tail, mid = 0;
+    key_words(k, n, &head, &tail);
+    if (n > 16) memcpy(&mid, k + 8, 8);
+    size_t i = key_hash(head, tail, n, where);
+    while (ks->e[i].n) i = (i + 1) & (JSON_KEYSET_SIZE - 1);
+    ks->e[i] = (json_keyent){head, mid, tail, (uint16_t)n, (uint8_t)where, (uint8_t)slot, k};
+    return 0;
+}
+
+static inline __attribute__((always_inline)) int keyset_find(const json_keyset *ks, int where, const char *k,
+                                                             size_t n)
+{
+    uint64_t head, tail;
+    key_words(k, n, &head, &tail);
+    for (size_t i = key_hash(head, tail, n, where);; i = (i + 1) & (JSON_KEYSET_SIZE - 1)) {
+        const json_keyent *e = &ks->e[i];
+        if (!e->n) return 0;
+        if (e->n == n && e->head == head && e->tail == tail && e->where == where && (n <= 16 || key_rest(e, k, n)))
+            return e->slot;
+    }
+}
+
+int json_keyset_find(const json_keyset *ks, int where, const char *k, size_t n)
+{
+    return keyset_find(ks, where, k, n);
+}
+
 /* ---- json_parse_keep's fast path ----------------------------------------
  *
  * Lines as tally and most producers write them (plain ASCII keys, kept
@@ -706,6 +781,9 @@ static const unsigned char *fast_object(fast *f, const unsigned char *p, int dep
 {
     const unsigned char *end = f->end;
     const json_keep *k = f->ps->keep;
+    const json_keyset *ks = k->keys;
+    const jv **slots = k->slots;
+    int where = ks ? k->where(depth, pslot) : 0;
     jv **tail = &obj->child;
     p = fast_ws(p + 1, end);
     if (p >= end) return NULL;
@@ -720,7 +798,9 @@ static const unsigned char *fast_object(fast *f, const unsigned char *p, int dep
         if (p >= end || *p != ':') return NULL;
         p = fast_ws(p + 1, end);
         if (p >= end) return NULL;
-        int slot = k->want(k->ud, depth, pslot, (const char *)key, keylen);
+        int slot;
+        if (!ks) slot = k->want(k->ud, depth, pslot, (const char *)key, keylen);
+        else if ((slot = where < 0 ? 0 : keyset_find(ks, where, (const char *)key, keylen)) && slots[slot]) slot = 0;
         if (!slot) {
             if (!(p = fast_skip(f, p, JSON_MAX_DEPTH - depth))) return NULL;
         } else {
@@ -756,7 +836,8 @@ static const unsigned char *fast_object(fast *f, const unsigned char *p, int dep
             *tail = e;
             tail = &e->next;
             obj->count++;
-            k->got(k->ud, slot, e);
+            if (ks) slots[slot] = e;
+            else k->got(k->ud, slot, e);
         }
         p = fast_ws(p, end);
         if (p >= end) return NULL;

@@ -72,13 +72,40 @@ jv *json_parse_inplace(json_arena *a, char *s, size_t n, json_error *err);
  * are terminated by the time json_parse_keep returns).  Elements of a kept
  * array are all built.  reset() forgets every member got() was given: the
  * parser may start the document again (see json_parse_keep). */
+typedef struct json_keyset json_keyset;
 typedef struct json_keep {
     int (*want)(void *ud, int depth, int pslot, const char *key, size_t keylen);
     void (*got)(void *ud, int slot, const jv *v);
     void (*reset)(void *ud);
     void *ud;
     int copy;  /* kept strings and keys are copied into the arena: the input is left as it was */
+    /* Optional, the same answers without a call per member (the fast
+     * path's): keys wanted by kind of object, where() the kind of an
+     * object (once per object; -1: nothing in it is wanted), and slots[]
+     * the members got() would be given (a slot already filled is not
+     * wanted again: the first wins).  want/got must answer alike. */
+    const json_keyset *keys;
+    int (*where)(int depth, int pslot);
+    const jv **slots;
 } json_keep;
+
+/* Keys by kind of object (`where`, below 256) -> slot (1-255): an open
+ * hash table of fixed size, a key compared as words. */
+#define JSON_KEYSET_SIZE 512
+typedef struct json_keyent {
+    uint64_t head, mid, tail;
+    uint16_t n;                /* 0: empty */
+    uint8_t where, slot;
+    const char *key;
+} json_keyent;
+struct json_keyset {
+    json_keyent e[JSON_KEYSET_SIZE];
+};
+/* Adds key (NUL-terminated, kept by the caller) at `where`: 0, or -1 when
+ * the table is full (at most half of its size is used). */
+int json_keyset_add(json_keyset *ks, int where, const char *key, int slot);
+/* The slot of key k[0..n) at `where`, or 0. */
+int json_keyset_find(const json_keyset *ks, int where, const char *k, size_t n);
 
 /* json_parse_inplace that builds only the members keep wants: the rest
  * are checked as strictly (the same documents accepted, the same errors)

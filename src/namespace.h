@@ -71,6 +71,8 @@
 #define json_parse tally__json_parse
 #define json_parse_inplace tally__json_parse_inplace
 #define json_parse_keep tally__json_parse_keep
+#define json_keyset_add tally__json_keyset_add
+#define json_keyset_find tally__json_keyset_find
 #define jv_get tally__jv_get
 #define jv_getn tally__jv_getn
 #define jv_int tally__jv_int

@@ -126,71 +126,14 @@ typedef struct parts {
  * line's own (W_TOP) or its extra/model/context object. */
 enum { W_TOP, W_EXTRA, W_MODEL, W_CONTEXT };
 
-#define KEYTAB 512 /* a power of two, well over the keys it holds */
+_Static_assert(S_COUNT <= 255, "slots fit a keyset's slot");
 
-_Static_assert(S_COUNT <= 255, "slots fit keyent.slot");
-
-typedef struct keyent {
-    uint64_t head, tail;  /* key_words() of the key */
-    uint64_t mid;         /* bytes 8-15 of a key of 17 to 24 bytes (with head and tail: all of it) */
-    uint16_t n;           /* 0 = empty */
-    uint8_t where, slot;
-    const char *key;
-} keyent;
-
-static keyent keytab[KEYTAB];
+static json_keyset keytab;
 static pthread_once_t keytab_once = PTHREAD_ONCE_INIT;
-
-/* A key as two words that, with its length, are the key itself when it
- * is at most 16 bytes long: overlapping loads of its first and last
- * bytes (8 and 8, 4 and 4, 2 and 2, or the one byte). */
-static inline void key_words(const char *k, size_t n, uint64_t *head, uint64_t *tail)
-{
-    if (n >= 8) {
-        memcpy(head, k, 8);
-        memcpy(tail, k + n - 8, 8);
-    } else if (n >= 4) {
-        uint32_t a, b;
-        memcpy(&a, k, 4);
-        memcpy(&b, k + n - 4, 4);
-        *head = (uint64_t)a | (uint64_t)b << 32;
-        *tail = 0;
-    } else if (n >= 2) {
-        uint16_t a, b;
-        memcpy(&a, k, 2);
-        memcpy(&b, k + n - 2, 2);
-        *head = (uint64_t)a | (uint64_t)b << 16;
-        *tail = 0;
-    } else {
-        *head = n ? (unsigned char)k[0] : 0;
-        *tail = 0;
-    }
-}
-
-/* The middle of a key longer than 16 bytes. */
-static inline int key_rest(const keyent *e, const char *k, size_t n)
-{
-    uint64_t mid;
-    memcpy(&mid, k + 8, 8);
-    return n <= 24 ? mid == e->mid : memcmp(e->key + 8, k + 8, n - 16) == 0;
-}
-
-static inline size_t key_hash(uint64_t head, uint64_t tail, size_t n, int where)
-{
-    uint64_t h = (head ^ (tail * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)n << 56) ^ (uint64_t)where) * 0xBF58476D1CE4E5B9ull;
-    return (size_t)(h >> 40) & (KEYTAB - 1);
-}
 
 static void key_add(int where, const char *k, int slot)
 {
-    size_t n = strlen(k);
-    uint64_t head, tail;
-    key_words(k, n, &head, &tail);
-    size_t i = key_hash(head, tail, n, where);
-    while (keytab[i].n) i = (i + 1) & (KEYTAB - 1);
-    uint64_t mid = 0;
-    if (n > 16) memcpy(&mid, k + 8, 8);
-    keytab[i] = (keyent){head, tail, mid, (uint16_t)n, (uint8_t)where, (uint8_t)slot, k};
+    if (json_keyset_add(&keytab, where, k, slot)) abort(); /* the table outgrown: a build error, caught by every test */
 }
 
 static void keytab_build(void)
@@ -214,25 +157,23 @@ static void keytab_build(void)
     key_add(W_CONTEXT, "loss", S_CONTEXT_LOSS);
 }
 
-/* The slot of member `k` of an object at `depth` inside slot `pslot`
- * (inlined: it is asked for every member of every line). */
-static inline __attribute__((always_inline)) int slot_of(int depth, int pslot, const char *k, size_t n)
+/* The kind of an object at `depth` inside slot `pslot`, or -1 when no
+ * member of it is read. */
+static int where_of(int depth, int pslot)
 {
-    int where;
-    if (depth == 1) where = W_TOP;
-    else if (depth != 2) return 0;
-    else if (pslot == S_EXTRA) where = W_EXTRA;
-    else if (pslot == S_MODEL) where = W_MODEL;
-    else if (pslot == S_CONTEXT) where = W_CONTEXT;
-    else return 0;
-    uint64_t head, tail;
-    key_words(k, n, &head, &tail);
-    for (size_t i = key_hash(head, tail, n, where);; i = (i + 1) & (KEYTAB - 1)) {
-        const keyent *e = &keytab[i];
-        if (!e->n) return 0;
-        if (e->n == n && e->head == head && e->tail == tail && e->where == where && (n <= 16 || key_rest(e, k, n)))
-            return e->slot;
-    }
+    if (depth == 1) return W_TOP;
+    if (depth != 2) return -1;
+    if (pslot == S_EXTRA) return W_EXTRA;
+    if (pslot == S_MODEL) return W_MODEL;
+    if (pslot == S_CONTEXT) return W_CONTEXT;
+    return -1;
+}
+
+/* The slot of member `k` of an object at `depth` inside slot `pslot`. */
+static int slot_of(int depth, int pslot, const char *k, size_t n)
+{
+    int where = where_of(depth, pslot);
+    return where < 0 ? 0 : json_keyset_find(&keytab, where, k, n);
 }
 
 static void take(parts *t, int slot, const jv *v)
@@ -468,7 +409,8 @@ int row_from_line(json_arena *a, char *line, size_t len, int copy, row_ctx *c, r
     pthread_once(&keytab_once, keytab_build);
     parts t;
     memset(&t, 0, sizeof t);
-    json_keep k = {.want = want, .got = got, .reset = forget, .ud = &t, .copy = copy};
+    json_keep k = {.want = want, .got = got, .reset = forget, .ud = &t, .copy = copy,
+                   .keys = &keytab, .where = where_of, .slots = t.m};
     const jv *v = json_parse_keep(a, line, len, &k, err);
     *root = v;
     if (!v || v->type != JV_OBJ) return 0;
