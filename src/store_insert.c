@@ -327,46 +327,52 @@ static int insert_many(store *s, const row *rows, const int64_t *base, int flags
     return 0;
 }
 
+/* The rows of a stretch shorter than INSERT_MANY, one by one: 0 or -1. */
+static int insert_each(store *s, const row *rows, const int64_t *base, size_t k, int flags)
+{
+    for (size_t j = 0; j < k; j++)
+        if (insert_one(s, &rows[j], base[j], 0, flags) < 0) return -1;
+    return 0;
+}
+
 int store_insert_rows(store *s, const row *rows, size_t n, int flags, size_t *stored)
 {
     /* Rows that need no search gather into a stretch (rows[from..from+k)),
-     * inserted INSERT_MANY at a time; a row that is searched for, or the
-     * end, puts the stretch's rest in one by one first. */
+     * inserted INSERT_MANY at a time; before a row that is searched for,
+     * and at the end, the stretch's rest goes in one by one. */
     int64_t base[INSERT_MANY];
     size_t k = 0, from = 0, got = 0;
-    for (size_t i = 0; i <= n; i++) {
-        int64_t b = 0;
-        int search = 1;
-        if (i < n) {
-            b = store_seq_base(&rows[i]);
+    for (size_t i = 0; i < n; i++) {
+        int64_t b = store_seq_base(&rows[i]);
+        int dedup = flags & STORE_DEDUP;
+        if (dedup && s->in_txn) {
             /* a full set of ids forgets them: the stretch goes in first */
-            int flush = k && (flags & STORE_DEDUP) && s->in_txn && fresh_full(s);
-            for (size_t j = 0; flush && j < k; j++)
-                if (insert_one(s, &rows[from + j], base[j], 0, flags) < 0) return -1;
-            got += flush ? k : 0;
-            k = flush ? 0 : k;
-            search = (flags & STORE_DEDUP) && !(s->in_txn && fresh_new(s, &rows[i], b));
-        }
-        if (!search) {
-            if (!k) from = i;
-            base[k++] = b;
-            if (k == INSERT_MANY) {
-                if (insert_many(s, &rows[from], base, flags)) return -1;
+            if (k && fresh_full(s)) {
+                if (insert_each(s, rows + from, base, k, flags)) return -1;
                 got += k;
                 k = 0;
             }
-            continue;
+            dedup = !fresh_new(s, &rows[i], b);
         }
-        for (size_t j = 0; j < k; j++)
-            if (insert_one(s, &rows[from + j], base[j], 0, flags) < 0) return -1;
-        got += k;
-        k = 0;
-        if (i < n) {
+        if (dedup) {
+            if (insert_each(s, rows + from, base, k, flags)) return -1;
+            got += k;
+            k = 0;
             int one = insert_one(s, &rows[i], b, 1, flags);
             if (one < 0) return -1;
             got += (size_t)one;
+            continue;
+        }
+        if (!k) from = i;
+        base[k++] = b;
+        if (k == INSERT_MANY) {
+            if (insert_many(s, rows + from, base, flags)) return -1;
+            got += k;
+            k = 0;
         }
     }
+    if (insert_each(s, rows + from, base, k, flags)) return -1;
+    got += k;
     if (stored) *stored = got;
     if (!(flags & STORE_COUNTED) && rollup_cells(s->cells) >= ROLLUP_MAX_CELLS && store_write_cells(s)) return -1;
     return 0;
