@@ -5,6 +5,8 @@
  * re-encoded (never spliced), tally's own keys never written twice.
  */
 #include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "encode.h"
@@ -18,16 +20,26 @@ static inline void put_str(buf *b, const void *base, rstr s)
 
 /* The keys tally itself writes in a request's `extra`: the fields of
  * fields.h, and these.  A caller's extra_json cannot take them. */
-static int request_key(const char *k, size_t n)
+static json_keyset own_keys;
+static pthread_once_t own_keys_once = PTHREAD_ONCE_INIT;
+
+static void own_keys_build(void)
 {
     static const char *const own[] = {
         "stage_us", "cost_breakdown_nusd", "ok", "error", "degraded", "escalated", "fallback", "cache_hit",
         "ceiling_hit", "user_cap_hit", "sampling", "sampling_unparsed", "text", "truncated", "extra_unparsed",
     };
-    if (request_key_index(k, n) >= 0) return 1;
-    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
-        if (strlen(own[i]) == n && memcmp(own[i], k, n) == 0) return 1;
-    return 0;
+    int bad = 0;
+    for (int i = 0; i < N_REQUEST_LABELS; i++) bad |= json_keyset_add(&own_keys, 0, tally_request_labels[i].key, 1);
+    for (int i = 0; i < N_REQUEST_NUMBERS; i++) bad |= json_keyset_add(&own_keys, 0, tally_request_numbers[i].key, 1);
+    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) bad |= json_keyset_add(&own_keys, 0, own[i], 1);
+    if (bad) abort(); /* the table outgrown: a build error, caught by every test */
+}
+
+static int request_key(const char *k, size_t n)
+{
+    pthread_once(&own_keys_once, own_keys_build);
+    return json_keyset_find(&own_keys, 0, k, n) != 0;
 }
 
 /* Whether two members' names are the same as written ("caller_" before

@@ -83,11 +83,6 @@ extern const number_def tally_request_numbers[];
 #define FLD_COUNTN_(key, api, rec, type, present, rowm, rowbit, flags) +1
 #define N_REQUEST_NUMBERS (0 TALLY_REQUEST_NUMBERS(FLD_COUNTN_))
 
-/* Either kind, for readers that meet every key of a line: returns the
- * label's index (0..N_REQUEST_LABELS-1), N_REQUEST_LABELS + the number's
- * index, or -1.  Looks among the fields of k's length only. */
-int request_key_index(const char *k, size_t n);
-
 typedef struct field_def {
     const char *key;        /* JSON key, column, stats key */
     size_t keylen;

@@ -115,7 +115,6 @@
 #define put_uvarint tally__put_uvarint
 #define read_sqlite tally__read_sqlite
 #define read_sqlite_kind tally__read_sqlite_kind
-#define request_key_index tally__request_key_index
 #define ring_new tally__ring_new
 #define ring_release tally__ring_release
 #define ring_reset tally__ring_reset

@@ -113,7 +113,7 @@ enum {
     S_STEP, S_LOSS, S_LR, S_WALL_US, S_TOKENS, S_UNFINISHED, S_TYPE, S_MESSAGE, S_REQUEST_ID, S_CONTEXT,
     S_MODEL_NAME, S_CONTEXT_LOSS,                   /* model.name, context.loss */
     S_X_OK, S_X_TEXT, S_X_ERROR, S_X_DEGRADED,      /* in extra */
-    S_X_FIELD,                                      /* + request_key_index() */
+    S_X_FIELD,                                      /* + the field's index: labels, then numbers (fields.h) */
     S_COUNT = S_X_FIELD + N_REQUEST_LABELS + N_REQUEST_NUMBERS
 };
 
