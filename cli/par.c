@@ -113,6 +113,7 @@ typedef struct par {
     /* In file order: the workers fill units' batches at most `window`
      * units ahead of the one the reading thread hands on. */
     int ordered, give_ids;
+    int avx2;                 /* the processor has AVX2 (next_mark) */
     const par_lines *pl;      /* lines, not rows (no context needed) */
     size_t window, taken;     /* taken: units handed on (under mu) */
     int self;                 /* no worker started: the reading thread reads too */
@@ -218,15 +219,17 @@ static int mark_at(const char *b, size_t n, size_t i)
 }
 
 /* The first mark at or after `from` in b[0..n), or n.  Thirty-two
- * positions at a time, with the compiler's portable vectors (built for
- * AVX2 too, chosen when the processor has it: twice the bytes a step): a
- * position can hold a mark only if 'r' is there and 't' eight bytes on,
- * or 't', 'g' and '"' one, three and four bytes on; those few are checked
- * whole.  The scan reads every byte once, where searching for each mark
- * on its own read the data twice at a fraction of the speed. */
+ * positions at a time, with the compiler's portable vectors: a position
+ * can hold a mark only if 'r' is there and 't' eight bytes on, or 't',
+ * 'g' and '"' one, three and four bytes on; those few are checked whole.
+ * The scan reads every byte once, where searching for each mark on its
+ * own read the data twice at a fraction of the speed.  Built twice, for
+ * any x86-64 and for AVX2 (twice the bytes a step), and chosen when the
+ * read starts (par.avx2); not by an ifunc, which runs before a
+ * sanitizer's runtime is ready. */
 typedef unsigned char v32 __attribute__((vector_size(32)));
 
-__attribute__((target_clones("avx2", "default"))) static size_t next_mark(const char *b, size_t n, size_t from)
+static inline __attribute__((always_inline)) size_t next_mark_in(const char *b, size_t n, size_t from)
 {
     size_t i = from;
     for (; n >= 40 && i <= n - 40; i += 32) {
@@ -247,6 +250,18 @@ __attribute__((target_clones("avx2", "default"))) static size_t next_mark(const 
         if (mark_at(b, n, i)) return i;
     return n;
 }
+
+static size_t next_mark_any(const char *b, size_t n, size_t from) { return next_mark_in(b, n, from); }
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static size_t next_mark_avx2(const char *b, size_t n, size_t from)
+{
+    return next_mark_in(b, n, from);
+}
+#define HAVE_AVX2() __builtin_cpu_supports("avx2")
+#else
+#define next_mark_avx2 next_mark_any
+#define HAVE_AVX2() 0
+#endif
 
 /* Whether the "tag" at b[i] may be valued step_begin or step_end (what
  * follows it, past the bytes read, cannot be told: maybe). */
@@ -287,7 +302,7 @@ static int scan_unit(par *p, unit *u, char *b, size_t *n)
     /* hits at or past the unit's start and before its end */
     size_t from = (size_t)(u->start - at), lim = end - at < got ? (size_t)(end - at) : got;
     int rc = 0;
-    for (size_t i = from; rc == 0 && (i = next_mark(b, got, i)) < lim; i++) {
+    for (size_t i = from; rc == 0 && (i = (p->avx2 ? next_mark_avx2 : next_mark_any)(b, got, i)) < lim; i++) {
         int what = b[i] == '"' ? MARK_STEP : MARK_RUN;
         if (what == MARK_STEP && !step_tag(b, got, i)) continue;
         char *nl = memrchr(b, '\n', i);
@@ -678,6 +693,7 @@ static int read_par(char **files, size_t nfiles, const source_opts *o, const par
     p.pl = pl;
     p.ordered = !ops || ops->ordered;
     p.give_ids = give_ids;
+    p.avx2 = HAVE_AVX2();
     p.chunk = par_chunk_bytes(p.ordered);
     int nt = par_threads(o->threads), rc = -1;
     p.window = 2 * (size_t)nt;
