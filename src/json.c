@@ -408,7 +408,7 @@ static const unsigned char *scan_number(const unsigned char *p, const unsigned c
             *bad = p;
             return NULL;
         }
-        while (p < end && *p >= '0' && *p <= '9') p++;
+        p = digit_end(p + 1, end);
     }
     return p;
 }
@@ -673,10 +673,10 @@ FAST_STEP const char *fast_keep(fast *f, const unsigned char *p, const unsigned 
     return (const char *)p;
 }
 
-/* A string at p (its opening quote): the position after it, NULL to give
- * up.  *s, *n: its bytes (kept ones are terminated once accepted). */
 static const unsigned char *slow_string(fast *f, const unsigned char *p, int keep, const char **s, size_t *n);
 
+/* A string at p (its opening quote): the position after it, NULL to give
+ * up.  *s, *n: its bytes (kept ones are terminated once accepted). */
 FAST_STEP const unsigned char *fast_string(fast *f, const unsigned char *p, int keep, const char **s, size_t *n)
 {
     const unsigned char *q = plain_run(p + 1, f->end);
